@@ -1,0 +1,298 @@
+"""The task processor: a Faust app that owns each task's state by partition.
+
+Shape (see DESIGN.md):
+
+- ``commands`` (keyed by task id) is co-partitioned with the ``task-state`` table, so the
+  worker that owns a partition owns its tasks: partition ownership replaces locks.
+- The command agent (concurrency 1, so offsets never pass an unapplied message) decodes a
+  command, applies the pure decider, stores the new state and sends the events: every
+  event to ``task-events``, ``ExecutionDispatched`` to ``dispatch.<priority>``,
+  ``ExecutionCompleted`` to ``outcomes``. Undecodable input goes to ``dead-letter``.
+- The due-index holds the next wakeup of every owned task. It is rebuilt from the table
+  once recovery completes and updated as commands are applied. The firing loop sends a
+  ``Wake`` for each due task; the decider ignores a stale or repeated one.
+
+Crash safety under at-least-once: Faust flushes the producer (events and changelog) before
+it commits offsets, so an uncommitted command is re-applied after a crash. The decider is
+deterministic and remembers recent command ids, so a re-applied command yields the same
+events (same ids) or none. The one gap left, a changelog write that reached the broker while
+the command's events did not, is closed by keeping each task's last events in its stored
+state and sending them again, after recovery, for tasks touched in the last
+``RESEND_WINDOW`` seconds; every consumer deduplicates by event id or sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+import orjson
+from pydantic import TypeAdapter
+
+from scheduler import TaskState, decide, evolve, next_wakeup
+from scheduler.decider import reject_invalid
+from schemas.commands import Command, Wake
+from schemas.envelope import command_envelope, decode_command, encode, event_envelope
+from schemas.errors import DecodeError, InvalidCommand
+from schemas.events import Event, ExecutionCompleted, ExecutionDispatched
+from streams import topics
+from streams.deadletter import dead_letter_value
+from streams.due_index import DueIndex
+from streams.executor import Executor
+from streams.settings import Settings, topic_name
+
+log = logging.getLogger(__name__)
+
+RESEND_WINDOW = 60.0
+"""Seconds: after recovery, the last events of tasks applied this recently are sent again."""
+
+_EVENTS = TypeAdapter(list[Event])
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Stored:
+    """What the table keeps per task: the state, the last command's events, and when."""
+
+    state: TaskState
+    last_events: list[Event]
+    applied_at: float
+
+    def dump(self) -> bytes:
+        return orjson.dumps(
+            {
+                "state": self.state.model_dump(mode="json"),
+                "last_events": [e.model_dump(mode="json") for e in self.last_events],
+                "applied_at": self.applied_at,
+            }
+        )
+
+    @classmethod
+    def load(cls, raw: bytes) -> Stored:
+        doc = orjson.loads(raw)
+        return cls(
+            TaskState.model_validate(doc["state"]),
+            _EVENTS.validate_python(doc["last_events"]),
+            doc["applied_at"],
+        )
+
+
+@dataclass
+class ProcessorStats:
+    """Counters of the task processor (exposed for tests and metrics)."""
+
+    commands: int = 0
+    events: int = 0
+    rejected: int = 0
+    dead_letters: int = 0
+    wakes_sent: int = 0
+    resent_events: int = 0
+    index_rebuilds: int = 0
+    last_rebuild_seconds: float = 0.0
+    tasks_owned: int = 0
+    dispatch_lateness_ms: list[float] = field(default_factory=list)
+
+
+class TaskProcessor:
+    """The Faust app with its topics, table, agent, firing loop and (optionally) executor."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = ProcessorStats()
+        self.index = DueIndex()
+        self.tenants: dict[str, str] = {}
+        self.ready = False
+        self.source = f"scheduler/worker/{settings.worker_id}"
+        self.app = faust.App(
+            topic_name(settings, settings.app_id),
+            broker=f"kafka://{settings.kafka_bootstrap}",
+            store=settings.store,
+            topic_partitions=settings.partitions,
+            topic_replication_factor=1,
+            datadir=str(settings.data_dir),
+            web_enabled=False,
+            autodiscover=False,
+            processing_guarantee="at_least_once",
+            producer_acks=-1,
+            producer_linger_ms=1,
+            consumer_auto_offset_reset="earliest",
+            stream_wait_empty=False,
+            # Every payload is already bytes (orjson envelopes, encoded states).
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        t = self._topic
+        self.commands = t(topics.COMMANDS)
+        self.events = t(topics.TASK_EVENTS)
+        self.outcomes = t(topics.OUTCOMES)
+        self.dead_letter = t(topics.DEAD_LETTER)
+        self.dispatch = {p: t(topics.dispatch(p)) for p in topics.PRIORITIES}
+        self.table = self.app.Table(
+            "task-state",
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+        )
+        self.table.on_recover(self._on_recovered)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.agent(self.commands, name="task-processor", concurrency=1)(self._process)
+        self.app.task(self._firing_loop)
+        self.executor: Executor | None = None
+        if settings.executor_enabled:
+            self.executor = Executor(settings)
+            self.app.task(self._run_executor)
+
+    def _topic(self, name: str) -> faust.TopicT:
+        return self.app.topic(
+            topic_name(self.settings, name),
+            partitions=self.settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+    # ------------------------------------------------------------------ the agent
+
+    async def _process(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for event in stream.events():
+            await self.apply(event.key, event.value, event.message)
+            yield None
+
+    async def apply(self, key: bytes | None, raw: bytes, message: Any) -> None:
+        """Apply one command message: decide, store, send."""
+        self.stats.commands += 1
+        try:
+            command: Command | None = decode_command(raw)
+        except InvalidCommand as exc:
+            command = None
+            invalid = exc
+        except DecodeError as exc:
+            await self._dead(message, raw, exc)
+            return
+        task_id = command.task_id if command is not None else invalid.task_id
+        if key != task_id.encode():
+            await self._dead(message, raw, DecodeError("message key must be the task id", field="key"))
+            return
+        stored_raw = self.table.get(key)
+        state = Stored.load(stored_raw).state if stored_raw is not None else None
+        events = decide(command, state) if command is not None else reject_invalid(invalid, state)
+        if not events:
+            return
+        for e in events:
+            state = evolve(state, e)
+        if state is None:
+            del self.table[key]
+        else:
+            self.table[key] = Stored(state, list(events), time.time()).dump()
+        await self._send(key, events)
+        self._index(task_id, state)
+
+    async def _send(self, key: bytes, events: Iterable[Event]) -> None:
+        for e in events:
+            self.stats.events += 1
+            value = encode(event_envelope(e, source=self.source, correlation_id=None))
+            await self.events.send(key=key, value=value)
+            if isinstance(e, ExecutionDispatched):
+                await self.dispatch[str(e.priority)].send(key=key, value=value)
+                if e.reason != "manual":
+                    lateness = (_now() - e.scheduled_for).total_seconds() * 1000
+                    lat = self.stats.dispatch_lateness_ms
+                    lat.append(lateness)
+                    if len(lat) > 100_000:
+                        del lat[: len(lat) // 2]
+            elif isinstance(e, ExecutionCompleted):
+                await self.outcomes.send(key=key, value=value)
+            elif e.type == "CommandRejected":
+                self.stats.rejected += 1
+
+    async def _dead(self, message: Any, raw: bytes, error: Exception) -> None:
+        self.stats.dead_letters += 1
+        log.warning("dead-letter: %s", error)
+        value = dead_letter_value(
+            topic=message.topic, partition=message.partition, offset=message.offset, payload=raw, error=error
+        )
+        await self.dead_letter.send(key=message.key, value=value)
+
+    def _index(self, task_id: str, state: TaskState | None) -> None:
+        if state is None:
+            self.index.set(task_id, None)
+            self.tenants.pop(task_id, None)
+            return
+        self.index.set(task_id, next_wakeup(state))
+        self.tenants[task_id] = state.tenant
+
+    # ------------------------------------------------------------------ ownership
+
+    async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        # Recovery of the new assignment is about to start: fire nothing until it is done.
+        self.ready = False
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        self.ready = False
+
+    async def _on_recovered(self) -> None:
+        """Rebuild the due-index from the table (active partitions only) and resend recent events."""
+        started = time.perf_counter()
+        self.index.clear()
+        self.tenants.clear()
+        cutoff = time.time() - RESEND_WINDOW
+        resend: list[tuple[bytes, list[Event]]] = []
+        for key, raw in self.table.items():
+            stored = Stored.load(raw)
+            self._index(stored.state.task_id, stored.state)
+            if stored.applied_at >= cutoff and stored.last_events:
+                resend.append((key, stored.last_events))
+        for key, events in resend:
+            self.stats.resent_events += len(events)
+            await self._send(key, events)
+        self.stats.index_rebuilds += 1
+        self.stats.tasks_owned = len(self.tenants)
+        self.stats.last_rebuild_seconds = time.perf_counter() - started
+        log.info(
+            "due-index rebuilt: %d tasks in %.3fs, %d tasks' last events resent",
+            len(self.tenants), self.stats.last_rebuild_seconds, len(resend),
+        )  # fmt: skip
+        self.ready = True
+
+    # ------------------------------------------------------------------ firing
+
+    async def _firing_loop(self) -> None:
+        tick = self.settings.firing_tick_seconds
+        resend = timedelta(seconds=self.settings.wake_resend_seconds)
+        while True:
+            if not self.ready:
+                await asyncio.sleep(tick)
+                continue
+            now = _now()
+            for task_id, _when in self.index.pop_due(now):
+                tenant = self.tenants.get(task_id)
+                if tenant is None:
+                    continue
+                wake = Wake(
+                    command_id=str(uuid.uuid4()), task_id=task_id, tenant=tenant, actor="system", at=now
+                )
+                await self.commands.send(
+                    key=task_id.encode(), value=encode(command_envelope(wake, source=self.source))
+                )
+                self.stats.wakes_sent += 1
+                # Should this Wake be lost, wake the task again; applying it replaces this entry.
+                self.index.set(task_id, now + resend)
+            nxt = self.index.next_time()
+            delay = tick if nxt is None else min(tick, max((nxt - _now()).total_seconds(), 0.0))
+            await asyncio.sleep(delay)
+
+    async def _run_executor(self) -> None:
+        assert self.executor is not None
+        await self.executor.run()

@@ -1,0 +1,88 @@
+"""Command-line entry point: ``scheduler worker``, ``scheduler executor``, ``scheduler topics``.
+
+Configuration comes from ``SCHED_*`` environment variables (see ``streams.settings``);
+flags override the most common ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import sys
+
+import click
+
+from streams.settings import Settings
+
+
+def _settings(**overrides: object) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _load_handlers(settings: Settings) -> None:
+    for module in settings.handler_modules:
+        importlib.import_module(module)
+
+
+@click.group()
+def main() -> None:
+    """Event-sourced task scheduler on Kafka."""
+
+
+@main.command()
+@click.option("--worker-id", help="name of this worker in execution records")
+@click.option("--no-executor", is_flag=True, help="do not run the executor service in this process")
+@click.option("--data-dir", help="where the worker keeps its state store")
+def worker(worker_id: str | None, no_executor: bool, data_dir: str | None) -> None:
+    """Run a worker: the task processor, its firing loop and (by default) an executor."""
+    from faust import Worker
+
+    from streams.admin import ensure_topics
+    from streams.app import TaskProcessor
+
+    settings = _settings(
+        worker_id=worker_id, data_dir=data_dir, executor_enabled=False if no_executor else None
+    )
+    _load_handlers(settings)
+    asyncio.run(ensure_topics(settings))
+    processor = TaskProcessor(settings)
+    level = settings.log_level.lower()
+    Worker(
+        processor.app, loglevel={"warning": "warn"}.get(level, level), quiet=True
+    ).execute_from_commandline()
+
+
+@main.command()
+@click.option("--worker-id", help="name of this executor in execution records")
+def executor(worker_id: str | None) -> None:
+    """Run an executor only: consume the dispatch topics and run the work."""
+    from streams.admin import ensure_topics
+    from streams.executor import Executor
+
+    settings = _settings(worker_id=worker_id)
+    _load_handlers(settings)
+    logging.basicConfig(level=settings.log_level.upper())
+
+    async def run() -> None:
+        await ensure_topics(settings)
+        await Executor(settings).run()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+@main.command()
+def topics() -> None:
+    """Create the deployment's topics (idempotent)."""
+    from streams.admin import ensure_topics
+
+    created = asyncio.run(ensure_topics(_settings()))
+    click.echo(f"created {len(created)} topics" + (f": {', '.join(created)}" if created else ""))
+
+
+if __name__ == "__main__":
+    main()

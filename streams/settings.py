@@ -1,0 +1,61 @@
+"""Configuration of the worker, executors and API, from ``SCHED_*`` environment variables."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """One settings object for every process; each field is ``SCHED_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SCHED_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers, comma separated."""
+    mongo_url: str = "mongodb://127.0.0.1:27017/"
+    """MongoDB (or FerretDB) connection string for the views."""
+    mongo_database: str = "scheduler"
+    """Database holding the views."""
+    topic_prefix: str = ""
+    """Prefix for every topic, consumer group and the Faust app id (isolates deployments and tests)."""
+    app_id: str = "scheduler"
+    """Faust application id: workers with the same id share the task partitions."""
+    partitions: int = Field(default=8, ge=1)
+    """Partitions of the commands topic and the state table; the unit of ownership."""
+    data_dir: Path = Path(".stack/worker")
+    """Where the worker keeps its local state store (RocksDB)."""
+    worker_id: str = Field(default_factory=socket.gethostname)
+    """Name of this worker in execution records."""
+    store: str = "rocksdb://"
+    """Faust table store URL (``rocksdb://`` persists across restarts; ``memory://`` for tests)."""
+
+    wake_resend_seconds: float = Field(default=5.0, gt=0)
+    """A Wake sent for a task is sent again after this long if the task has not moved on."""
+    firing_tick_seconds: float = Field(default=0.05, gt=0)
+    """Longest sleep of the firing loop when nothing is due sooner."""
+    batch_size: int = Field(default=500, ge=1)
+    """Most commands applied in one batch by the task processor."""
+    batch_window_seconds: float = Field(default=0.005, ge=0)
+    """How long the processor waits to fill a batch."""
+
+    executor_enabled: bool = True
+    """Run the executor service in the worker process."""
+    executor_concurrency: int = Field(default=2000, ge=1)
+    """Executions in flight at once per executor process."""
+    executor_weights: tuple[int, int, int] = (6, 3, 1)
+    """Share of free execution slots given to high, normal and low priority when all are waiting."""
+    handler_modules: list[str] = ["streams.handlers"]
+    """Modules imported at start-up to register Python handlers."""
+    allowed_handlers: list[str] | None = None
+    """Handler names executions may call (None: every registered handler)."""
+
+    log_level: str = "info"
+
+
+def topic_name(settings: Settings, name: str) -> str:
+    """The full name of a topic for this deployment."""
+    return f"{settings.topic_prefix}{name}"

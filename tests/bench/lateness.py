@@ -1,0 +1,199 @@
+"""Fire lateness: N tasks firing every P seconds on one worker; slot -> dispatch, slot -> start.
+
+    .venv/bin/python -m tests.bench.lateness --tasks 1000 --period 1 --seconds 60
+
+Uses the running local stack (or SCHED_KAFKA_BOOTSTRAP). Starts one worker process with its
+executor, creates the tasks (noop handler), lets them fire for ``--seconds`` and reads:
+
+- slot -> dispatch: the Kafka timestamp of each ``dispatch.*`` record minus its slot;
+- slot -> start: ``ExecutionStarted.started_at`` minus the slot;
+- slots missed / doubled: per task, dispatched slots vs the slots in the measured window;
+- the worker's resident memory (peak and at the end).
+
+Prints a table and returns it; asserts nothing about time (the CI smoke checks counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from schemas.commands import CreateTask
+from schemas.envelope import command_envelope, decode_event, encode
+from schemas.events import ExecutionDispatched, ExecutionStarted
+from schemas.specs import HandlerWork, IntervalSchedule, TaskDefinition
+from tests.integration.harness import WorkerProc, worker_env
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+@dataclass
+class Result:
+    tasks: int
+    period: float
+    seconds: float
+    dispatched: int
+    expected: int
+    missed: int
+    doubled: int
+    dispatch_ms: tuple[float, float, float]
+    start_ms: tuple[float, float, float]
+    rss_peak_mb: float
+    rss_end_mb: float
+
+    def table(self) -> str:
+        d, s = self.dispatch_ms, self.start_ms
+        return "\n".join(
+            [
+                f"tasks={self.tasks} period={self.period}s window={self.seconds:.0f}s "
+                f"({self.tasks / self.period:.0f} fires/s)",
+                f"dispatched={self.dispatched} expected={self.expected} missed={self.missed} doubled={self.doubled}",
+                f"slot->dispatch ms: p50={d[0]:.1f} p99={d[1]:.1f} max={d[2]:.1f}",
+                f"slot->start    ms: p50={s[0]:.1f} p99={s[1]:.1f} max={s[2]:.1f}",
+                f"worker RSS: peak={self.rss_peak_mb:.0f} MB end={self.rss_end_mb:.0f} MB",
+            ]
+        )
+
+
+async def run(
+    bootstrap: str, mongo_url: str, tasks: int, period: float, seconds: float, warmup: float
+) -> Result:
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    tmp = Path(tempfile.mkdtemp(prefix="lateness-"))
+    env = worker_env(bootstrap, mongo_url, prefix, tmp / "data", SCHED_PARTITIONS="8")
+    worker = WorkerProc(env, tmp / "worker.log", "bench-worker").start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    topics = [f"{prefix}.dispatch.{p}" for p in ("high", "normal", "low")] + [f"{prefix}.task-events"]
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    # The worker creates the topics; wait for them before subscribing.
+    for _ in range(120):
+        if set(topics) <= set(await consumer_topics(bootstrap)):
+            break
+        await asyncio.sleep(0.5)
+    await consumer.start()
+    ids = [f"bench-{i:06d}" for i in range(tasks)]
+    now = datetime.now(UTC)
+    anchor = now.replace(microsecond=0) + timedelta(seconds=1)
+    for task_id in ids:
+        cmd = CreateTask(
+            command_id=str(uuid.uuid4()), task_id=task_id, tenant="bench", actor="bench", at=now,
+            definition=TaskDefinition(
+                name=task_id, schedule=IntervalSchedule(every_seconds=period, anchor=anchor),
+                work=HandlerWork(name="noop"),
+            ),
+        )  # fmt: skip
+        await producer.send(
+            f"{prefix}.commands", key=task_id.encode(), value=encode(command_envelope(cmd, "bench"))
+        )
+    await producer.flush()
+
+    dispatch_at: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
+    started: dict[str, float] = {}
+    rss_peak = 0.0
+    loop = asyncio.get_running_loop()
+    window_start = anchor + timedelta(seconds=warmup)
+    window_end = window_start + timedelta(seconds=seconds)
+    stop_at = loop.time() + (window_end - datetime.now(UTC)).total_seconds() + 5
+    while loop.time() < stop_at:
+        batch = await consumer.getmany(timeout_ms=500)
+        for records in batch.values():
+            for r in records:
+                event: Any = decode_event(r.value or b"")
+                if isinstance(event, ExecutionDispatched) and r.topic != f"{prefix}.task-events":
+                    if event.slot is not None and window_start <= event.slot < window_end:
+                        ms = r.timestamp - event.slot.timestamp() * 1000
+                        dispatch_at[event.task_id].append((event.slot, ms))
+                elif isinstance(event, ExecutionStarted):
+                    started[event.execution_id] = event.started_at.timestamp()
+        if worker.proc is not None:
+            rss_peak = max(rss_peak, _rss_mb(worker.proc.pid))
+    rss_end = _rss_mb(worker.proc.pid) if worker.proc else 0.0
+    await consumer.stop()
+    await producer.stop()
+    worker.stop()
+
+    # Slot -> start needs the slot of each execution: re-derive from dispatch records.
+    from schemas.ids import execution_id_for_slot
+
+    start_ms = [
+        (started[eid] - slot.timestamp()) * 1000
+        for task_id, entries in dispatch_at.items()
+        for slot, _ in entries
+        if (eid := execution_id_for_slot(task_id, slot)) in started
+    ]
+    dispatch_ms = [ms for entries in dispatch_at.values() for _, ms in entries]
+    per_slot = int(seconds / period)
+    expected = per_slot * tasks
+    doubled = sum(
+        n - 1 for entries in dispatch_at.values() for n in Counter(s for s, _ in entries).values() if n > 1
+    )
+    distinct = sum(len({s for s, _ in entries}) for entries in dispatch_at.values())
+    return Result(
+        tasks, period, seconds, len(dispatch_ms), expected, max(expected - distinct, 0), doubled,
+        (_pct(dispatch_ms, 50), _pct(dispatch_ms, 99), max(dispatch_ms, default=float("nan"))),
+        (_pct(start_ms, 50), _pct(start_ms, 99), max(start_ms, default=float("nan"))),
+        rss_peak, rss_end,
+    )  # fmt: skip
+
+
+async def consumer_topics(bootstrap: str) -> set[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--period", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--warmup", type=float, default=10.0, help="seconds after the first slot not measured"
+    )
+    args = parser.parse_args(argv)
+    bootstrap = os.environ.get("SCHED_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    mongo = os.environ.get("SCHED_MONGO_URL", "mongodb://127.0.0.1:27017/")
+    started = time.monotonic()
+    result = asyncio.run(run(bootstrap, mongo, args.tasks, args.period, args.seconds, args.warmup))
+    print(result.table())
+    print(f"(run took {time.monotonic() - started:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Test harness for end-to-end tests: real worker processes, a command client, an HTTP target."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from schemas.commands import Command
+from schemas.envelope import command_envelope, decode_event, encode
+from schemas.events import Event
+from streams.admin import ensure_topics
+from streams.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class WorkerProc:
+    """A worker (``scheduler worker``) in its own process, as in production."""
+
+    def __init__(self, env: dict[str, str], log: Path, worker_id: str) -> None:
+        self.env = env
+        self.log = log
+        self.worker_id = worker_id
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--worker-id", self.worker_id],
+            env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+            start_new_session=True,
+        )  # fmt: skip
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no commit, no flush."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def worker_env(bootstrap: str, mongo_url: str, prefix: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHED_")}
+    env.update(
+        SCHED_KAFKA_BOOTSTRAP=bootstrap,
+        SCHED_MONGO_URL=mongo_url,
+        SCHED_TOPIC_PREFIX=f"{prefix}.",
+        SCHED_DATA_DIR=str(data_dir),
+        SCHED_PARTITIONS="4",
+        SCHED_LOG_LEVEL="warning",
+        SCHED_HANDLER_MODULES='["streams.handlers"]',
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+@dataclass
+class Bus:
+    """Sends commands and follows a topic of events, as another service would."""
+
+    bootstrap: str
+    prefix: str
+    producer: AIOKafkaProducer | None = None
+    consumers: list[AIOKafkaConsumer] = field(default_factory=list)
+    seen: dict[str, list[Event]] = field(default_factory=dict)
+    raw: dict[str, list[Any]] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def topic(self, name: str) -> str:
+        return f"{self.prefix}.{name}"
+
+    async def start(self, follow: tuple[str, ...] = ("task-events", "outcomes"), partitions: int = 4) -> Bus:
+        # Create the topics first, as a deployment does: a send to a missing topic would let
+        # the broker create it with its default partition count, breaking co-partitioning.
+        await ensure_topics(
+            Settings(kafka_bootstrap=self.bootstrap, topic_prefix=f"{self.prefix}.", partitions=partitions)
+        )
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        await self.producer.start()
+        for name in follow:
+            consumer = AIOKafkaConsumer(
+                self.topic(name), bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
+                group_id=None, enable_auto_commit=False,
+            )  # fmt: skip
+            await consumer.start()
+            self.consumers.append(consumer)
+            self.seen[name] = []
+            self.raw[name] = []
+            self._tasks.append(asyncio.create_task(self._follow(name, consumer)))
+        return self
+
+    async def _follow(self, name: str, consumer: AIOKafkaConsumer) -> None:
+        async for record in consumer:
+            self.raw[name].append(record)
+            if name != "dead-letter":
+                self.seen[name].append(decode_event(record.value or b""))
+
+    async def send(self, command: Command) -> None:
+        assert self.producer is not None
+        envelope = command_envelope(command, source="tests")
+        await self.producer.send_and_wait(
+            self.topic("commands"), key=command.task_id.encode(), value=encode(envelope)
+        )
+
+    async def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
+        assert self.producer is not None
+        await self.producer.send_and_wait(self.topic(topic), key=key, value=value)
+
+    def events(
+        self, task_id: str | None = None, type_: str | None = None, topic: str = "task-events"
+    ) -> list[Any]:
+        return [
+            e for e in self.seen[topic]
+            if (task_id is None or e.task_id == task_id) and (type_ is None or e.type == type_)
+        ]  # fmt: skip
+
+    async def wait_for(self, predicate: Callable[[], bool], within: float, what: str = "condition") -> None:
+        deadline = time.monotonic() + within
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {within}s waiting for {what}")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for consumer in self.consumers:
+            await consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+
+@dataclass
+class HttpTarget:
+    """A local HTTP endpoint that records every request and can fail on demand."""
+
+    fail_first: int = 0
+    delay: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        record = {
+            "key": request.headers.get("Idempotency-Key"),
+            "attempt": request.headers.get("X-Scheduler-Attempt"),
+            "at": now(),
+            "body": await request.text(),
+        }
+        self.requests.append(record)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if len(self.requests) <= self.fail_first:
+            return web.json_response({"error": "failing on purpose"}, status=503)
+        return web.json_response({"ok": True})
+
+    async def start(self) -> HttpTarget:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/work"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
