@@ -1,0 +1,948 @@
+"""The Decider: ``decide(command, state) -> events`` and ``evolve(state, event) -> state``.
+
+Pure and total. Time comes in on the command; business rejections are ``CommandRejected``
+events, never exceptions; ``evolve`` never raises. ``decide`` folds each event it emits into
+its working state as it goes, so later decisions in the same command see earlier ones, and
+the events it returns are exactly what ``evolve`` will apply.
+
+Decisions where the brief left room (documented once, here):
+
+* **Idempotency.** A command whose ``command_id`` is among the task's recent command ids
+  (see :data:`scheduler.state.RECENT_IDS`) yields no events, whatever its type.
+* **Missing tasks.** User commands on a missing, deleted or other-tenant task are rejected
+  with ``"task not found"`` (field ``task_id``); a repeated ``DeleteTask`` yields nothing.
+  System commands (``Wake`` and the execution reports) on a missing or deleted task yield
+  nothing: they are stale, not mistakes. ``CreateTask`` on an existing id is rejected with
+  ``"task already exists"`` whatever the tenant (the id is taken either way; the API should
+  give task ids a tenant-specific namespace). Creating again after a delete is allowed.
+* **Pause/resume** are idempotent: pausing a paused task or resuming an active one yields no
+  events. Both are rejected on a completed task (``"task is completed"``).
+* **Update** restarts the schedule strictly after the command's ``at``. Slots that were due
+  but not yet handled (typically while paused) are recorded as ``SlotsMissed(superseded)``.
+  Updating a completed task re-activates it if the new definition has slots left.
+* **Triggers** dispatch immediately, bypassing the overlap policy (explicit intent), on
+  active, paused and completed tasks. They count in ``runs`` but not towards ``max_runs``.
+* **Timeouts**: an attempt's deadline is its dispatch time plus ``timeout_seconds`` (queueing
+  counts). A late outcome report for a timed-out attempt is stale and ignored.
+* **Re-creating** a deleted task starts a new incarnation: execution ids are derived from
+  ``task_id#N`` for N > 1 (see :func:`scheduler.state.execution_key`), so they never repeat.
+  Recent command and trigger ids carry over, so redelivered commands stay harmless.
+* **Deleting** a task cancels everything in flight or buffered (``ExecutionCompleted``
+  ``cancelled``) so every execution still gets its one final event.
+* **Long outages**: one ``Wake`` handles at most :data:`MAX_SLOTS_PER_DECISION` due slots;
+  the oldest are recorded as missed and the task stays due, so the firing loop wakes it again
+  at once and the rest are handled in the next batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, TypeVar, assert_never, cast
+
+from scheduler.retry import backoff, should_retry
+from scheduler.schedule import anchor_for, fire_at, next_slot
+from scheduler.state import Buffered, Counters, Execution, TaskState, execution_key, remember
+from schemas._types import LATEST
+from schemas.commands import (
+    CancelExecution,
+    Command,
+    CreateTask,
+    DeleteTask,
+    PauseTask,
+    ReportExecutionOutcome,
+    ReportExecutionStarted,
+    ResumeTask,
+    TriggerTask,
+    UpdateTask,
+    Wake,
+)
+from schemas.errors import InvalidCommand
+from schemas.events import (
+    AttemptFailed,
+    CommandRejected,
+    Event,
+    EventBase,
+    ExecutionBuffered,
+    ExecutionCompleted,
+    ExecutionDispatched,
+    ExecutionStarted,
+    ExecutionStatus,
+    MissedReason,
+    SlotsMissed,
+    TaskCompleted,
+    TaskCreated,
+    TaskDeleted,
+    TaskPaused,
+    TaskResumed,
+    TaskUpdated,
+)
+from schemas.ids import event_id, execution_id_for_slot, execution_id_for_trigger
+from schemas.specs import CatchUpMode, OnceSchedule, OverlapPolicy, TaskDefinition
+
+initial_state: TaskState | None = None
+"""The state of a task id that has no history."""
+
+MAX_SLOTS_PER_DECISION = 10_000
+"""Most due slots one ``Wake`` handles; bounds the work of a single decision."""
+
+_E = TypeVar("_E", bound=EventBase)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+# =============================================================================================
+# decide
+# =============================================================================================
+
+
+def decide(command: Command, state: TaskState | None) -> list[Event]:
+    """The events that result from ``command`` given the task's current ``state``."""
+    if state is not None and command.command_id in state.recent_command_ids:
+        return []
+    d = _Decision(
+        _Meta(command.task_id, command.tenant, command.actor, command.command_id, command.type, command.at),
+        state,
+    )
+    match command:
+        case CreateTask():
+            _create(d, command)
+        case UpdateTask():
+            _update(d, command)
+        case PauseTask():
+            _pause(d, command)
+        case ResumeTask():
+            _resume(d)
+        case DeleteTask():
+            _delete(d)
+        case TriggerTask():
+            _trigger(d, command)
+        case CancelExecution():
+            _cancel(d, command)
+        case Wake():
+            _wake(d)
+        case ReportExecutionStarted():
+            _report_started(d, command)
+        case ReportExecutionOutcome():
+            _report_outcome(d, command)
+        case _:
+            assert_never(command)
+    return d.finish()
+
+
+def reject_invalid(error: InvalidCommand, state: TaskState | None) -> list[Event]:
+    """The ``CommandRejected`` event answering a command whose body failed validation."""
+    if state is not None and error.command_id in state.recent_command_ids:
+        return []
+    meta = _Meta(error.task_id, error.tenant, error.actor, error.command_id, error.command_type, error.at)
+    d = _Decision(meta, state)
+    d.reject(error.reason, error.field)
+    return d.finish()
+
+
+# ---------------------------------------------------------------------------------------------
+# Task lifecycle
+# ---------------------------------------------------------------------------------------------
+
+
+def _create(d: _Decision, cmd: CreateTask) -> None:
+    prior = d.state
+    if prior is not None and prior.exists:
+        d.reject("task already exists", "task_id")
+        return
+    definition = cmd.definition
+    if (problem := _definition_problem(definition)) is not None:
+        d.reject(*problem)
+        return
+    anchor = anchor_for(definition, cmd.at)
+    first = _first_slot(definition, anchor, cmd.at, last_slot=None, runs=0)
+    d.emit(
+        TaskCreated,
+        definition=definition,
+        revision=(prior.revision if prior is not None else 0) + 1,
+        next_slot=first,
+        next_fire_at=_fire_at(d.meta.task_id, definition, first),
+    )
+    d.complete_if_exhausted()
+
+
+def _update(d: _Decision, cmd: UpdateTask) -> None:
+    if (live := d.live()) is None:
+        return
+    state, old = live
+    if cmd.expected_revision is not None and cmd.expected_revision != state.revision:
+        d.reject(
+            f"expected revision {cmd.expected_revision} but the task is at revision {state.revision}",
+            "expected_revision",
+        )
+        return
+    definition = cmd.definition
+    if (problem := _definition_problem(definition)) is not None:
+        d.reject(*problem)
+        return
+    if state.status in ("active", "paused") and state.next_slot is not None and state.next_slot <= cmd.at:
+        _supersede(d, state, old, cmd.at)
+    state = d.require_state()
+    assert state.created_at is not None  # set by TaskCreated on every existing task
+    anchor = anchor_for(definition, state.created_at)
+    nxt = _first_slot(definition, anchor, cmd.at, last_slot=state.last_slot, runs=state.scheduled_runs)
+    d.emit(
+        TaskUpdated,
+        definition=definition,
+        revision=state.revision + 1,
+        next_slot=nxt,
+        next_fire_at=_fire_at(d.meta.task_id, definition, nxt),
+    )
+    d.complete_if_exhausted()
+
+
+def _supersede(d: _Decision, state: TaskState, old: TaskDefinition, until: datetime) -> None:
+    """Record the old definition's due-but-unhandled slots (at or before ``until``)."""
+    assert state.next_slot is not None and state.created_at is not None
+    anchor = anchor_for(old, state.created_at)
+    first = last = state.next_slot
+    count = 1
+    truncated = False
+    while (nxt := next_slot(old, last, anchor=anchor)) is not None and nxt <= until:
+        if count >= MAX_SLOTS_PER_DECISION:
+            truncated = True
+            break
+        last, count = nxt, count + 1
+    d.emit(
+        SlotsMissed,
+        first_slot=first,
+        last_slot=last,
+        count=count,
+        reason="superseded",
+        truncated=truncated,
+    )
+
+
+def _pause(d: _Decision, cmd: PauseTask) -> None:
+    if (live := d.live()) is None:
+        return
+    state, _ = live
+    if state.status == "completed":
+        d.reject("task is completed", None)
+    elif state.status == "active":
+        d.emit(TaskPaused, note=cmd.note, revision=state.revision + 1)
+
+
+def _resume(d: _Decision) -> None:
+    if (live := d.live()) is None:
+        return
+    state, _ = live
+    if state.status == "completed":
+        d.reject("task is completed", None)
+    elif state.status == "paused":
+        # next_slot is kept: the next Wake applies catch-up to everything missed meanwhile.
+        d.emit(TaskResumed, revision=state.revision + 1)
+
+
+def _delete(d: _Decision) -> None:
+    state = d.state
+    if state is not None and state.status == "deleted" and state.tenant == d.meta.tenant:
+        return
+    if (live := d.live()) is None:
+        return
+    state, _ = live
+    for execution in sorted(state.in_flight.values(), key=lambda e: e.execution_id):
+        d.complete(execution, "cancelled", error="task deleted")
+    if state.buffered is not None:
+        d.cancel_buffered(state.buffered, "task deleted")
+    d.emit(TaskDeleted)
+
+
+# ---------------------------------------------------------------------------------------------
+# Executions
+# ---------------------------------------------------------------------------------------------
+
+
+def _trigger(d: _Decision, cmd: TriggerTask) -> None:
+    if (live := d.live()) is None:
+        return
+    state, definition = live
+    execution_id = execution_id_for_trigger(execution_key(state), cmd.trigger_id)
+    if cmd.trigger_id in state.recent_trigger_ids or execution_id in state.in_flight:
+        return
+    d.dispatch(
+        execution_id=execution_id,
+        attempt=1,
+        reason="manual",
+        slot=None,
+        trigger_id=cmd.trigger_id,
+        priority=cmd.priority or definition.priority,
+        work=definition.work,
+        params={**definition.params, **(cmd.params or {})},
+        scheduled_for=cmd.at,
+    )
+
+
+def _cancel(d: _Decision, cmd: CancelExecution) -> None:
+    if (live := d.live()) is None:
+        return
+    state, _ = live
+    reason = cmd.reason or f"cancelled by {cmd.actor}"
+    if (execution := state.in_flight.get(cmd.execution_id)) is not None:
+        d.complete(execution, "cancelled", error=reason)
+        d.dispatch_buffered_if_idle()
+    elif state.buffered is not None and state.buffered.execution_id == cmd.execution_id:
+        d.cancel_buffered(state.buffered, reason)
+    else:
+        d.reject("execution not found", "execution_id")
+
+
+def _report_started(d: _Decision, cmd: ReportExecutionStarted) -> None:
+    if (live := d.system_target()) is None:
+        return
+    state, _ = live
+    execution = state.in_flight.get(cmd.execution_id)
+    if (
+        execution is None
+        or execution.attempt != cmd.attempt
+        or execution.deadline is None  # waiting for a retry: the report is about an old attempt
+        or execution.attempt_started
+    ):
+        return
+    d.emit(
+        ExecutionStarted,
+        execution_id=cmd.execution_id,
+        attempt=cmd.attempt,
+        worker=cmd.worker,
+        started_at=cmd.started_at,
+    )
+
+
+def _report_outcome(d: _Decision, cmd: ReportExecutionOutcome) -> None:
+    if (live := d.system_target()) is None:
+        return
+    state, _ = live
+    execution = state.in_flight.get(cmd.execution_id)
+    if execution is None or execution.attempt != cmd.attempt or execution.deadline is None:
+        return
+    if cmd.status == "succeeded":
+        d.complete(
+            execution,
+            "succeeded",
+            result=cmd.result,
+            error=None,
+            started_at=cmd.started_at,
+            finished_at=cmd.finished_at,
+        )
+        d.dispatch_buffered_if_idle()
+    else:
+        d.fail_attempt(
+            execution,
+            error=cmd.error or "attempt failed",
+            timed_out=False,
+            result=cmd.result,
+            started_at=cmd.started_at,
+            finished_at=cmd.finished_at,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Wake: timeouts, retries, due slots
+# ---------------------------------------------------------------------------------------------
+
+
+def _wake(d: _Decision) -> None:
+    if d.system_target() is None:
+        return
+    at = d.meta.at
+    state = d.require_state()
+    timed_out = [e for e in state.in_flight.values() if e.deadline is not None and e.deadline <= at]
+    for execution in sorted(timed_out, key=lambda e: (e.deadline, e.execution_id)):
+        d.fail_attempt(
+            execution,
+            error=f"attempt {execution.attempt} timed out (deadline {execution.deadline})",
+            timed_out=True,
+        )
+    state = d.require_state()
+    due = [e for e in state.in_flight.values() if e.retry_at is not None and e.retry_at <= at]
+    for execution in sorted(due, key=lambda e: (e.retry_at, e.execution_id)):
+        d.dispatch(
+            execution_id=execution.execution_id,
+            attempt=execution.attempt + 1,
+            reason="retry",
+            slot=execution.slot,
+            trigger_id=execution.trigger_id,
+            priority=execution.priority,
+            work=execution.work,
+            params=execution.params,
+            scheduled_for=execution.scheduled_for,
+        )
+    if d.require_state().status == "active":
+        _fire_due_slots(d)
+
+
+def _fire_due_slots(d: _Decision) -> None:
+    state = d.require_state()
+    definition = state.definition
+    if definition is None or definition.schedule is None or state.next_slot is None:
+        return
+    assert state.created_at is not None
+    at, task_id = d.meta.at, d.meta.task_id
+    anchor = anchor_for(definition, state.created_at)
+
+    # Collect the due slots first: catch-up needs to know which late slot is the latest.
+    slots: list[datetime] = []
+    truncated = False
+    cursor: datetime | None = state.next_slot
+    while cursor is not None and fire_at(task_id, definition, cursor) <= at:
+        if len(slots) >= MAX_SLOTS_PER_DECISION:
+            truncated = True
+            break
+        slots.append(cursor)
+        # runs_so_far=0: the run limit is applied as runs happen, through the state.
+        cursor = next_slot(definition, cursor, anchor=anchor)
+    if not slots:
+        return
+
+    plan = _catch_up_plan(task_id, definition, slots, at, truncated)
+    for slot, missed in plan:
+        if missed is not None:
+            d.miss(slot, missed)
+            continue
+        _run_slot(d, slot)
+        if d.require_state().next_slot is None:
+            break  # run limit reached or schedule exhausted
+    d.complete_if_exhausted()
+
+
+def _catch_up_plan(
+    task_id: str, definition: TaskDefinition, slots: list[datetime], at: datetime, truncated: bool
+) -> list[tuple[datetime, MissedReason | None]]:
+    """Decide, for due slots in order, which run (None) and which are missed (with why)."""
+    grace = timedelta(seconds=definition.misfire_grace_seconds)
+    window = timedelta(seconds=definition.catch_up.window_seconds)
+    mode = definition.catch_up.mode
+    lateness = [at - fire_at(task_id, definition, s) for s in slots]
+    late = [i for i, lag in enumerate(lateness) if lag > grace]
+
+    runnable: set[int] = set()
+    if truncated:
+        # More due slots follow this batch: hold back the tail that might still be chosen to
+        # run, and record everything late before it as missed.
+        hold = definition.catch_up.max_runs if mode is CatchUpMode.RUN_ALL else 1
+        slots = slots[: max(len(slots) - hold, 1)]
+    elif mode is CatchUpMode.RUN_ONCE and late:
+        runnable = {late[-1]}
+    elif mode is CatchUpMode.RUN_ALL:
+        in_window = [i for i in late if lateness[i] <= window]
+        runnable = set(in_window[-definition.catch_up.max_runs :])
+
+    plan: list[tuple[datetime, MissedReason | None]] = []
+    for i, slot in enumerate(slots):
+        reason: MissedReason | None
+        if lateness[i] <= grace or i in runnable:
+            reason = None
+        elif mode is CatchUpMode.SKIP:
+            reason = "catch_up_skip"
+        elif mode is CatchUpMode.RUN_ONCE:
+            reason = "catch_up_run_once"
+        elif mode is CatchUpMode.RUN_ALL:
+            reason = "outside_window" if lateness[i] > window else "catch_up_limit"
+        else:
+            assert_never(mode)
+        plan.append((slot, reason))
+    return plan
+
+
+def _run_slot(d: _Decision, slot: datetime) -> None:
+    """Run one slot under the overlap policy."""
+    state = d.require_state()
+    definition = state.definition
+    assert definition is not None
+    execution_id = execution_id_for_slot(execution_key(state), slot)
+    policy = definition.overlap
+    if state.in_flight and policy is not OverlapPolicy.ALLOW_ALL:
+        match policy:
+            case OverlapPolicy.SKIP:
+                d.miss(slot, "overlap")
+                return
+            case OverlapPolicy.BUFFER_ONE:
+                if state.buffered is None:
+                    d.emit(ExecutionBuffered, execution_id=execution_id, slot=slot)
+                else:
+                    d.miss(slot, "overlap")
+                return
+            case OverlapPolicy.CANCEL_OTHER:
+                for execution in sorted(state.in_flight.values(), key=lambda e: e.execution_id):
+                    d.complete(execution, "cancelled", error=f"cancelled by overlap policy for slot {slot}")
+                if state.buffered is not None:
+                    d.cancel_buffered(state.buffered, f"cancelled by overlap policy for slot {slot}")
+            case OverlapPolicy.ALLOW_ALL:
+                pass
+            case _:
+                assert_never(policy)
+    d.dispatch(
+        execution_id=execution_id,
+        attempt=1,
+        reason="schedule",
+        slot=slot,
+        trigger_id=None,
+        priority=definition.priority,
+        work=definition.work,
+        params=definition.params,
+        scheduled_for=slot,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _definition_problem(definition: TaskDefinition) -> tuple[str, str] | None:
+    """Cross-field business rules the wire model does not check."""
+    schedule = definition.schedule
+    if isinstance(schedule, OnceSchedule):
+        if definition.start_at is not None and schedule.at < definition.start_at:
+            return "once schedule is before start_at", "definition.schedule.at"
+        if definition.end_at is not None and schedule.at > definition.end_at:
+            return "once schedule is after end_at", "definition.schedule.at"
+    return None
+
+
+def _first_slot(
+    definition: TaskDefinition, anchor: datetime, at: datetime, *, last_slot: datetime | None, runs: int
+) -> datetime | None:
+    """The first slot of a new or updated definition.
+
+    Cron and interval slots start strictly after ``at`` (and after the last slot handled, so
+    a slot and its execution id never repeat). A one-shot keeps its ``at`` even if it is in the
+    past: it is then due at once, and misfire grace and catch-up decide whether it runs.
+    """
+    if isinstance(definition.schedule, OnceSchedule):
+        after = last_slot if last_slot is not None else definition.schedule.at - _MICROSECOND
+    else:
+        after = max(at, last_slot) if last_slot is not None else at
+    return next_slot(definition, after, anchor=anchor, runs_so_far=runs)
+
+
+def _fire_at(task_id: str, definition: TaskDefinition, slot: datetime | None) -> datetime | None:
+    return fire_at(task_id, definition, slot) if slot is not None else None
+
+
+def _later(at: datetime, seconds: float) -> datetime:
+    """``at`` plus ``seconds``, clamped to the latest instant the wire format accepts."""
+    return min(at + timedelta(seconds=seconds), LATEST)
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """What every event of one decision copies from its command."""
+
+    task_id: str
+    tenant: str
+    actor: str
+    command_id: str
+    command_type: str
+    at: datetime
+
+
+@dataclass
+class _MissedRange:
+    first: datetime
+    last: datetime
+    count: int
+    reason: MissedReason
+
+
+class _Decision:
+    """Accumulates the events of one decision, folding each into the working state."""
+
+    def __init__(self, meta: _Meta, state: TaskState | None) -> None:
+        self.meta = meta
+        self.state = state
+        self.events: list[Event] = []
+        self._missed: _MissedRange | None = None
+
+    def finish(self) -> list[Event]:
+        self._flush_missed()
+        return self.events
+
+    def require_state(self) -> TaskState:
+        assert self.state is not None  # callers only reach here for an existing task
+        return self.state
+
+    # -- guards ---------------------------------------------------------------------------
+
+    def live(self) -> tuple[TaskState, TaskDefinition] | None:
+        """The task, if it exists for the command's tenant; otherwise reject and return None."""
+        state = self.state
+        if state is None or not state.exists or state.definition is None or state.tenant != self.meta.tenant:
+            self.reject("task not found", "task_id")
+            return None
+        return state, state.definition
+
+    def system_target(self) -> tuple[TaskState, TaskDefinition] | None:
+        """Like :meth:`live`, but a missing or deleted task silently yields nothing."""
+        state = self.state
+        if state is None or not state.exists or state.definition is None:
+            return None
+        return self.live()
+
+    # -- emitting -------------------------------------------------------------------------
+
+    def emit(self, event_type: type[_E], **fields: Any) -> _E:
+        self._flush_missed()
+        return self._append(event_type, **fields)
+
+    def _append(self, event_type: type[_E], **fields: Any) -> _E:
+        sequence = (self.state.version if self.state is not None else 0) + 1
+        event = event_type(
+            event_id=event_id(self.meta.task_id, sequence),
+            task_id=self.meta.task_id,
+            tenant=self.meta.tenant,
+            sequence=sequence,
+            at=self.meta.at,
+            causation_id=self.meta.command_id,
+            actor=self.meta.actor,
+            **fields,
+        )
+        self.events.append(cast(Event, event))
+        self.state = evolve(self.state, cast(Event, event))
+        return event
+
+    def reject(self, reason: str, field: str | None) -> None:
+        self.emit(
+            CommandRejected,
+            command_id=self.meta.command_id,
+            command_type=self.meta.command_type,
+            reason=reason,
+            field=field,
+        )
+
+    def miss(self, slot: datetime, reason: MissedReason) -> None:
+        """Record a missed slot; adjacent misses with the same reason become one event."""
+        pending = self._missed
+        if pending is not None and pending.reason == reason:
+            pending.last = slot
+            pending.count += 1
+            return
+        self._flush_missed()
+        self._missed = _MissedRange(slot, slot, 1, reason)
+
+    def _flush_missed(self) -> None:
+        pending, self._missed = self._missed, None
+        if pending is not None:
+            self._append(
+                SlotsMissed,
+                first_slot=pending.first,
+                last_slot=pending.last,
+                count=pending.count,
+                reason=pending.reason,
+            )
+
+    # -- executions -----------------------------------------------------------------------
+
+    def dispatch(self, **fields: Any) -> None:
+        definition = self.require_state().definition
+        assert definition is not None
+        self.emit(ExecutionDispatched, deadline=_later(self.meta.at, definition.timeout_seconds), **fields)
+
+    def complete(
+        self,
+        execution: Execution,
+        status: ExecutionStatus,
+        *,
+        error: str | None,
+        result: Any = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+    ) -> None:
+        started = execution.started_at or started_at
+        finished = finished_at or self.meta.at
+        duration = None if started is None else max(0, (finished - started) // timedelta(milliseconds=1))
+        self.emit(
+            ExecutionCompleted,
+            execution_id=execution.execution_id,
+            status=status,
+            attempts=execution.attempt,
+            result=result,
+            error=error,
+            started_at=started,
+            finished_at=finished,
+            duration_ms=duration,
+            slot=execution.slot,
+            scheduled_for=execution.scheduled_for,
+            trigger_id=execution.trigger_id,
+        )
+
+    def cancel_buffered(self, buffered: Buffered, reason: str) -> None:
+        self.emit(
+            ExecutionCompleted,
+            execution_id=buffered.execution_id,
+            status="cancelled",
+            attempts=0,
+            error=reason,
+            finished_at=self.meta.at,
+            slot=buffered.slot,
+            scheduled_for=buffered.slot,
+        )
+
+    def fail_attempt(
+        self,
+        execution: Execution,
+        *,
+        error: str,
+        timed_out: bool,
+        result: Any = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+    ) -> None:
+        definition = self.require_state().definition
+        assert definition is not None
+        policy = definition.retry
+        if should_retry(policy, execution.attempt):
+            delay = backoff(policy, execution.attempt, execution.execution_id)
+            retry_at = min(self.meta.at + delay, LATEST)
+            self.emit(
+                AttemptFailed,
+                execution_id=execution.execution_id,
+                attempt=execution.attempt,
+                error=error,
+                timed_out=timed_out,
+                retry_at=retry_at,
+            )
+            return
+        self.emit(
+            AttemptFailed,
+            execution_id=execution.execution_id,
+            attempt=execution.attempt,
+            error=error,
+            timed_out=timed_out,
+            retry_at=None,
+        )
+        status: Literal["timed_out", "failed"] = "timed_out" if timed_out else "failed"
+        self.complete(
+            execution, status, error=error, result=result, started_at=started_at, finished_at=finished_at
+        )
+        self.dispatch_buffered_if_idle()
+
+    def dispatch_buffered_if_idle(self) -> None:
+        state = self.require_state()
+        if state.buffered is None or state.in_flight or not state.exists or state.definition is None:
+            return
+        definition = state.definition
+        self.dispatch(
+            execution_id=state.buffered.execution_id,
+            attempt=1,
+            reason="buffered",
+            slot=state.buffered.slot,
+            trigger_id=None,
+            priority=definition.priority,
+            work=definition.work,
+            params=definition.params,
+            scheduled_for=state.buffered.slot,
+        )
+
+    def complete_if_exhausted(self) -> None:
+        """Emit ``TaskCompleted`` once a scheduled task has no slot left."""
+        self._flush_missed()
+        state = self.state
+        if (
+            state is None
+            or state.status not in ("active", "paused")
+            or state.definition is None
+            or state.definition.schedule is None
+            or state.next_slot is not None
+        ):
+            return
+        definition = state.definition
+        reason: Literal["run_limit", "end_reached", "one_shot"]
+        if definition.max_runs is not None and state.scheduled_runs >= definition.max_runs:
+            reason = "run_limit"
+        elif isinstance(definition.schedule, OnceSchedule):
+            reason = "one_shot"
+        else:
+            reason = "end_reached"
+        self.emit(TaskCompleted, reason=reason)
+
+
+# =============================================================================================
+# evolve
+# =============================================================================================
+
+
+def evolve(state: TaskState | None, event: Event) -> TaskState | None:
+    """The task's state after ``event``. Total: an event that does not apply only bumps the
+    version, and an event for a task with no state (other than creation or a rejection)
+    leaves it None."""
+    match event:
+        case TaskCreated():
+            return _created(state, event)
+        case CommandRejected():
+            base = state or TaskState(task_id=event.task_id, tenant=event.tenant, status="absent", version=0)
+            counters = base.counters.model_copy(update={"rejected": base.counters.rejected + 1})
+            return _bump(base, event, counters=counters)
+        case _:
+            pass
+    if state is None:
+        return None
+    match event:
+        case TaskUpdated():
+            return _bump(
+                state,
+                event,
+                definition=event.definition,
+                revision=event.revision,
+                next_slot=event.next_slot,
+                next_fire_at=event.next_fire_at,
+                status="paused" if state.status == "paused" else "active",
+            )
+        case TaskPaused():
+            return _bump(state, event, status="paused", revision=event.revision)
+        case TaskResumed():
+            return _bump(state, event, status="active", revision=event.revision)
+        case TaskDeleted():
+            return _bump(
+                state, event, status="deleted", next_slot=None, next_fire_at=None, in_flight={}, buffered=None
+            )
+        case TaskCompleted():
+            return _bump(state, event, status="completed", next_slot=None, next_fire_at=None)
+        case SlotsMissed():
+            counters = state.counters.model_copy(
+                update={"slots_missed": state.counters.slots_missed + event.count}
+            )
+            advanced = _advanced(state, event.last_slot, state.scheduled_runs)
+            return _bump(state, event, counters=counters, **advanced)
+        case ExecutionDispatched():
+            return _dispatched(state, event)
+        case ExecutionBuffered():
+            runs = state.scheduled_runs + 1
+            return _bump(
+                state,
+                event,
+                buffered=Buffered(execution_id=event.execution_id, slot=event.slot),
+                runs=state.runs + 1,
+                scheduled_runs=runs,
+                **_advanced(state, event.slot, runs),
+            )
+        case ExecutionStarted():
+            execution = state.in_flight.get(event.execution_id)
+            if execution is None or execution.attempt != event.attempt:
+                return _bump(state, event)
+            started = execution.model_copy(
+                update={"attempt_started": True, "started_at": execution.started_at or event.started_at}
+            )
+            return _bump(state, event, in_flight={**state.in_flight, event.execution_id: started})
+        case AttemptFailed():
+            execution = state.in_flight.get(event.execution_id)
+            counters = state.counters.model_copy(
+                update={"attempts_failed": state.counters.attempts_failed + 1}
+            )
+            if execution is None:
+                return _bump(state, event, counters=counters)
+            failed = execution.model_copy(
+                update={
+                    "deadline": None,
+                    "retry_at": event.retry_at,
+                    "attempt_started": False,
+                    "last_error": event.error,
+                }
+            )
+            return _bump(
+                state, event, counters=counters, in_flight={**state.in_flight, event.execution_id: failed}
+            )
+        case ExecutionCompleted():
+            in_flight = {k: v for k, v in state.in_flight.items() if k != event.execution_id}
+            buffered = state.buffered
+            if buffered is not None and buffered.execution_id == event.execution_id:
+                buffered = None
+            return _bump(
+                state,
+                event,
+                in_flight=in_flight,
+                buffered=buffered,
+                counters=_count_outcome(state.counters, event.status),
+            )
+        case TaskCreated() | CommandRejected():  # handled above; listed for exhaustiveness
+            return state
+        case _:
+            assert_never(event)
+
+
+def _created(state: TaskState | None, event: TaskCreated) -> TaskState:
+    # Idempotency memory survives a delete and re-create, so old trigger ids stay used.
+    triggers = state.recent_trigger_ids if state is not None else ()
+    commands = state.recent_command_ids if state is not None else ()
+    return TaskState(
+        task_id=event.task_id,
+        tenant=event.tenant,
+        definition=event.definition,
+        status="active",
+        revision=event.revision,
+        version=event.sequence,
+        incarnation=(state.incarnation if state is not None else 0) + 1,
+        created_at=event.at,
+        next_slot=event.next_slot,
+        next_fire_at=event.next_fire_at,
+        recent_trigger_ids=triggers,
+        recent_command_ids=remember(commands, event.causation_id),
+    )
+
+
+def _dispatched(state: TaskState, event: ExecutionDispatched) -> TaskState:
+    previous = state.in_flight.get(event.execution_id)
+    origin: Literal["manual", "schedule"] = "manual" if event.reason == "manual" else "schedule"
+    execution = Execution(
+        execution_id=event.execution_id,
+        origin=previous.origin if previous is not None else origin,
+        slot=event.slot,
+        trigger_id=event.trigger_id,
+        scheduled_for=event.scheduled_for,
+        priority=event.priority,
+        work=event.work,
+        params=event.params,
+        attempt=event.attempt,
+        deadline=event.deadline,
+        started_at=previous.started_at if previous is not None else None,
+        last_error=previous.last_error if previous is not None else None,
+    )
+    updates: dict[str, Any] = {"in_flight": {**state.in_flight, event.execution_id: execution}}
+    match event.reason:
+        case "schedule":
+            runs = state.scheduled_runs + 1
+            updates.update(runs=state.runs + 1, scheduled_runs=runs)
+            if event.slot is not None:
+                updates.update(_advanced(state, event.slot, runs))
+        case "manual":
+            updates["runs"] = state.runs + 1
+            if event.trigger_id is not None:
+                updates["recent_trigger_ids"] = remember(state.recent_trigger_ids, event.trigger_id)
+        case "buffered":
+            updates["buffered"] = None
+        case "retry":
+            pass
+        case _:
+            assert_never(event.reason)
+    return _bump(state, event, **updates)
+
+
+def _advanced(state: TaskState, slot: datetime, scheduled_runs: int) -> dict[str, Any]:
+    """State updates once ``slot`` has been handled: the next slot and when it fires."""
+    last = slot if state.last_slot is None else max(state.last_slot, slot)
+    definition = state.definition
+    if definition is None or state.created_at is None:
+        return {"last_slot": last}
+    nxt = next_slot(
+        definition, last, anchor=anchor_for(definition, state.created_at), runs_so_far=scheduled_runs
+    )
+    return {"last_slot": last, "next_slot": nxt, "next_fire_at": _fire_at(state.task_id, definition, nxt)}
+
+
+def _count_outcome(counters: Counters, status: ExecutionStatus) -> Counters:
+    # The status names double as the counter field names.
+    return counters.model_copy(update={status: getattr(counters, status) + 1})
+
+
+def _bump(state: TaskState, event: EventBase, **updates: Any) -> TaskState:
+    return state.model_copy(
+        update={
+            "version": event.sequence,
+            "recent_command_ids": remember(state.recent_command_ids, event.causation_id),
+            **updates,
+        }
+    )

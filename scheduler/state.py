@@ -1,0 +1,161 @@
+"""The decider's state of one task, folded from its events by :func:`scheduler.decider.evolve`.
+
+The state is a frozen pydantic model so the stream shell can store it as JSON
+(:func:`dump_state` / :func:`load_state`); it is never mutated, only replaced.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas._types import UtcDatetime
+from schemas.events import DispatchReason
+from schemas.specs import Priority, TaskDefinition, Work
+
+TaskStatus = Literal["absent", "active", "paused", "completed", "deleted"]
+"""Lifecycle of a task.
+
+- ``absent``: no task, but the id has history (a rejected command); behaves as missing.
+- ``active``: the schedule fires.
+- ``paused``: the schedule does not fire; missed slots accumulate for catch-up on resume.
+- ``completed``: the schedule is exhausted; executions finish, triggers still run.
+- ``deleted``: gone; behaves as missing, except that a repeated delete is a no-op.
+"""
+
+RECENT_IDS = 64
+"""How many recent command ids and trigger ids are remembered for idempotency."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Execution(_Frozen):
+    """An execution that has not finished: running, queued, or waiting for a retry."""
+
+    execution_id: str
+    origin: DispatchReason
+    """``schedule`` or ``manual`` (buffered slots are ``schedule`` once dispatched)."""
+    slot: UtcDatetime | None = None
+    trigger_id: str | None = None
+    scheduled_for: UtcDatetime
+    priority: Priority
+    work: Work
+    params: dict[str, Any] = Field(default_factory=dict)
+    attempt: int
+    """The latest dispatched attempt."""
+    deadline: UtcDatetime | None = None
+    """Deadline of the running attempt; None while waiting for a retry."""
+    retry_at: UtcDatetime | None = None
+    """When the next attempt is due; None unless waiting for a retry."""
+    attempt_started: bool = False
+    """Whether the running attempt was reported started."""
+    started_at: UtcDatetime | None = None
+    """When the first attempt started."""
+    last_error: str | None = None
+
+
+class Buffered(_Frozen):
+    """A slot held back by the ``buffer_one`` overlap policy."""
+
+    execution_id: str
+    slot: UtcDatetime
+
+
+class Counters(_Frozen):
+    """Running totals, for views and metrics."""
+
+    succeeded: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+    attempts_failed: int = 0
+    slots_missed: int = 0
+    rejected: int = 0
+
+
+class TaskState(_Frozen):
+    """Everything the decider knows about one task."""
+
+    task_id: str
+    tenant: str
+    definition: TaskDefinition | None = None
+    """None only while ``absent``."""
+    status: TaskStatus
+    revision: int = 0
+    """Bumped by every user change (create, update, pause, resume); for ``expected_revision``."""
+    version: int
+    """Sequence number of the last event applied."""
+    incarnation: int = 0
+    """How many times a task was created under this id (1 for the first creation)."""
+    created_at: UtcDatetime | None = None
+    next_slot: UtcDatetime | None = None
+    """The next nominal slot not yet handled (kept while paused, so resume can catch up)."""
+    next_fire_at: UtcDatetime | None = None
+    """When ``next_slot`` is due: the slot plus its jitter."""
+    last_slot: UtcDatetime | None = None
+    """The latest slot handled (run, buffered or missed)."""
+    runs: int = 0
+    """Executions created from the schedule or by triggers."""
+    scheduled_runs: int = 0
+    """Executions created from the schedule; compared with ``max_runs``."""
+    in_flight: dict[str, Execution] = Field(default_factory=dict)
+    buffered: Buffered | None = None
+    recent_trigger_ids: tuple[str, ...] = ()
+    recent_command_ids: tuple[str, ...] = ()
+    counters: Counters = Field(default_factory=Counters)
+
+    @property
+    def exists(self) -> bool:
+        """Whether the task exists (not absent and not deleted)."""
+        return self.status not in ("absent", "deleted")
+
+    @property
+    def pending_retries(self) -> dict[str, datetime]:
+        """Execution id -> when its next attempt is due, for executions waiting for a retry."""
+        return {i: e.retry_at for i, e in self.in_flight.items() if e.retry_at is not None}
+
+
+def execution_key(state: TaskState) -> str:
+    """The task id as used to derive execution ids.
+
+    A task re-created after a delete is a new incarnation whose slots may coincide with the
+    old one's; qualifying its ids keeps every execution id unique for the life of the id.
+    """
+    return state.task_id if state.incarnation <= 1 else f"{state.task_id}#{state.incarnation}"
+
+
+def next_wakeup(state: TaskState | None) -> datetime | None:
+    """When the task next needs a ``Wake``: the earliest of its next fire time (when active),
+    any retry time and any in-flight deadline. None when nothing is pending."""
+    if state is None or not state.exists:
+        return None
+    candidates: list[datetime] = []
+    if state.status == "active" and state.next_fire_at is not None:
+        candidates.append(state.next_fire_at)
+    for execution in state.in_flight.values():
+        if execution.retry_at is not None:
+            candidates.append(execution.retry_at)
+        if execution.deadline is not None:
+            candidates.append(execution.deadline)
+    return min(candidates, default=None)
+
+
+def dump_state(state: TaskState) -> bytes:
+    """Serialise a state for a state store."""
+    return state.model_dump_json().encode()
+
+
+def load_state(raw: bytes) -> TaskState:
+    """Inverse of :func:`dump_state`."""
+    return TaskState.model_validate_json(raw)
+
+
+def remember(ids: tuple[str, ...], new: str) -> tuple[str, ...]:
+    """Append ``new`` to a bounded, most-recent-last tuple of ids."""
+    if new in ids:
+        return ids
+    return (*ids, new)[-RECENT_IDS:]

@@ -1,0 +1,36 @@
+"""Shared annotated types and model configuration for the wire models."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+"""Earliest instant accepted on the wire."""
+LATEST = datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+"""Latest instant accepted on the wire."""
+
+
+def _aware_utc(value: datetime, info: ValidationInfo) -> datetime:
+    """Reject naive datetimes and normalise aware ones to UTC."""
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        name = info.field_name or "datetime"
+        raise ValueError(f"{name} must be timezone-aware (e.g. '2026-01-01T00:00:00Z'); got a naive datetime")
+    utc = value.astimezone(UTC)
+    # Bounded so that adding timeouts, intervals and jitter can never overflow datetime.
+    if not EARLIEST <= utc <= LATEST:
+        name = info.field_name or "datetime"
+        raise ValueError(f"{name} must be between 1970-01-01 and 2999-12-31 (UTC)")
+    return utc
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_aware_utc)]
+"""A timezone-aware datetime, normalised to UTC. Naive input is rejected naming the field."""
+
+
+class WireModel(BaseModel):
+    """Base of every wire model: immutable, and unknown fields are an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)

@@ -1,0 +1,216 @@
+"""The CloudEvents 1.0 envelope around every command and event, and its orjson codec.
+
+Decoding raises :class:`~schemas.errors.DecodeError` (dead-letter it) or, for a command whose
+envelope is sound but whose body is invalid, :class:`~schemas.errors.InvalidCommand` (answer it
+with a ``CommandRejected`` event).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, cast
+
+import orjson
+from pydantic import Field, TypeAdapter, ValidationError
+
+from schemas import SCHEMA_VERSION
+from schemas._types import UtcDatetime, WireModel
+from schemas.commands import COMMAND_TYPES, Command, CommandBase
+from schemas.errors import DecodeError, InvalidCommand
+from schemas.events import EVENT_TYPES, Event, EventBase
+
+COMMAND_TYPE_PREFIX = "scheduler.command."
+EVENT_TYPE_PREFIX = "scheduler.event."
+
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+class Envelope(WireModel):
+    """CloudEvents 1.0 (structured mode, JSON) with the scheduler's extension attributes."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(min_length=1)
+    """The command id or event id."""
+    source: str = Field(min_length=1)
+    """URI-reference of the producer, e.g. ``/scheduler/api``."""
+    type: str = Field(min_length=1)
+    """``scheduler.command.<Type>`` or ``scheduler.event.<Type>``."""
+    subject: str = Field(min_length=1)
+    """The task id."""
+    time: UtcDatetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    tenant: str = Field(min_length=1)
+    actor: str = Field(min_length=1)
+    causationid: str | None = None
+    """Id of the message that caused this one (for events: the command id)."""
+    correlationid: str | None = None
+    """Id shared by every message of one logical operation."""
+    schemaversion: int = Field(default=SCHEMA_VERSION, ge=1)
+    data: dict[str, Any]
+    """The command or event itself, as JSON."""
+
+
+def command_envelope(cmd: CommandBase, source: str, correlation_id: str | None = None) -> Envelope:
+    """Wrap a command; the correlation id defaults to the command id."""
+    return Envelope(
+        id=cmd.command_id,
+        source=source,
+        type=COMMAND_TYPE_PREFIX + _type_of(cmd),
+        subject=cmd.task_id,
+        time=cmd.at,
+        tenant=cmd.tenant,
+        actor=cmd.actor,
+        causationid=None,
+        correlationid=correlation_id or cmd.command_id,
+        data=cmd.model_dump(mode="json"),
+    )
+
+
+def event_envelope(evt: EventBase, source: str, correlation_id: str | None) -> Envelope:
+    """Wrap an event; its causation id is the causing command's id."""
+    return Envelope(
+        id=evt.event_id,
+        source=source,
+        type=EVENT_TYPE_PREFIX + _type_of(evt),
+        subject=evt.task_id,
+        time=evt.at,
+        tenant=evt.tenant,
+        actor=evt.actor,
+        causationid=evt.causation_id,
+        correlationid=correlation_id,
+        data=evt.model_dump(mode="json"),
+    )
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Serialise an envelope to JSON bytes."""
+    return orjson.dumps(envelope.model_dump(mode="json"))
+
+
+def decode_envelope(raw: bytes) -> Envelope:
+    """Parse and validate an envelope without interpreting its data.
+
+    :raises DecodeError: not JSON, or not a valid envelope.
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DecodeError("envelope must be a JSON object")
+    try:
+        return Envelope.model_validate(obj)
+    except ValidationError as exc:
+        field, reason = _first_error(exc, obj)
+        raise DecodeError(f"invalid envelope: {reason}", field) from None
+
+
+def decode_command(raw: bytes) -> Command:
+    """Decode a command envelope.
+
+    :raises InvalidCommand: the envelope is valid but the command body is not.
+    :raises DecodeError: anything else is wrong (not JSON, bad envelope, unknown type).
+    """
+    env = decode_envelope(raw)
+    name = _suffix(env.type, COMMAND_TYPE_PREFIX)
+    if name is None or name not in COMMAND_TYPES:
+        raise DecodeError(f"unknown command type {env.type!r}", "type")
+    data = dict(env.data)
+    # The envelope is authoritative for routing and identity: a body that disagrees is invalid.
+    data.setdefault("type", name)
+    try:
+        if data["type"] != name:
+            raise _Mismatch("type", f"data.type {data['type']!r} does not match envelope type {name!r}")
+        for attr, key in (("subject", "task_id"), ("tenant", "tenant"), ("id", "command_id")):
+            if key in data and data[key] != getattr(env, attr):
+                raise _Mismatch(key, f"{key} does not match the envelope's {attr}")
+        cmd = COMMAND_TYPES[name].model_validate(data)
+    except _Mismatch as exc:
+        raise _invalid(env, name, exc.reason, exc.field) from None
+    except ValidationError as exc:
+        field, reason = _first_error(exc, data)
+        raise _invalid(env, name, reason, field) from None
+    return cast("Command", cmd)
+
+
+def decode_event(raw: bytes) -> Event:
+    """Decode an event envelope.
+
+    :raises DecodeError: not JSON, bad envelope, unknown type, or an invalid event body.
+    """
+    env = decode_envelope(raw)
+    name = _suffix(env.type, EVENT_TYPE_PREFIX)
+    if name is None or name not in EVENT_TYPES:
+        raise DecodeError(f"unknown event type {env.type!r}", "type")
+    data = dict(env.data)
+    data.setdefault("type", name)
+    if data["type"] != name:
+        raise DecodeError(f"data.type {data['type']!r} does not match envelope type {name!r}", "data.type")
+    try:
+        return _EVENT_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        field, reason = _first_error(exc, data)
+        raise DecodeError(reason, f"data.{field}" if field else "data") from None
+
+
+def error_field(loc: Sequence[int | str], data: object) -> str | None:
+    """Turn a pydantic error location into a dotted field path.
+
+    Discriminated unions put the tag (e.g. ``cron``) into the location; it is dropped so the
+    path names fields of the document as the client wrote it (``definition.schedule.expression``).
+    """
+    parts: list[str] = []
+    node: object = data
+    for item in loc:
+        if isinstance(node, Mapping) and isinstance(item, str) and item not in node:
+            if item in (node.get("kind"), node.get("type")):
+                continue  # a union tag, not a field
+            # A missing field: the path still names it; there is nothing deeper to walk into.
+            parts.append(item)
+            node = None
+            continue
+        parts.append(str(item))
+        if isinstance(node, Mapping):
+            node = node.get(item)
+        elif isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
+            node = node[item]
+        else:
+            node = None
+    return ".".join(parts) or None
+
+
+class _Mismatch(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+def _invalid(env: Envelope, name: str, reason: str, field: str | None) -> InvalidCommand:
+    return InvalidCommand(
+        reason,
+        field,
+        task_id=env.subject,
+        tenant=env.tenant,
+        actor=env.actor,
+        command_id=env.id,
+        command_type=name,
+        at=env.time,
+    )
+
+
+def _first_error(exc: ValidationError, data: object) -> tuple[str | None, str]:
+    err = exc.errors(include_url=False)[0]
+    field = error_field(err["loc"], data)
+    msg = err["msg"]
+    # pydantic prefixes messages raised from validators with "Value error, "; it adds nothing.
+    msg = msg.removeprefix("Value error, ")
+    return field, msg
+
+
+def _suffix(value: str, prefix: str) -> str | None:
+    return value[len(prefix) :] if value.startswith(prefix) else None
+
+
+def _type_of(model: CommandBase | EventBase) -> str:
+    return str(getattr(model, "type"))  # noqa: B009 - every concrete command and event has one

@@ -1,0 +1,232 @@
+"""Events: immutable facts on the ``task-events`` topic, keyed by task id.
+
+``sequence`` is the task's version after the event (1, 2, 3 ... per task, contiguous); the
+``event_id`` is derived from task id and sequence. ``ExecutionCompleted`` is also published on
+the ``outcomes`` topic as the public contract of "what ran and how it ended".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from schemas._types import UtcDatetime, WireModel
+from schemas.specs import Priority, TaskDefinition, Work
+
+MissedReason = Literal[
+    "catch_up_skip",
+    "catch_up_run_once",
+    "catch_up_limit",
+    "outside_window",
+    "overlap",
+    "superseded",
+]
+"""Why slots did not run.
+
+- ``catch_up_skip``: late beyond the misfire grace, catch-up mode ``skip``.
+- ``catch_up_run_once``: late, and a later missed slot ran instead (mode ``run_once``).
+- ``catch_up_limit``: late and inside the window, but beyond ``catch_up.max_runs`` (``run_all``).
+- ``outside_window``: late and older than ``catch_up.window_seconds`` (``run_all``).
+- ``overlap``: an execution was in flight and the overlap policy did not run the slot.
+- ``superseded``: due but not yet handled when the definition was updated.
+"""
+
+ExecutionStatus = Literal["succeeded", "failed", "timed_out", "cancelled"]
+DispatchReason = Literal["schedule", "manual", "retry", "buffered"]
+
+
+class EventBase(WireModel):
+    """Fields every event carries."""
+
+    event_id: str
+    """uuid5 of task id and sequence."""
+    task_id: str
+    tenant: str
+    sequence: int = Field(ge=1)
+    """The task's version after this event; contiguous per task."""
+    at: UtcDatetime
+    """The ``at`` of the command that caused the event."""
+    causation_id: str
+    """The ``command_id`` of the command that caused the event."""
+    actor: str
+
+
+class TaskCreated(EventBase):
+    """A task was created."""
+
+    type: Literal["TaskCreated"] = "TaskCreated"
+    definition: TaskDefinition
+    revision: int = Field(ge=1)
+    next_slot: UtcDatetime | None = None
+    """The first nominal slot; None when the task has no schedule or it is already exhausted."""
+    next_fire_at: UtcDatetime | None = None
+    """When that slot fires: the slot plus its deterministic jitter."""
+
+
+class TaskUpdated(EventBase):
+    """A task's definition was replaced; its schedule restarts from the event's ``at``."""
+
+    type: Literal["TaskUpdated"] = "TaskUpdated"
+    definition: TaskDefinition
+    revision: int = Field(ge=1)
+    next_slot: UtcDatetime | None = None
+    next_fire_at: UtcDatetime | None = None
+
+
+class TaskPaused(EventBase):
+    """A task stopped firing its schedule."""
+
+    type: Literal["TaskPaused"] = "TaskPaused"
+    note: str | None = None
+    revision: int = Field(ge=1)
+
+
+class TaskResumed(EventBase):
+    """A paused task resumed firing its schedule."""
+
+    type: Literal["TaskResumed"] = "TaskResumed"
+    revision: int = Field(ge=1)
+
+
+class TaskDeleted(EventBase):
+    """A task was deleted."""
+
+    type: Literal["TaskDeleted"] = "TaskDeleted"
+
+
+class TaskCompleted(EventBase):
+    """A task's schedule is exhausted; in-flight executions still finish, triggers still work."""
+
+    type: Literal["TaskCompleted"] = "TaskCompleted"
+    reason: Literal["run_limit", "end_reached", "one_shot"]
+
+
+class SlotsMissed(EventBase):
+    """A contiguous range of the task's slots that did not run, with the reason."""
+
+    type: Literal["SlotsMissed"] = "SlotsMissed"
+    first_slot: UtcDatetime
+    last_slot: UtcDatetime
+    count: int = Field(ge=1)
+    reason: MissedReason
+    truncated: bool = False
+    """True when ``count`` is a lower bound because counting stopped at a safety limit."""
+
+
+class ExecutionDispatched(EventBase):
+    """An attempt of an execution was sent to the executors."""
+
+    type: Literal["ExecutionDispatched"] = "ExecutionDispatched"
+    execution_id: str
+    attempt: int = Field(ge=1)
+    reason: DispatchReason
+    slot: UtcDatetime | None = None
+    """The scheduled slot; None for manual triggers."""
+    trigger_id: str | None = None
+    priority: Priority
+    work: Work
+    params: dict[str, Any] = Field(default_factory=dict)
+    scheduled_for: UtcDatetime
+    """The slot, or the trigger's ``at`` for manual executions."""
+    deadline: UtcDatetime
+    """The attempt times out at this instant (dispatch time plus the task's timeout)."""
+
+
+class ExecutionBuffered(EventBase):
+    """A slot was buffered (overlap ``buffer_one``); it is dispatched when nothing is in flight."""
+
+    type: Literal["ExecutionBuffered"] = "ExecutionBuffered"
+    execution_id: str
+    slot: UtcDatetime
+
+
+class ExecutionStarted(EventBase):
+    """An executor reported it started an attempt."""
+
+    type: Literal["ExecutionStarted"] = "ExecutionStarted"
+    execution_id: str
+    attempt: int = Field(ge=1)
+    worker: str
+    started_at: UtcDatetime
+
+
+class AttemptFailed(EventBase):
+    """An attempt failed or timed out; ``retry_at`` is set when another attempt will follow."""
+
+    type: Literal["AttemptFailed"] = "AttemptFailed"
+    execution_id: str
+    attempt: int = Field(ge=1)
+    error: str | None = None
+    timed_out: bool = False
+    retry_at: UtcDatetime | None = None
+
+
+class ExecutionCompleted(EventBase):
+    """The one final event of an execution. Published on the ``outcomes`` topic."""
+
+    type: Literal["ExecutionCompleted"] = "ExecutionCompleted"
+    execution_id: str
+    status: ExecutionStatus
+    attempts: int = Field(ge=0)
+    """Attempts dispatched; 0 for a buffered execution cancelled before it ran."""
+    result: Any = None
+    error: str | None = None
+    started_at: UtcDatetime | None = None
+    """When the first attempt started; None if it never started."""
+    finished_at: UtcDatetime
+    duration_ms: int | None = None
+    """``finished_at - started_at`` in milliseconds; None if it never started."""
+    slot: UtcDatetime | None = None
+    scheduled_for: UtcDatetime | None = None
+    trigger_id: str | None = None
+
+
+class CommandRejected(EventBase):
+    """A command was refused for a business reason."""
+
+    type: Literal["CommandRejected"] = "CommandRejected"
+    command_id: str
+    command_type: str
+    reason: str
+    field: str | None = None
+    """Dotted path of the offending field in the command, or None."""
+
+
+Event = Annotated[
+    TaskCreated
+    | TaskUpdated
+    | TaskPaused
+    | TaskResumed
+    | TaskDeleted
+    | TaskCompleted
+    | SlotsMissed
+    | ExecutionDispatched
+    | ExecutionBuffered
+    | ExecutionStarted
+    | AttemptFailed
+    | ExecutionCompleted
+    | CommandRejected,
+    Field(discriminator="type"),
+]
+"""Any event, discriminated by ``type``."""
+
+EVENT_TYPES: dict[str, type[EventBase]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        TaskCreated,
+        TaskUpdated,
+        TaskPaused,
+        TaskResumed,
+        TaskDeleted,
+        TaskCompleted,
+        SlotsMissed,
+        ExecutionDispatched,
+        ExecutionBuffered,
+        ExecutionStarted,
+        AttemptFailed,
+        ExecutionCompleted,
+        CommandRejected,
+    )
+}
+"""Event classes by their ``type`` literal."""

@@ -1,0 +1,295 @@
+"""Slot arithmetic: DST rules, intervals, bounds, jitter; examples and properties."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from croniter import croniter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.schedule import fire_times, jitter_offset, next_fire, next_slot
+from schemas.specs import CronSchedule, IntervalSchedule, OnceSchedule, TaskDefinition
+
+NY = "America/New_York"
+ANCHOR = datetime(2020, 1, 1, tzinfo=UTC)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def local(text: str, zone: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(zone)).astimezone(UTC)
+
+
+def cron(expression: str, zone: str = "UTC") -> CronSchedule:
+    return CronSchedule(expression=expression, timezone=zone)
+
+
+# ---------------------------------------------------------------------------------------------
+# Daylight saving, explicitly (America/New_York 2026: spring forward 03-08, fall back 11-01)
+# ---------------------------------------------------------------------------------------------
+
+DST_CASES = [
+    # Spring forward: 02:00 EST -> 03:00 EDT (07:00Z); 02:xx does not exist.
+    pytest.param(
+        "30 2 * * *", "2026-03-08T05:00", ["2026-03-08T07:30", "2026-03-09T06:30"], id="spring-0230-shifted"
+    ),
+    pytest.param(
+        "30 1 * * *", "2026-03-08T05:00", ["2026-03-08T06:30", "2026-03-09T05:30"], id="spring-0130"
+    ),
+    pytest.param(
+        "0 * * * *",
+        "2026-03-08T05:00",
+        ["2026-03-08T06:00", "2026-03-08T07:00", "2026-03-08T08:00"],
+        id="spring-hourly-0200-collides-with-0300",
+    ),
+    pytest.param(
+        "*/30 * * * *",
+        "2026-03-08T05:45",
+        ["2026-03-08T06:00", "2026-03-08T06:30", "2026-03-08T07:00", "2026-03-08T07:30", "2026-03-08T08:00"],
+        id="spring-half-hourly",
+    ),
+    # Fall back: 02:00 EDT -> 01:00 EST (06:00Z); 01:xx happens twice, fires at the first.
+    pytest.param("30 2 * * *", "2026-11-01T04:00", ["2026-11-01T07:30", "2026-11-02T07:30"], id="fall-0230"),
+    pytest.param(
+        "30 1 * * *", "2026-11-01T04:00", ["2026-11-01T05:30", "2026-11-02T06:30"], id="fall-0130-first-only"
+    ),
+    pytest.param(
+        "0 * * * *",
+        "2026-11-01T04:00",
+        ["2026-11-01T05:00", "2026-11-01T07:00", "2026-11-01T08:00"],
+        id="fall-hourly-0100-once",
+    ),
+    pytest.param(
+        "*/30 * * * *",
+        "2026-11-01T04:45",
+        ["2026-11-01T05:00", "2026-11-01T05:30", "2026-11-01T07:00", "2026-11-01T07:30"],
+        id="fall-half-hourly",
+    ),
+    # Searches that start inside the transition.
+    pytest.param("30 2 * * *", "2026-03-08T07:10", ["2026-03-08T07:30"], id="spring-after-inside-gap-shadow"),
+    pytest.param("*/30 * * * *", "2026-03-08T07:00", ["2026-03-08T07:30"], id="spring-after-at-transition"),
+    pytest.param(
+        "30 1 * * *",
+        "2026-11-01T06:15",
+        ["2026-11-02T06:30"],
+        id="fall-after-in-repeated-hour-no-second-fire",
+    ),
+]
+
+
+@pytest.mark.parametrize(("expression", "after", "expected"), DST_CASES)
+def test_new_york_dst(expression: str, after: str, expected: list[str]) -> None:
+    got = fire_times(cron(expression, NY), utc(after), len(expected), anchor=ANCHOR)
+    assert got == [utc(x) for x in expected]
+
+
+def test_lord_howe_half_hour_shift() -> None:
+    zone = "Australia/Lord_Howe"  # +10:30 -> +11 on 2026-10-04 at 02:00 local (02:00..02:29 missing)
+    got = fire_times(cron("15 2 * * *", zone), local("2026-10-03T12:00", zone), 2, anchor=ANCHOR)
+    assert got == [local("2026-10-04T02:45", zone), local("2026-10-05T02:15", zone)]
+    # Back to +10:30 on 2026-04-05 at 02:00 (01:30..01:59 twice): fires at the first.
+    got = fire_times(cron("45 1 * * *", zone), local("2026-04-04T12:00", zone), 2, anchor=ANCHOR)
+    assert got[0] == datetime(2026, 4, 4, 14, 45, tzinfo=UTC)  # 01:45 at +11:00
+    assert got[1] == local("2026-04-06T01:45", zone)
+
+
+def test_six_field_cron_has_seconds_first() -> None:
+    schedule = cron("15 0 * * * *")  # second 15 of every hour
+    assert fire_times(schedule, utc("2026-01-01T00:00"), 2, anchor=ANCHOR) == [
+        utc("2026-01-01T00:00:15"),
+        utc("2026-01-01T01:00:15"),
+    ]
+
+
+def test_cron_in_zone_without_dst() -> None:
+    assert next_fire(cron("0 9 * * *", "Asia/Kolkata"), utc("2026-06-01T00:00"), anchor=ANCHOR) == utc(
+        "2026-06-01T03:30"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Interval and one-shot
+# ---------------------------------------------------------------------------------------------
+
+
+def test_interval_examples() -> None:
+    schedule = IntervalSchedule(every_seconds=90)
+    anchor = utc("2026-01-01T00:00")
+    assert next_fire(schedule, anchor, anchor=anchor) == utc("2026-01-01T00:01:30")
+    assert next_fire(schedule, utc("2026-01-01T00:01:30"), anchor=anchor) == utc("2026-01-01T00:03:00")
+    # The anchor is a phase: slots before it exist too (start_at is the bound).
+    assert next_fire(schedule, utc("2025-12-31T23:58:00"), anchor=anchor) == utc("2025-12-31T23:58:30")
+    # The schedule's own anchor wins over the task's.
+    own = IntervalSchedule(every_seconds=3600, anchor=utc("2026-01-01T00:15"))
+    assert next_fire(own, anchor, anchor=anchor) == utc("2026-01-01T00:15")
+
+
+def test_interval_ignores_dst() -> None:
+    schedule = IntervalSchedule(every_seconds=3600)
+    anchor = utc("2026-03-08T00:00")
+    got = fire_times(schedule, anchor, 12, anchor=anchor)
+    assert all(b - a == timedelta(hours=1) for a, b in itertools.pairwise(got))
+
+
+def test_once() -> None:
+    schedule = OnceSchedule(at=utc("2026-05-01T12:00"))
+    assert next_fire(schedule, utc("2026-05-01T11:59"), anchor=ANCHOR) == utc("2026-05-01T12:00")
+    assert next_fire(schedule, utc("2026-05-01T12:00"), anchor=ANCHOR) is None
+    assert fire_times(schedule, utc("2026-01-01T00:00"), 5, anchor=ANCHOR) == [utc("2026-05-01T12:00")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Task bounds and jitter
+# ---------------------------------------------------------------------------------------------
+
+
+def task(**fields: object) -> TaskDefinition:
+    return TaskDefinition.model_validate(
+        {
+            "name": "t",
+            "work": {"kind": "handler", "name": "h"},
+            "schedule": {"kind": "cron", "expression": "0 * * * *"},
+        }
+        | fields
+    )
+
+
+def test_next_slot_bounds() -> None:
+    t0 = utc("2026-01-01T00:00")
+    assert next_slot(task(start_at=utc("2026-01-01T05:00")), t0, anchor=t0) == utc("2026-01-01T05:00")
+    assert next_slot(task(start_at=utc("2026-01-01T05:30")), t0, anchor=t0) == utc("2026-01-01T06:00")
+    assert next_slot(task(end_at=utc("2026-01-01T01:00")), t0, anchor=t0) == utc("2026-01-01T01:00")
+    assert next_slot(task(end_at=utc("2026-01-01T00:59")), t0, anchor=t0) is None
+    assert next_slot(task(max_runs=3), t0, anchor=t0, runs_so_far=2) == utc("2026-01-01T01:00")
+    assert next_slot(task(max_runs=3), t0, anchor=t0, runs_so_far=3) is None
+    assert next_slot(task(schedule=None), t0, anchor=t0) is None
+
+
+def test_jitter_offset_is_deterministic_and_bounded() -> None:
+    slot = utc("2026-01-01T00:10")
+    assert jitter_offset("a", slot, 0) == timedelta(0)
+    assert jitter_offset("a", slot, 30) == jitter_offset("a", slot, 30)
+    assert jitter_offset("a", slot, 30) != jitter_offset("b", slot, 30)
+    # The same instant in another zone is the same slot.
+    assert jitter_offset("a", slot, 30) == jitter_offset("a", slot.astimezone(ZoneInfo(NY)), 30)
+
+
+@given(st.text(min_size=1, max_size=20), st.floats(min_value=0.001, max_value=86_400))
+def test_jitter_in_range(task_id: str, seconds: float) -> None:
+    offset = jitter_offset(task_id, utc("2026-01-01T00:00"), seconds)
+    assert timedelta(0) <= offset < timedelta(seconds=seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties
+# ---------------------------------------------------------------------------------------------
+
+ZONES = ["UTC", NY, "Europe/London", "Australia/Lord_Howe", "Asia/Kolkata"]
+# Dates around each zone's 2026 transitions, and an ordinary one.
+DAYS = [
+    datetime(2026, 3, 7),
+    datetime(2026, 10, 31),
+    datetime(2026, 3, 28),
+    datetime(2026, 10, 24),
+    datetime(2026, 4, 4),
+    datetime(2026, 10, 3),
+    datetime(2026, 6, 15),
+]
+
+minutes = st.sampled_from(["*", "*/15", "0", "30", "0,30", "5-10", "59", "*/7"])
+hours = st.sampled_from(["*", "0", "1", "2", "3", "1-3", "*/2", "2,14"])
+days_of_week = st.sampled_from(["*", "0", "1-5", "6,0"])
+cron_specs = st.builds(
+    lambda m, h, dow, zone: cron(f"{m} {h} * * {dow}", zone),
+    minutes,
+    hours,
+    days_of_week,
+    st.sampled_from(ZONES),
+)
+starts = st.builds(
+    lambda day, offset: day.replace(tzinfo=UTC) + timedelta(minutes=offset),
+    st.sampled_from(DAYS),
+    st.integers(min_value=0, max_value=3 * 24 * 60),
+)
+
+
+def _matcher(expression: str) -> Callable[[datetime], bool]:
+    """An independent matcher for the generated expressions (day-of-month and month are '*')."""
+    expanded = croniter(expression).expanded
+    minute, hour, dow = (
+        {int(v) for v in field} if field != ["*"] else None
+        for field in (expanded[0], expanded[1], expanded[4])
+    )
+
+    def matches(wall: datetime) -> bool:
+        cron_dow = (wall.weekday() + 1) % 7  # cron counts from Sunday = 0
+        return (
+            (minute is None or wall.minute in minute)
+            and (hour is None or wall.hour in hour)
+            and (dow is None or cron_dow in dow or (cron_dow == 0 and 7 in dow))
+        )
+
+    return matches
+
+
+@settings(max_examples=200, deadline=None)
+@given(cron_specs, starts)
+def test_cron_slots_match_brute_force_enumeration(schedule: CronSchedule, start: datetime) -> None:
+    """next_fire chains through exactly the slots found by checking every wall-clock minute."""
+    zone = ZoneInfo(schedule.timezone)
+    end = start + timedelta(hours=30)
+    matches = _matcher(schedule.expression)
+    expected: set[datetime] = set()
+    wall = start.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0) - timedelta(hours=3)
+    stop = end.astimezone(zone).replace(tzinfo=None) + timedelta(hours=3)
+    while wall <= stop:
+        if matches(wall):
+            instant = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+            if start < instant <= end:
+                expected.add(instant)
+        wall += timedelta(minutes=1)
+    got: list[datetime] = []
+    current = start
+    while (slot := next_fire(schedule, current, anchor=ANCHOR)) is not None and slot <= end:
+        assert slot > current  # strictly increasing
+        got.append(slot)
+        current = slot
+    assert got == sorted(expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(cron_specs, starts)
+def test_cron_next_fire_strictly_increases(schedule: CronSchedule, start: datetime) -> None:
+    slots = fire_times(schedule, start, 20, anchor=ANCHOR)
+    assert slots and slots[0] > start
+    assert all(a < b for a, b in itertools.pairwise(slots))
+
+
+instants = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+@settings(max_examples=200)
+@given(
+    st.floats(min_value=1, max_value=10_000_000, allow_nan=False).map(lambda x: round(x, 3)),
+    instants,
+    instants,
+)
+def test_interval_slots_are_anchor_plus_k_every(every: float, anchor: datetime, after: datetime) -> None:
+    schedule = IntervalSchedule(every_seconds=every)
+    period = timedelta(microseconds=round(every * 1_000_000))
+    slots = fire_times(schedule, after, 3, anchor=anchor)
+    for slot in slots:
+        k, remainder = divmod(slot - anchor, period)
+        assert remainder == timedelta(0)
+        assert slot == anchor + k * period
+    assert slots[0] > after >= slots[0] - period
+    assert all(b - a == period for a, b in itertools.pairwise(slots))
