@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -127,6 +128,9 @@ class TaskProcessor:
             producer_linger_ms=1,
             consumer_auto_offset_reset="earliest",
             stream_wait_empty=False,
+            # Failover time after a crash is bounded by the session timeout.
+            broker_session_timeout=settings.session_timeout_seconds,
+            broker_heartbeat_interval=settings.session_timeout_seconds / 4,
             # Every payload is already bytes (orjson envelopes, encoded states).
             key_serializer="raw",
             value_serializer="raw",
@@ -137,6 +141,14 @@ class TaskProcessor:
         self.outcomes = t(topics.OUTCOMES)
         self.dead_letter = t(topics.DEAD_LETTER)
         self.dispatch = {p: t(topics.dispatch(p)) for p in topics.PRIORITIES}
+        self._names = {
+            "events": self.events.get_topic_name(),
+            "outcomes": self.outcomes.get_topic_name(),
+            **{p: topic.get_topic_name() for p, topic in self.dispatch.items()},
+        }
+        # Decoded states of recently touched tasks: decoding the stored JSON on every
+        # command cost more than deciding. Bounded, and cleared when partitions move.
+        self._cache: OrderedDict[bytes, TaskState] = OrderedDict()
         self.table = self.app.Table(
             "task-state",
             partitions=settings.partitions,
@@ -185,8 +197,7 @@ class TaskProcessor:
         if key != task_id.encode():
             await self._dead(message, raw, DecodeError("message key must be the task id", field="key"))
             return
-        stored_raw = self.table.get(key)
-        state = Stored.load(stored_raw).state if stored_raw is not None else None
+        state = self._load(key)
         events = decide(command, state) if command is not None else reject_invalid(invalid, state)
         if not events:
             return
@@ -194,18 +205,43 @@ class TaskProcessor:
             state = evolve(state, e)
         if state is None:
             del self.table[key]
+            self._cache.pop(key, None)
         else:
             self.table[key] = Stored(state, list(events), time.time()).dump()
+            self._remember(key, state)
         await self._send(key, events)
         self._index(task_id, state)
 
+    def _load(self, key: bytes) -> TaskState | None:
+        state = self._cache.get(key)
+        if state is not None:
+            self._cache.move_to_end(key)
+            return state
+        raw = self.table.get(key)
+        if raw is None:
+            return None
+        state = Stored.load(raw).state
+        self._remember(key, state)
+        return state
+
+    def _remember(self, key: bytes, state: TaskState) -> None:
+        self._cache[key] = state
+        self._cache.move_to_end(key)
+        if len(self._cache) > self.settings.state_cache_size:
+            self._cache.popitem(last=False)
+
     async def _send(self, key: bytes, events: Iterable[Event]) -> None:
+        # Straight to the app's producer: a Topic.send inside an agent is "attached" to the
+        # source offset and published only at the next commit (every 2.8 s), and its
+        # per-message machinery cost more than the decision itself. Sending now is as safe:
+        # Faust flushes this producer before it commits offsets (see the module docstring).
+        producer = self.app.producer
         for e in events:
             self.stats.events += 1
             value = encode(event_envelope(e, source=self.source, correlation_id=None))
-            await self.events.send(key=key, value=value)
+            await producer.send(self._names["events"], key, value, None, None, None)
             if isinstance(e, ExecutionDispatched):
-                await self.dispatch[str(e.priority)].send(key=key, value=value)
+                await producer.send(self._names[str(e.priority)], key, value, None, None, None)
                 if e.reason != "manual":
                     lateness = (_now() - e.scheduled_for).total_seconds() * 1000
                     lat = self.stats.dispatch_lateness_ms
@@ -213,7 +249,7 @@ class TaskProcessor:
                     if len(lat) > 100_000:
                         del lat[: len(lat) // 2]
             elif isinstance(e, ExecutionCompleted):
-                await self.outcomes.send(key=key, value=value)
+                await producer.send(self._names["outcomes"], key, value, None, None, None)
             elif e.type == "CommandRejected":
                 self.stats.rejected += 1
 
@@ -223,7 +259,7 @@ class TaskProcessor:
         value = dead_letter_value(
             topic=message.topic, partition=message.partition, offset=message.offset, payload=raw, error=error
         )
-        await self.dead_letter.send(key=message.key, value=value)
+        await self.dead_letter.send(key=message.key, value=value, force=True)
 
     def _index(self, task_id: str, state: TaskState | None) -> None:
         if state is None:
@@ -238,9 +274,11 @@ class TaskProcessor:
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         # Recovery of the new assignment is about to start: fire nothing until it is done.
         self.ready = False
+        self._cache.clear()
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         self.ready = False
+        self._cache.clear()
 
     async def _on_recovered(self) -> None:
         """Rebuild the due-index from the table (active partitions only) and resend recent events."""
@@ -269,6 +307,11 @@ class TaskProcessor:
     # ------------------------------------------------------------------ firing
 
     async def _firing_loop(self) -> None:
+        # The worker configured logging by now. Per-message debug records of the Kafka and
+        # Faust internals were created (and dropped) on the hot path: cap them at our level.
+        level = logging.getLevelName(self.settings.log_level.upper())
+        for name in ("faust", "mode", "aiokafka"):
+            logging.getLogger(name).setLevel(level if isinstance(level, int) else logging.INFO)
         tick = self.settings.firing_tick_seconds
         resend = timedelta(seconds=self.settings.wake_resend_seconds)
         while True:
@@ -280,12 +323,8 @@ class TaskProcessor:
                 tenant = self.tenants.get(task_id)
                 if tenant is None:
                     continue
-                wake = Wake(
-                    command_id=str(uuid.uuid4()), task_id=task_id, tenant=tenant, actor="system", at=now
-                )
-                await self.commands.send(
-                    key=task_id.encode(), value=encode(command_envelope(wake, source=self.source))
-                )
+                wake = Wake(command_id=str(uuid.uuid4()), task_id=task_id, tenant=tenant, actor="system", at=now)
+                await self.commands.send(key=task_id.encode(), value=encode(command_envelope(wake, source=self.source)))
                 self.stats.wakes_sent += 1
                 # Should this Wake be lost, wake the task again; applying it replaces this entry.
                 self.index.set(task_id, now + resend)

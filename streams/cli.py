@@ -42,16 +42,12 @@ def worker(worker_id: str | None, no_executor: bool, data_dir: str | None) -> No
     from streams.admin import ensure_topics
     from streams.app import TaskProcessor
 
-    settings = _settings(
-        worker_id=worker_id, data_dir=data_dir, executor_enabled=False if no_executor else None
-    )
+    settings = _settings(worker_id=worker_id, data_dir=data_dir, executor_enabled=False if no_executor else None)
     _load_handlers(settings)
     asyncio.run(ensure_topics(settings))
     processor = TaskProcessor(settings)
     level = settings.log_level.lower()
-    Worker(
-        processor.app, loglevel={"warning": "warn"}.get(level, level), quiet=True
-    ).execute_from_commandline()
+    Worker(processor.app, loglevel={"warning": "warn"}.get(level, level), quiet=True).execute_from_commandline()
 
 
 @main.command()

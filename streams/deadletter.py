@@ -31,9 +31,7 @@ def dead_letter_value(
     return orjson.dumps(body)
 
 
-def dead_letter_record(
-    record: ConsumerRecord[bytes, bytes], error: DecodeError | Exception
-) -> dict[str, Any]:
+def dead_letter_record(record: ConsumerRecord[bytes, bytes], error: DecodeError | Exception) -> dict[str, Any]:
     """Keyword arguments for ``producer.send(dead_letter_topic, **...)``."""
     return {
         "key": record.key,

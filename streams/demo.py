@@ -69,9 +69,7 @@ async def _watch(settings: Settings, task_id: str, seconds: float | None) -> int
                     if isinstance(event, ExecutionCompleted) and event.task_id == task_id:
                         seen += 1
                         late = (
-                            (event.started_at - event.scheduled_for).total_seconds() * 1000
-                            if event.started_at
-                            else 0
+                            (event.started_at - event.scheduled_for).total_seconds() * 1000 if event.started_at else 0
                         )
                         _say(
                             f"{event.status}: slot {event.scheduled_for:%H:%M:%S}, started {late:.0f} ms after it, "

@@ -128,6 +128,8 @@ class Executor:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=1000,
+            session_timeout_ms=int(self.settings.session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(self.settings.session_timeout_seconds * 250),
         )
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=1)
         limits = httpx.Limits(
@@ -218,9 +220,7 @@ class Executor:
         try:
             event = decode_event(record.value or b"")
         except DecodeError as exc:
-            await producer.send(
-                topic_name(self.settings, topics.DEAD_LETTER), **dead_letter_record(record, exc)
-            )
+            await producer.send(topic_name(self.settings, topics.DEAD_LETTER), **dead_letter_record(record, exc))
             return
         if not isinstance(event, ExecutionDispatched):
             await producer.send(
@@ -246,9 +246,7 @@ class Executor:
                     attempt=event.attempt, worker=self.worker_id, started_at=started_at,
                 ),
             )  # fmt: skip
-            attempt = Attempt(
-                event.task_id, event.tenant, event.execution_id, event.attempt, dict(event.params)
-            )
+            attempt = Attempt(event.task_id, event.tenant, event.execution_id, event.attempt, dict(event.params))
             budget = (event.deadline - _now()).total_seconds()
             result = await runners.run(event.work, attempt, budget)
             finished_at = _now()

@@ -66,9 +66,7 @@ def _pointer(doc: Any, pointer: str) -> Any:
 class Runners:
     """Shared clients for the runners (one HTTP pool, one Kafka producer)."""
 
-    def __init__(
-        self, http: httpx.AsyncClient, producer: AIOKafkaProducer | None, allowed: list[str] | None
-    ) -> None:
+    def __init__(self, http: httpx.AsyncClient, producer: AIOKafkaProducer | None, allowed: list[str] | None) -> None:
         self.http = http
         self.producer = producer
         self.allowed = allowed
@@ -147,9 +145,7 @@ class Runners:
             key=work.key.encode() if work.key is not None else None,
             headers=[("execution-id", at.execution_id.encode()), ("task-id", at.task_id.encode())],
         )
-        return RunResult(
-            "succeeded", {"topic": meta.topic, "partition": meta.partition, "offset": meta.offset}
-        )
+        return RunResult("succeeded", {"topic": meta.topic, "partition": meta.partition, "offset": meta.offset})
 
     async def _handler(self, work: HandlerWork, at: Attempt) -> RunResult:
         fn = handlers.lookup(work.name, self.allowed)

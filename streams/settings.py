@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     store: str = "rocksdb://"
     """Faust table store URL (``rocksdb://`` persists across restarts; ``memory://`` for tests)."""
 
+    session_timeout_seconds: float = Field(default=10.0, ge=3)
+    """A worker that stops heartbeating for this long loses its partitions to the others."""
+    state_cache_size: int = Field(default=100_000, ge=0)
+    """Decoded task states kept in memory (the table stays the source of truth)."""
     wake_resend_seconds: float = Field(default=5.0, gt=0)
     """A Wake sent for a task is sent again after this long if the task has not moved on."""
     firing_tick_seconds: float = Field(default=0.05, gt=0)

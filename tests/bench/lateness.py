@@ -86,6 +86,7 @@ async def run(
     bootstrap: str, mongo_url: str, tasks: int, period: float, seconds: float, warmup: float
 ) -> Result:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
+    print(f"topic prefix {prefix}.", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="lateness-"))
     env = worker_env(bootstrap, mongo_url, prefix, tmp / "data", SCHED_PARTITIONS="8")
     worker = WorkerProc(env, tmp / "worker.log", "bench-worker").start()
@@ -101,6 +102,7 @@ async def run(
             break
         await asyncio.sleep(0.5)
     await consumer.start()
+    await _wait_ready(producer, consumer, prefix)
     ids = [f"bench-{i:06d}" for i in range(tasks)]
     now = datetime.now(UTC)
     anchor = now.replace(microsecond=0) + timedelta(seconds=1)
@@ -164,6 +166,20 @@ async def run(
         (_pct(start_ms, 50), _pct(start_ms, 99), max(start_ms, default=float("nan"))),
         rss_peak, rss_end,
     )  # fmt: skip
+
+
+async def _wait_ready(producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, prefix: str) -> None:
+    """Measure scheduling, not start-up: wait until the worker applies a probe command."""
+    probe = CreateTask(
+        command_id=str(uuid.uuid4()), task_id="probe", tenant="bench", actor="bench", at=datetime.now(UTC),
+        definition=TaskDefinition(name="probe", schedule=None, work=HandlerWork(name="noop")),
+    )  # fmt: skip
+    await producer.send_and_wait(f"{prefix}.commands", key=b"probe", value=encode(command_envelope(probe, "bench")))
+    for _ in range(240):
+        batch = await consumer.getmany(timeout_ms=500)
+        if any(r.key == b"probe" for records in batch.values() for r in records):
+            return
+    raise RuntimeError("the worker did not start within 120 s")
 
 
 async def consumer_topics(bootstrap: str) -> set[str]:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -89,8 +90,8 @@ def worker_env(bootstrap: str, mongo_url: str, prefix: str, data_dir: Path, **ex
         SCHED_LOG_LEVEL="warning",
         SCHED_HANDLER_MODULES='["streams.handlers"]',
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -104,6 +105,8 @@ class Bus:
     consumers: list[AIOKafkaConsumer] = field(default_factory=list)
     seen: dict[str, list[Event]] = field(default_factory=dict)
     raw: dict[str, list[Any]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    """Event id -> the envelope's source (which worker wrote it)."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def topic(self, name: str) -> str:
@@ -133,22 +136,20 @@ class Bus:
         async for record in consumer:
             self.raw[name].append(record)
             if name != "dead-letter":
-                self.seen[name].append(decode_event(record.value or b""))
+                event = decode_event(record.value or b"")
+                self.seen[name].append(event)
+                self.sources[event.event_id] = orjson.loads(record.value or b"{}").get("source", "")
 
     async def send(self, command: Command) -> None:
         assert self.producer is not None
         envelope = command_envelope(command, source="tests")
-        await self.producer.send_and_wait(
-            self.topic("commands"), key=command.task_id.encode(), value=encode(envelope)
-        )
+        await self.producer.send_and_wait(self.topic("commands"), key=command.task_id.encode(), value=encode(envelope))
 
     async def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         assert self.producer is not None
         await self.producer.send_and_wait(self.topic(topic), key=key, value=value)
 
-    def events(
-        self, task_id: str | None = None, type_: str | None = None, topic: str = "task-events"
-    ) -> list[Any]:
+    def events(self, task_id: str | None = None, type_: str | None = None, topic: str = "task-events") -> list[Any]:
         return [
             e for e in self.seen[topic]
             if (task_id is None or e.task_id == task_id) and (type_ is None or e.type == type_)

@@ -40,9 +40,7 @@ def prefix() -> str:
 @pytest.fixture(scope="module")
 def worker(infra: Infra, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
     tmp: Path = tmp_path_factory.mktemp("worker")
-    proc = WorkerProc(
-        worker_env(infra.bootstrap, infra.mongo_url, prefix, tmp / "data"), tmp / "worker.log", "w1"
-    )
+    proc = WorkerProc(worker_env(infra.bootstrap, infra.mongo_url, prefix, tmp / "data"), tmp / "worker.log", "w1")
     proc.start()
     try:
         yield proc
@@ -61,9 +59,7 @@ async def bus(infra: Infra, prefix: str, worker: WorkerProc) -> AsyncIterator[Bu
         # Wait until the worker has joined its group and applies commands, so the tests
         # below measure scheduling, not the worker's start-up.
         probe = f"probe-{new_id()}"
-        await b.send(
-            _create(probe, TaskDefinition(name="probe", schedule=None, work=HandlerWork(name="noop")))
-        )
+        await b.send(_create(probe, TaskDefinition(name="probe", schedule=None, work=HandlerWork(name="noop"))))
         await b.wait_for(lambda: bool(b.events(probe, "TaskCreated")), STARTUP, "the worker to start")
         _warm.add(prefix)
     try:
@@ -96,9 +92,7 @@ async def test_fires_every_second_once_per_slot(bus: Bus, target: HttpTarget, wo
         overlap=OverlapPolicy.ALLOW_ALL,  # every slot runs, even if the previous one is slow
     )
     await bus.send(_create(task_id, definition))
-    await bus.wait_for(
-        lambda: len(bus.events(task_id, "ExecutionCompleted")) >= 5, STARTUP, "5 completed runs"
-    )
+    await bus.wait_for(lambda: len(bus.events(task_id, "ExecutionCompleted")) >= 5, STARTUP, "5 completed runs")
     await bus.send(DeleteTask(command_id=new_id(), task_id=task_id, tenant="acme", actor="alice", at=now()))
     await bus.wait_for(lambda: bool(bus.events(task_id, "TaskDeleted")), 30, "TaskDeleted")
 
@@ -131,9 +125,7 @@ async def test_failing_target_is_retried_with_backoff_then_failed(bus: Bus, targ
         retry=RetryPolicy(max_attempts=3, initial_backoff_seconds=0.5, multiplier=2, jitter=0),
     )
     await bus.send(_create(task_id, definition))
-    trigger = TriggerTask(
-        command_id=new_id(), task_id=task_id, tenant="acme", actor="alice", at=now(), trigger_id="t1"
-    )
+    trigger = TriggerTask(command_id=new_id(), task_id=task_id, tenant="acme", actor="alice", at=now(), trigger_id="t1")
     await bus.send(trigger)
     await bus.wait_for(lambda: bool(bus.events(task_id, "ExecutionCompleted")), STARTUP, "final outcome")
 
@@ -198,9 +190,7 @@ async def test_delete_stops_firing(bus: Bus) -> None:
 
 async def test_manual_trigger_runs_once(bus: Bus) -> None:
     task_id = f"manual-{new_id()}"
-    definition = TaskDefinition(
-        name="on demand", schedule=None, work=HandlerWork(name="echo", params={"a": 1})
-    )
+    definition = TaskDefinition(name="on demand", schedule=None, work=HandlerWork(name="echo", params={"a": 1}))
     await bus.send(_create(task_id, definition))
     for _ in range(3):  # the same trigger id three times: one execution
         await bus.send(
@@ -218,14 +208,10 @@ async def test_manual_trigger_runs_once(bus: Bus) -> None:
     assert done.result["params"] == {"a": 1, "b": 2}
 
 
-async def test_bad_input_is_rejected_or_dead_lettered_and_processing_continues(
-    bus: Bus, infra: Infra
-) -> None:
+async def test_bad_input_is_rejected_or_dead_lettered_and_processing_continues(bus: Bus, infra: Infra) -> None:
     dead = await Bus(infra.bootstrap, bus.prefix).start(follow=("dead-letter",))
     await bus.send_raw("commands", b"garbage", b"\xff\xfe not json")
-    await dead.wait_for(
-        lambda: any(r.key == b"garbage" for r in dead.raw["dead-letter"]), STARTUP, "dead letter"
-    )
+    await dead.wait_for(lambda: any(r.key == b"garbage" for r in dead.raw["dead-letter"]), STARTUP, "dead letter")
     letter = orjson.loads(next(r.value for r in dead.raw["dead-letter"] if r.key == b"garbage"))
     assert letter["source_topic"] == bus.topic("commands") and letter["reason"]
     assert letter["payload_base64"]  # not UTF-8: kept byte for byte
