@@ -1,1 +1,13 @@
-"""projections"""
+"""Projections: MongoDB views built from the ``task-events`` topic.
+
+* :mod:`projections.views` - the pure part: an event -> write operations per view.
+* :mod:`projections.apply` - applies events to the views (shared by projector and replay).
+* :mod:`projections.projector` - the live consumer group, lag, indexes.
+* :mod:`projections.replay` - rebuilds the views into fresh collections and switches to them.
+* :mod:`projections.retention` - TTL index or, on FerretDB, a retention sweeper.
+* :mod:`projections.read` - what readers need: the live collection names, tenant statistics.
+"""
+
+from projections.read import CollectionNames, active_collections, tenant_stats
+
+__all__ = ["CollectionNames", "active_collections", "tenant_stats"]

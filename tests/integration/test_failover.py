@@ -66,10 +66,8 @@ async def test_sigkill_one_of_two_workers_loses_and_doubles_nothing(infra: Infra
         # The survivor takes over after the session timeout and fires everything due.
         await asyncio.sleep(float(SESSION_TIMEOUT) + 12)
         survivor_source = f"scheduler/worker/{workers[1].worker_id}"
-        per_task_after = {
-            t for t in ids
-            if any(e.at > killed_at + timedelta(seconds=float(SESSION_TIMEOUT)) for e in bus.events(t, "ExecutionCompleted"))
-        }  # fmt: skip
+        taken_over = killed_at + timedelta(seconds=float(SESSION_TIMEOUT))
+        per_task_after = {t for t in ids if any(e.at > taken_over for e in bus.events(t, "ExecutionCompleted"))}
         assert per_task_after == set(ids), f"tasks not firing after the takeover: {set(ids) - per_task_after}"
         stop_at = now()
         for task_id in ids:
