@@ -238,17 +238,22 @@ class Executor:
         stats.by_priority[str(event.priority)] = stats.by_priority.get(str(event.priority), 0) + 1
         try:
             started_at = _now()
-            await self._report(
-                producer,
-                ReportExecutionStarted(
-                    command_id=str(uuid.uuid4()), task_id=event.task_id, tenant=event.tenant,
-                    actor=f"executor:{self.worker_id}", at=started_at, execution_id=event.execution_id,
-                    attempt=event.attempt, worker=self.worker_id, started_at=started_at,
-                ),
+            started = ReportExecutionStarted(
+                command_id=str(uuid.uuid4()), task_id=event.task_id, tenant=event.tenant,
+                actor=f"executor:{self.worker_id}", at=started_at, execution_id=event.execution_id,
+                attempt=event.attempt, worker=self.worker_id, started_at=started_at,
             )  # fmt: skip
             attempt = Attempt(event.task_id, event.tenant, event.execution_id, event.attempt, dict(event.params))
             budget = (event.deadline - _now()).total_seconds()
-            result = await runners.run(event.work, attempt, budget)
+            run = asyncio.ensure_future(runners.run(event.work, attempt, budget))
+            # "Running" is reported only for work that is still running after a short while:
+            # the outcome carries started_at anyway, and for quick work the extra command
+            # would be a third of the task owner's load.
+            delay = self.settings.executor_started_report_after_seconds
+            done, _ = await asyncio.wait({run}, timeout=max(delay, 0.0))
+            if not done:
+                await self._report(producer, started)
+            result = await run
             finished_at = _now()
             delivered = await self._report(
                 producer,

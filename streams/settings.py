@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     """Executions in flight at once per executor process."""
     executor_weights: tuple[int, int, int] = (6, 3, 1)
     """Share of free execution slots given to high, normal and low priority when all are waiting."""
+    executor_started_report_after_seconds: float = 0.5
+    """Report an execution as running only once it has run this long (0: always, at once)."""
     handler_modules: list[str] = ["streams.handlers"]
     """Modules imported at start-up to register Python handlers."""
     allowed_handlers: list[str] | None = None

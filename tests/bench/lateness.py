@@ -6,7 +6,7 @@ Uses the running local stack (or SCHED_KAFKA_BOOTSTRAP). Starts one worker proce
 executor, creates the tasks (noop handler), lets them fire for ``--seconds`` and reads:
 
 - slot -> dispatch: the Kafka timestamp of each ``dispatch.*`` record minus its slot;
-- slot -> start: ``ExecutionStarted.started_at`` minus the slot;
+- slot -> start: ``ExecutionCompleted.started_at`` minus the slot;
 - slots missed / doubled: per task, dispatched slots vs the slots in the measured window;
 - the worker's resident memory (peak and at the end).
 
@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.commands import CreateTask
 from schemas.envelope import command_envelope, decode_event, encode
-from schemas.events import ExecutionDispatched, ExecutionStarted
+from schemas.events import ExecutionCompleted, ExecutionDispatched
 from schemas.specs import HandlerWork, IntervalSchedule, TaskDefinition
 from tests.integration.harness import WorkerProc, worker_env
 
@@ -82,9 +82,7 @@ class Result:
         )
 
 
-async def run(
-    bootstrap: str, mongo_url: str, tasks: int, period: float, seconds: float, warmup: float
-) -> Result:
+async def run(bootstrap: str, mongo_url: str, tasks: int, period: float, seconds: float, warmup: float) -> Result:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     print(f"topic prefix {prefix}.", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="lateness-"))
@@ -93,9 +91,7 @@ async def run(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     topics = [f"{prefix}.dispatch.{p}" for p in ("high", "normal", "low")] + [f"{prefix}.task-events"]
-    consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     # The worker creates the topics; wait for them before subscribing.
     for _ in range(120):
         if set(topics) <= set(await consumer_topics(bootstrap)):
@@ -114,9 +110,7 @@ async def run(
                 work=HandlerWork(name="noop"),
             ),
         )  # fmt: skip
-        await producer.send(
-            f"{prefix}.commands", key=task_id.encode(), value=encode(command_envelope(cmd, "bench"))
-        )
+        await producer.send(f"{prefix}.commands", key=task_id.encode(), value=encode(command_envelope(cmd, "bench")))
     await producer.flush()
 
     dispatch_at: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
@@ -135,7 +129,7 @@ async def run(
                     if event.slot is not None and window_start <= event.slot < window_end:
                         ms = r.timestamp - event.slot.timestamp() * 1000
                         dispatch_at[event.task_id].append((event.slot, ms))
-                elif isinstance(event, ExecutionStarted):
+                elif isinstance(event, ExecutionCompleted) and event.started_at is not None:
                     started[event.execution_id] = event.started_at.timestamp()
         if worker.proc is not None:
             rss_peak = max(rss_peak, _rss_mb(worker.proc.pid))
@@ -156,9 +150,7 @@ async def run(
     dispatch_ms = [ms for entries in dispatch_at.values() for _, ms in entries]
     per_slot = int(seconds / period)
     expected = per_slot * tasks
-    doubled = sum(
-        n - 1 for entries in dispatch_at.values() for n in Counter(s for s, _ in entries).values() if n > 1
-    )
+    doubled = sum(n - 1 for entries in dispatch_at.values() for n in Counter(s for s, _ in entries).values() if n > 1)
     distinct = sum(len({s for s, _ in entries}) for entries in dispatch_at.values())
     return Result(
         tasks, period, seconds, len(dispatch_ms), expected, max(expected - distinct, 0), doubled,
@@ -198,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--period", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument(
-        "--warmup", type=float, default=10.0, help="seconds after the first slot not measured"
-    )
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds after the first slot not measured")
     args = parser.parse_args(argv)
     bootstrap = os.environ.get("SCHED_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     mongo = os.environ.get("SCHED_MONGO_URL", "mongodb://127.0.0.1:27017/")

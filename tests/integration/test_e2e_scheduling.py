@@ -231,3 +231,18 @@ async def test_bad_input_is_rejected_or_dead_lettered_and_processing_continues(b
     await bus.send(_create(ok_id, TaskDefinition(name="fine", schedule=None, work=HandlerWork(name="noop"))))
     await bus.wait_for(lambda: bool(bus.events(ok_id, "TaskCreated")), 30, "next command applied")
     await dead.stop()
+
+
+async def test_long_work_is_reported_running_before_it_ends(bus: Bus) -> None:
+    task_id = f"slow-{new_id()}"
+    definition = TaskDefinition(name="slow", schedule=None, work=HandlerWork(name="sleep", params={"seconds": 2}))
+    await bus.send(_create(task_id, definition))
+    await bus.send(
+        TriggerTask(command_id=new_id(), task_id=task_id, tenant="acme", actor="bob", at=now(), trigger_id="slow-1")
+    )
+    await bus.wait_for(lambda: bool(bus.events(task_id, "ExecutionStarted")), STARTUP, "running status")
+    assert not bus.events(task_id, "ExecutionCompleted")  # still running when reported
+    await bus.wait_for(lambda: bool(bus.events(task_id, "ExecutionCompleted")), 30, "completion")
+    (started,) = bus.events(task_id, "ExecutionStarted")
+    (done,) = bus.events(task_id, "ExecutionCompleted")
+    assert done.status == "succeeded" and done.started_at == started.started_at
