@@ -44,6 +44,7 @@ def worker(worker_id: str | None, no_executor: bool, data_dir: str | None) -> No
 
     settings = _settings(worker_id=worker_id, data_dir=data_dir, executor_enabled=False if no_executor else None)
     _load_handlers(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings))
     processor = TaskProcessor(settings)
     level = settings.log_level.lower()

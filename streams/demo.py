@@ -28,13 +28,14 @@ from streams.admin import ensure_topics
 from streams.settings import Settings, topic_name
 
 REPO = Path(__file__).resolve().parent.parent
+WORKER_LOG = REPO / ".stack" / "logs" / "worker.log"
 
 
 def _say(message: str) -> None:
     click.echo(f"{datetime.now(UTC):%H:%M:%S} {message}")
 
 
-async def _watch(settings: Settings, task_id: str, seconds: float | None) -> int:
+async def _watch(settings: Settings, task_id: str, seconds: float | None, worker: subprocess.Popen[bytes]) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     consumer = AIOKafkaConsumer(
         topic_name(settings, "outcomes"), bootstrap_servers=settings.kafka_bootstrap,
@@ -62,6 +63,8 @@ async def _watch(settings: Settings, task_id: str, seconds: float | None) -> int
     deadline = None if seconds is None else loop.time() + seconds
     try:
         while deadline is None or loop.time() < deadline:
+            if worker.poll() is not None:
+                raise click.ClickException(f"the worker exited (code {worker.returncode}); see {WORKER_LOG}")
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
                 for record in records:
@@ -117,7 +120,7 @@ def main(seconds: float | None, prefix: str) -> None:
     settings = Settings()
     asyncio.run(ensure_topics(settings))
 
-    log = REPO / ".stack" / "logs" / "worker.log"
+    log = WORKER_LOG
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         worker = subprocess.Popen(
@@ -128,7 +131,7 @@ def main(seconds: float | None, prefix: str) -> None:
     task_id = f"sample-{uuid.uuid4().hex[:8]}"
     seen = 0
     try:
-        seen = asyncio.run(_watch(settings, task_id, seconds))
+        seen = asyncio.run(_watch(settings, task_id, seconds, worker))
     except KeyboardInterrupt:
         pass
     finally:
