@@ -43,7 +43,7 @@ from schemas.commands import Command, Wake
 from schemas.envelope import command_envelope, decode_command, encode, event_envelope
 from schemas.errors import DecodeError, InvalidCommand
 from schemas.events import Event, ExecutionCompleted, ExecutionDispatched
-from streams import topics
+from streams import faust_tuning, topics
 from streams.deadletter import dead_letter_value
 from streams.due_index import DueIndex
 from streams.executor import Executor
@@ -101,6 +101,7 @@ class ProcessorStats:
     index_rebuilds: int = 0
     last_rebuild_seconds: float = 0.0
     tasks_owned: int = 0
+    apply_seconds: float = 0.0
     dispatch_lateness_ms: list[float] = field(default_factory=list)
 
 
@@ -114,6 +115,7 @@ class TaskProcessor:
         self.tenants: dict[str, str] = {}
         self.ready = False
         self.source = f"scheduler/worker/{settings.worker_id}"
+        faust_tuning.install(settings.fetch_max_wait_ms)
         self.app = faust.App(
             topic_name(settings, settings.app_id),
             broker=f"kafka://{settings.kafka_bootstrap}",
@@ -179,7 +181,9 @@ class TaskProcessor:
 
     async def _process(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for event in stream.events():
+            started = time.perf_counter()
             await self.apply(event.key, event.value, event.message)
+            self.stats.apply_seconds += time.perf_counter() - started
             yield None
 
     async def apply(self, key: bytes | None, raw: bytes, message: Any) -> None:
@@ -312,6 +316,7 @@ class TaskProcessor:
         level = logging.getLevelName(self.settings.log_level.upper())
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(level if isinstance(level, int) else logging.INFO)
+        asyncio.ensure_future(self._report_stats())
         tick = self.settings.firing_tick_seconds
         resend = timedelta(seconds=self.settings.wake_resend_seconds)
         while True:
@@ -331,6 +336,20 @@ class TaskProcessor:
             nxt = self.index.next_time()
             delay = tick if nxt is None else min(tick, max((nxt - _now()).total_seconds(), 0.0))
             await asyncio.sleep(delay)
+
+    async def _report_stats(self, every: float = 10.0) -> None:
+        """Log throughput of the processor every ``every`` seconds (and keep it for metrics)."""
+        last_commands, last_apply, last_wakes = 0, 0.0, 0
+        while True:
+            await asyncio.sleep(every)
+            st = self.stats
+            n = st.commands - last_commands
+            log.info(
+                "processor: %.0f commands/s, %.3f ms per command, %.0f wakes/s, %d tasks due-indexed",
+                n / every, (st.apply_seconds - last_apply) / max(n, 1) * 1000,
+                (st.wakes_sent - last_wakes) / every, len(self.index),
+            )  # fmt: skip
+            last_commands, last_apply, last_wakes = st.commands, st.apply_seconds, st.wakes_sent
 
     async def _run_executor(self) -> None:
         assert self.executor is not None

@@ -82,12 +82,20 @@ class Result:
         )
 
 
-async def run(bootstrap: str, mongo_url: str, tasks: int, period: float, seconds: float, warmup: float) -> Result:
+async def run(
+    bootstrap: str, mongo_url: str, tasks: int, period: float, seconds: float, warmup: float, separate_executor: bool
+) -> Result:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     print(f"topic prefix {prefix}.", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="lateness-"))
     env = worker_env(bootstrap, mongo_url, prefix, tmp / "data", SCHED_PARTITIONS="8")
-    worker = WorkerProc(env, tmp / "worker.log", "bench-worker").start()
+    if separate_executor:
+        # The deployment that scales: the task processor's event loop does nothing else.
+        worker = WorkerProc(env, tmp / "worker.log", "bench-worker", ("worker", "--no-executor")).start()
+        executor = WorkerProc(env, tmp / "executor.log", "bench-executor", ("executor",)).start()
+    else:
+        worker = WorkerProc(env, tmp / "worker.log", "bench-worker").start()
+        executor = None
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     topics = [f"{prefix}.dispatch.{p}" for p in ("high", "normal", "low")] + [f"{prefix}.task-events"]
@@ -137,6 +145,8 @@ async def run(bootstrap: str, mongo_url: str, tasks: int, period: float, seconds
     await consumer.stop()
     await producer.stop()
     worker.stop()
+    if executor is not None:
+        executor.stop()
 
     # Slot -> start needs the slot of each execution: re-derive from dispatch records.
     from schemas.ids import execution_id_for_slot
@@ -190,12 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--period", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--separate-executor", action="store_true", help="run the executor in its own process")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds after the first slot not measured")
     args = parser.parse_args(argv)
     bootstrap = os.environ.get("SCHED_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     mongo = os.environ.get("SCHED_MONGO_URL", "mongodb://127.0.0.1:27017/")
     started = time.monotonic()
-    result = asyncio.run(run(bootstrap, mongo, args.tasks, args.period, args.seconds, args.warmup))
+    result = asyncio.run(
+        run(bootstrap, mongo, args.tasks, args.period, args.seconds, args.warmup, args.separate_executor)
+    )
     print(result.table())
     print(f"(run took {time.monotonic() - started:.0f}s)")
     return 0

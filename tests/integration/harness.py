@@ -39,17 +39,18 @@ def new_id() -> str:
 class WorkerProc:
     """A worker (``scheduler worker``) in its own process, as in production."""
 
-    def __init__(self, env: dict[str, str], log: Path, worker_id: str) -> None:
+    def __init__(self, env: dict[str, str], log: Path, worker_id: str, command: tuple[str, ...] = ("worker",)) -> None:
         self.env = env
         self.log = log
         self.worker_id = worker_id
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--worker-id", self.worker_id],
+            [sys.executable, "-m", "streams.cli", *self.command, "--worker-id", self.worker_id],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
             start_new_session=True,
         )  # fmt: skip
@@ -87,7 +88,7 @@ def worker_env(bootstrap: str, mongo_url: str, prefix: str, data_dir: Path, **ex
         SCHED_TOPIC_PREFIX=f"{prefix}.",
         SCHED_DATA_DIR=str(data_dir),
         SCHED_PARTITIONS="4",
-        SCHED_LOG_LEVEL="warning",
+        SCHED_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning"),
         SCHED_HANDLER_MODULES='["streams.handlers"]',
         PYTHONUNBUFFERED="1",
     )
