@@ -162,6 +162,7 @@ class TaskProcessor:
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.agent(self.commands, name="task-processor", concurrency=1)(self._process)
         self.app.task(self._firing_loop)
+        self.app.task(self._report_stats)
         self.executor: Executor | None = None
         if settings.executor_enabled:
             self.executor = Executor(settings)
@@ -316,7 +317,6 @@ class TaskProcessor:
         level = logging.getLevelName(self.settings.log_level.upper())
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(level if isinstance(level, int) else logging.INFO)
-        asyncio.ensure_future(self._report_stats())
         tick = self.settings.firing_tick_seconds
         resend = timedelta(seconds=self.settings.wake_resend_seconds)
         while True:
@@ -337,8 +337,9 @@ class TaskProcessor:
             delay = tick if nxt is None else min(tick, max((nxt - _now()).total_seconds(), 0.0))
             await asyncio.sleep(delay)
 
-    async def _report_stats(self, every: float = 10.0) -> None:
-        """Log throughput of the processor every ``every`` seconds (and keep it for metrics)."""
+    async def _report_stats(self) -> None:
+        """Log the processor's throughput every 10 seconds."""
+        every = 10.0
         last_commands, last_apply, last_wakes = 0, 0.0, 0
         while True:
             await asyncio.sleep(every)

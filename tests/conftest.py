@@ -101,9 +101,7 @@ def names() -> Names:
 
 @pytest.fixture
 async def mongo_client(infra: Infra) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        infra.mongo_url, serverSelectionTimeoutMS=5000
-    )
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url, serverSelectionTimeoutMS=5000)
     try:
         yield client
     finally:

@@ -115,9 +115,7 @@ def test_missing_java_says_what_to_do(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_missing_go_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _private_stack(tmp_path)
-    cfg = stack.StackConfig(
-        cfg.root, tmp_path / "empty-cache", cfg.kafka_port, cfg.controller_port, cfg.mongo_port
-    )
+    cfg = stack.StackConfig(cfg.root, tmp_path / "empty-cache", cfg.kafka_port, cfg.controller_port, cfg.mongo_port)
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     with pytest.raises(stack.StackError, match="go not found on PATH: install Go"):
         stack.ferretdb_binary(cfg)

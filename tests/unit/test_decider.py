@@ -193,9 +193,7 @@ LIFECYCLE = [
         id="delete-cancels-in-flight",
     ),
     pytest.param([CREATED, e(TaskDeleted)], cmd(DeleteTask, at(5)), [], id="delete-repeated"),
-    pytest.param(
-        [], cmd(DeleteTask, at(5)), [("CommandRejected", {"reason": "task not found"})], id="delete-missing"
-    ),
+    pytest.param([], cmd(DeleteTask, at(5)), [("CommandRejected", {"reason": "task not found"})], id="delete-missing"),
 ]
 
 NOT_FOUND = [("CommandRejected", {"reason": "task not found", "field": "task_id"})]
@@ -203,9 +201,7 @@ MISSING = [
     pytest.param([], cmd(PauseTask, at(1)), NOT_FOUND, id="pause-missing"),
     pytest.param([], cmd(UpdateTask, at(1), definition=DEF), NOT_FOUND, id="update-missing"),
     pytest.param([], cmd(TriggerTask, at(1), trigger_id="x"), NOT_FOUND, id="trigger-missing"),
-    pytest.param(
-        [CREATED, e(TaskDeleted)], cmd(TriggerTask, at(1), trigger_id="x"), NOT_FOUND, id="trigger-deleted"
-    ),
+    pytest.param([CREATED, e(TaskDeleted)], cmd(TriggerTask, at(1), trigger_id="x"), NOT_FOUND, id="trigger-deleted"),
     pytest.param([], cmd(CancelExecution, at(1), execution_id="x"), NOT_FOUND, id="cancel-missing"),
     pytest.param([CREATED, e(TaskDeleted)], cmd(ResumeTask, at(1)), NOT_FOUND, id="resume-deleted"),
     pytest.param([], cmd(Wake, at(1)), [], id="wake-missing-is-silent"),
@@ -415,9 +411,7 @@ OVERLAP = [
         [("SlotsMissed", {"reason": "overlap", "first_slot": at(20), "count": 1})],
         id="skip",
     ),
-    pytest.param(
-        "buffer_one", [("ExecutionBuffered", {"execution_id": SLOT20, "slot": at(20)})], id="buffer_one"
-    ),
+    pytest.param("buffer_one", [("ExecutionBuffered", {"execution_id": SLOT20, "slot": at(20)})], id="buffer_one"),
     pytest.param("allow_all", [run_slot(20)], id="allow_all"),
     pytest.param(
         "cancel_other",
@@ -557,9 +551,7 @@ def test_success_reports() -> None:
         started_at=at(10, seconds=1),
     )
     events, _ = when(history, started)
-    assert_then(
-        events, [("ExecutionStarted", {"attempt": 1, "worker": "w1", "started_at": at(10, seconds=1)})]
-    )
+    assert_then(events, [("ExecutionStarted", {"attempt": 1, "worker": "w1", "started_at": at(10, seconds=1)})])
     history.append(started)
     events, state = when(history, outcome(SLOT10, 1, "succeeded", at(10, seconds=3), result={"passed": 12}))
     assert_then(
@@ -659,9 +651,7 @@ def test_repeated_trigger_id_yields_nothing(history: list[Any]) -> None:
     "given",
     [
         pytest.param([CREATED, e(TaskPaused, revision=2)], id="paused"),
-        pytest.param(
-            [created(schedule={"kind": "once", "at": at(5).isoformat()}), cmd(Wake, at(5))], id="completed"
-        ),
+        pytest.param([created(schedule={"kind": "once", "at": at(5).isoformat()}), cmd(Wake, at(5))], id="completed"),
     ],
 )
 def test_trigger_allowed_on_paused_and_completed(given: list[Any]) -> None:
@@ -719,9 +709,7 @@ COMPLETION = [
             cmd(
                 CreateTask,
                 at(60),
-                definition=definition(
-                    schedule={"kind": "once", "at": at(5).isoformat()}, catch_up={"mode": "skip"}
-                ),
+                definition=definition(schedule={"kind": "once", "at": at(5).isoformat()}, catch_up={"mode": "skip"}),
             )
         ],
         cmd(Wake, at(60)),

@@ -85,9 +85,7 @@ def draw_command(data: Any, state: TaskState | None, now: Any, issued: list[Any]
             return cmd(CreateTask, now, definition=data.draw(definitions), tenant=tenant)
         case "update":
             revision = data.draw(st.sampled_from([None, 1, 2, 3]))
-            return cmd(
-                UpdateTask, now, definition=data.draw(definitions), expected_revision=revision, tenant=tenant
-            )
+            return cmd(UpdateTask, now, definition=data.draw(definitions), expected_revision=revision, tenant=tenant)
         case "pause":
             return cmd(PauseTask, now, tenant=tenant)
         case "resume":
@@ -95,9 +93,7 @@ def draw_command(data: Any, state: TaskState | None, now: Any, issued: list[Any]
         case "delete":
             return cmd(DeleteTask, now, tenant=tenant)
         case "trigger":
-            return cmd(
-                TriggerTask, now, trigger_id=data.draw(st.sampled_from(["a", "b", "c"])), tenant=tenant
-            )
+            return cmd(TriggerTask, now, trigger_id=data.draw(st.sampled_from(["a", "b", "c"])), tenant=tenant)
         case "cancel":
             target = data.draw(st.sampled_from([*in_flight, "unknown"]))
             return cmd(CancelExecution, now, execution_id=target, tenant=tenant)

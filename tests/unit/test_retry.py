@@ -11,9 +11,7 @@ from hypothesis import strategies as st
 from scheduler.retry import backoff, should_retry
 from schemas.specs import RetryPolicy
 
-NO_JITTER = RetryPolicy(
-    max_attempts=10, initial_backoff_seconds=1, multiplier=2, max_backoff_seconds=30, jitter=0
-)
+NO_JITTER = RetryPolicy(max_attempts=10, initial_backoff_seconds=1, multiplier=2, max_backoff_seconds=30, jitter=0)
 
 
 @pytest.mark.parametrize(
@@ -48,9 +46,7 @@ policies = st.builds(
 
 
 @given(policies, st.integers(1, 100), st.text(max_size=10))
-def test_backoff_never_exceeds_cap_and_jitter_only_shortens(
-    policy: RetryPolicy, attempt: int, key: str
-) -> None:
+def test_backoff_never_exceeds_cap_and_jitter_only_shortens(policy: RetryPolicy, attempt: int, key: str) -> None:
     delay = backoff(policy, attempt, key)
     unjittered = backoff(policy.model_copy(update={"jitter": 0}), attempt, key)
     assert timedelta(0) <= delay <= unjittered <= timedelta(seconds=policy.max_backoff_seconds)

@@ -37,12 +37,8 @@ def cron(expression: str, zone: str = "UTC") -> CronSchedule:
 
 DST_CASES = [
     # Spring forward: 02:00 EST -> 03:00 EDT (07:00Z); 02:xx does not exist.
-    pytest.param(
-        "30 2 * * *", "2026-03-08T05:00", ["2026-03-08T07:30", "2026-03-09T06:30"], id="spring-0230-shifted"
-    ),
-    pytest.param(
-        "30 1 * * *", "2026-03-08T05:00", ["2026-03-08T06:30", "2026-03-09T05:30"], id="spring-0130"
-    ),
+    pytest.param("30 2 * * *", "2026-03-08T05:00", ["2026-03-08T07:30", "2026-03-09T06:30"], id="spring-0230-shifted"),
+    pytest.param("30 1 * * *", "2026-03-08T05:00", ["2026-03-08T06:30", "2026-03-09T05:30"], id="spring-0130"),
     pytest.param(
         "0 * * * *",
         "2026-03-08T05:00",
@@ -57,9 +53,7 @@ DST_CASES = [
     ),
     # Fall back: 02:00 EDT -> 01:00 EST (06:00Z); 01:xx happens twice, fires at the first.
     pytest.param("30 2 * * *", "2026-11-01T04:00", ["2026-11-01T07:30", "2026-11-02T07:30"], id="fall-0230"),
-    pytest.param(
-        "30 1 * * *", "2026-11-01T04:00", ["2026-11-01T05:30", "2026-11-02T06:30"], id="fall-0130-first-only"
-    ),
+    pytest.param("30 1 * * *", "2026-11-01T04:00", ["2026-11-01T05:30", "2026-11-02T06:30"], id="fall-0130-first-only"),
     pytest.param(
         "0 * * * *",
         "2026-11-01T04:00",
@@ -224,8 +218,7 @@ def _matcher(expression: str) -> Callable[[datetime], bool]:
     """An independent matcher for the generated expressions (day-of-month and month are '*')."""
     expanded = croniter(expression).expanded
     minute, hour, dow = (
-        {int(v) for v in field} if field != ["*"] else None
-        for field in (expanded[0], expanded[1], expanded[4])
+        {int(v) for v in field} if field != ["*"] else None for field in (expanded[0], expanded[1], expanded[4])
     )
 
     def matches(wall: datetime) -> bool:
@@ -272,9 +265,7 @@ def test_cron_next_fire_strictly_increases(schedule: CronSchedule, start: dateti
     assert all(a < b for a, b in itertools.pairwise(slots))
 
 
-instants = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-)
+instants = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
 
 
 @settings(max_examples=200)

@@ -24,8 +24,7 @@ def test_published_files_are_current() -> None:
     stale = [
         name
         for name, schema in GENERATED.items()
-        if not (SCHEMA_DIR / f"{name}.json").exists()
-        or (SCHEMA_DIR / f"{name}.json").read_text() != render(schema)
+        if not (SCHEMA_DIR / f"{name}.json").exists() or (SCHEMA_DIR / f"{name}.json").read_text() != render(schema)
     ]
     assert stale == [], f"run `python -m schemas.export`; stale: {stale}"
 
