@@ -127,7 +127,7 @@ class TaskProcessor:
             autodiscover=False,
             processing_guarantee="at_least_once",
             producer_acks=-1,
-            producer_linger_ms=1,
+            producer_linger_ms=settings.producer_linger_ms,
             consumer_auto_offset_reset="earliest",
             stream_wait_empty=False,
             # Failover time after a crash is bounded by the session timeout.

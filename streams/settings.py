@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     """A worker that stops heartbeating for this long loses its partitions to the others."""
     fetch_max_wait_ms: int = Field(default=20, ge=1, le=1500)
     """Longest broker long-poll of the task processor's consumer (see streams/faust_tuning.py)."""
+    producer_linger_ms: int = Field(default=5, ge=0)
+    """How long the processor's producer waits to batch messages; fewer, larger requests."""
     state_cache_size: int = Field(default=100_000, ge=0)
     """Decoded task states kept in memory (the table stays the source of truth)."""
     wake_resend_seconds: float = Field(default=5.0, gt=0)
