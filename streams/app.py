@@ -319,6 +319,7 @@ class TaskProcessor:
             logging.getLogger(name).setLevel(level if isinstance(level, int) else logging.INFO)
         tick = self.settings.firing_tick_seconds
         resend = timedelta(seconds=self.settings.wake_resend_seconds)
+        commands = self.commands.get_topic_name()
         while True:
             if not self.ready:
                 await asyncio.sleep(tick)
@@ -329,7 +330,8 @@ class TaskProcessor:
                 if tenant is None:
                     continue
                 wake = Wake(command_id=str(uuid.uuid4()), task_id=task_id, tenant=tenant, actor="system", at=now)
-                await self.commands.send(key=task_id.encode(), value=encode(command_envelope(wake, source=self.source)))
+                value = encode(command_envelope(wake, source=self.source))
+                await self.app.producer.send(commands, task_id.encode(), value, None, None, None)
                 self.stats.wakes_sent += 1
                 # Should this Wake be lost, wake the task again; applying it replaces this entry.
                 self.index.set(task_id, now + resend)

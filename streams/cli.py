@@ -1,4 +1,4 @@
-"""Command-line entry point: ``scheduler worker``, ``scheduler executor``, ``scheduler topics``.
+"""Command-line entry point: ``scheduler worker | executor | projector | api | topics``.
 
 Configuration comes from ``SCHED_*`` environment variables (see ``streams.settings``);
 flags override the most common ones.
@@ -7,6 +7,7 @@ flags override the most common ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import sys
@@ -70,6 +71,23 @@ def executor(worker_id: str | None) -> None:
         asyncio.run(run())
     except KeyboardInterrupt:
         sys.exit(0)
+
+
+@main.command()
+def projector() -> None:
+    """Run the projector: apply task-events to the MongoDB views (indexes, retention)."""
+    from projections.run import main as run_projector
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_projector())
+
+
+@main.command()
+def api() -> None:
+    """Serve the REST API (uvicorn; SCHED_API_HOST, SCHED_API_PORT)."""
+    from api.__main__ import main as run_api
+
+    run_api()
 
 
 @main.command()

@@ -1,0 +1,139 @@
+"""Turning an HTTP command into a Kafka command and, with ``?wait``, into its outcome.
+
+The shell every command route goes through: ids (random, or derived from ``Idempotency-Key``),
+send to Kafka (never answering 202 for a command Kafka did not acknowledge), then optionally
+wait for the projection to show what the command caused.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Response
+
+from api.auth import Principal
+from api.deps import ApiState
+from api.errors import FieldError, ServiceUnavailable, Unprocessable, rejection_error
+from api.models import CommandResult, ExecutionPublic, TaskPublic
+from api.views import Doc, public_task_id
+from schemas.commands import CommandBase
+
+API_NAMESPACE = uuid.UUID("0b7e4a8c-2f61-5d3e-8c49-6a1f0e2d7b35")
+"""Namespace of the ids derived from ``Idempotency-Key`` headers."""
+
+_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+def now() -> datetime:
+    """The command time: the API's clock is the one place "now" is read for user commands."""
+    return datetime.now(UTC)
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """The key if well formed (1-200 visible ASCII characters); 422 naming the header otherwise."""
+    if key is not None and not _KEY.match(key):
+        raise Unprocessable(
+            "Idempotency-Key: must be 1-200 visible ASCII characters",
+            errors=[FieldError(field="Idempotency-Key", message="must be 1-200 visible ASCII characters")],
+        )
+    return key
+
+
+def derived_id(*parts: str) -> str:
+    """A uuid5 over ``parts``: the same request retried gets the same id."""
+    return str(uuid.uuid5(API_NAMESPACE, "\x1f".join(parts)))
+
+
+def new_task_ids(tenant: str, key: str | None) -> tuple[str, str]:
+    """``(public task id, command id)`` of a create: random, or derived from (tenant, key)."""
+    if key is None:
+        return str(uuid.uuid4()), str(uuid.uuid4())
+    return derived_id("task", tenant, key), derived_id("create", tenant, key)
+
+
+def command_id_for(tenant: str, action: str, target: str, key: str | None) -> str:
+    """The id of a command on ``target``: random, or derived from (tenant, action, target, key)."""
+    return str(uuid.uuid4()) if key is None else derived_id(action, tenant, target, key)
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """The revision in ``If-Match: "<revision>"`` (weak tags and ``*`` accepted); 422 otherwise."""
+    if value is None or value.strip() == "*":
+        return None
+    tag = value.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit() or not 0 < int(tag) < 2**53:
+        raise Unprocessable(
+            'If-Match: expected a task revision as an entity tag, e.g. "3"',
+            errors=[FieldError(field="If-Match", message='expected a task revision as an entity tag, e.g. "3"')],
+        )
+    return int(tag)
+
+
+def task_public(doc: Doc, tenant: str) -> TaskPublic:
+    """The public form of a task document."""
+    return TaskPublic.model_validate({**doc, "id": public_task_id(tenant, doc["_id"])})
+
+
+def execution_public(doc: Doc, tenant: str) -> ExecutionPublic:
+    """The public form of an execution document."""
+    return ExecutionPublic.model_validate(
+        {**doc, "id": doc["_id"], "task_id": public_task_id(tenant, str(doc.get("task_id", "")))}
+    )
+
+
+async def submit(
+    state: ApiState,
+    principal: Principal,
+    command: CommandBase,
+    response: Response,
+    *,
+    wait: float | None,
+    execution_id: str | None = None,
+) -> CommandResult:
+    """Send ``command``; answer 202 at once, or 200 with the outcome when ``wait`` seconds suffice.
+
+    :raises ServiceUnavailable: Kafka did not acknowledge the command (nothing was accepted).
+    :raises ApiError: while waiting, the task processor rejected the command (404/409/422).
+    """
+    kind = str(getattr(command, "type", type(command).__name__))
+    try:
+        await state.bus.send(command)
+    except ServiceUnavailable:
+        state.metrics.command(kind, "unavailable")
+        raise
+    state.metrics.command(kind, "accepted")
+    tenant = principal.tenant
+    public_id = public_task_id(tenant, command.task_id)
+    accepted = CommandResult(
+        task_id=public_id, command_id=command.command_id, status="accepted", execution_id=execution_id
+    )
+    response.status_code = 202
+    if not wait:
+        return accepted
+    timeout = min(wait, state.settings.max_wait_seconds)
+    events = await state.views.wait_for_command(
+        tenant, command.task_id, command.command_id, within=timeout, poll=state.settings.wait_poll_seconds
+    )
+    if not events:
+        return accepted  # still accepted; the views have not shown an outcome in time
+    for event in events:
+        if event.get("type") == "CommandRejected":
+            body: dict[str, Any] = event.get("body") or {}
+            state.metrics.command(kind, "rejected")
+            raise rejection_error(str(body.get("reason", "rejected")), body.get("field"))
+    for event in events:
+        if event.get("type") == "ExecutionDispatched":
+            execution_id = (event.get("body") or {}).get("execution_id", execution_id)
+    task_doc = await state.views.task(tenant, public_id)
+    response.status_code = 200
+    return CommandResult(
+        task_id=public_id,
+        command_id=command.command_id,
+        status="applied",
+        execution_id=execution_id,
+        events=[str(e.get("type")) for e in events],
+        task=task_public(task_doc, tenant) if task_doc is not None else None,
+    )

@@ -1,0 +1,68 @@
+"""The application state and the ``Annotated`` dependencies routes declare."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pymongo import AsyncMongoClient
+
+from api.auth import Principal, Role, TokenVerifier
+from api.bus import CommandBus
+from api.errors import Unauthorized
+from api.metrics import Metrics
+from api.settings import ApiSettings
+from api.views import Views
+
+
+@dataclass
+class ApiState:
+    """Everything a request needs, created by the application's lifespan."""
+
+    settings: ApiSettings
+    verifier: TokenVerifier
+    bus: CommandBus
+    views: Views
+    metrics: Metrics
+    mongo: AsyncMongoClient[dict[str, Any]]
+    open_streams: int = 0
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def get_state(request: Request) -> ApiState:
+    """The application's state."""
+    state: ApiState = request.app.state.api
+    return state
+
+
+State = Annotated[ApiState, Depends(get_state)]
+
+_bearer = HTTPBearer(auto_error=False, description="A JWT with `sub`, `tenant` and `roles` claims.")
+
+
+def current_principal(
+    state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    """The caller, from a valid bearer token; 401 otherwise."""
+    if credentials is None:
+        raise Unauthorized()
+    return state.verifier.verify(credentials.credentials)
+
+
+def requires(role: Role) -> Callable[[Principal], Principal]:
+    """A dependency returning the caller if it has ``role`` (or a higher one); 403 otherwise."""
+
+    def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        principal.require(role)
+        return principal
+
+    return check
+
+
+Viewer = Annotated[Principal, Depends(requires(Role.VIEWER))]
+Operator = Annotated[Principal, Depends(requires(Role.OPERATOR))]
+Admin = Annotated[Principal, Depends(requires(Role.ADMIN))]

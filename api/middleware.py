@@ -1,0 +1,61 @@
+"""ASGI middleware: the request body size limit."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import BadRequest, PayloadTooLarge, render_problem
+
+_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class BodyLimitMiddleware:
+    """Answer 413 to bodies over ``max_bytes``, whether announced by Content-Length or streamed.
+
+    The body (bounded) is read up front and replayed to the application, so an oversized or
+    endless chunked body never reaches JSON parsing.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in _NO_BODY:
+            await self.app(scope, receive, send)
+            return
+        path = str(scope.get("path", ""))
+        too_large = PayloadTooLarge(f"request body larger than {self.max_bytes} bytes")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                if not value.strip().isdigit():
+                    await render_problem(BadRequest("invalid Content-Length header"), path)(scope, receive, send)
+                    return
+                if int(value) > self.max_bytes:
+                    await render_problem(too_large, path)(scope, receive, send)
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await render_problem(too_large, path)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -1,0 +1,385 @@
+"""``/v1/tasks``: task commands (create, update, delete, pause, resume, trigger) and task queries."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Path, Query, Response
+
+from api.commands import (
+    check_idempotency_key,
+    command_id_for,
+    execution_public,
+    new_task_ids,
+    now,
+    parse_if_match,
+    submit,
+    task_public,
+)
+from api.deps import Admin, Operator, State, Viewer
+from api.errors import ERROR_RESPONSES, Conflict, NotFound, problem_responses
+from api.models import (
+    TASK_EXAMPLES,
+    CommandResult,
+    ExecutionPage,
+    FireTime,
+    NextFireTimes,
+    PauseRequest,
+    TaskCreate,
+    TaskPage,
+    TaskPublic,
+    TriggerRequest,
+)
+from api.views import Doc, TaskSort, Views, internal_task_id
+from scheduler.schedule import anchor_for, fire_at, next_slot
+from schemas.commands import CreateTask, DeleteTask, PauseTask, ResumeTask, TriggerTask, UpdateTask
+from schemas.specs import TaskDefinition
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
+
+TaskId = Annotated[str, Path(description="The task's id (as returned on create).", max_length=200)]
+Wait = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=30,
+        description="Wait up to this many seconds for the outcome: 200 with the task once the views show it, "
+        "a 404/409/422 problem if the task processor rejected the command, or 202 if the time ran out.",
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retrying with the same key yields the same ids, and the command is applied once.",
+    ),
+]
+STATUSES = ("active", "paused", "completed", "deleted")
+
+
+async def _live_task(views: Views, tenant: str, task_id: str) -> Doc:
+    """The task a command targets: it must exist (not deleted) in the caller's tenant."""
+    doc = await views.task(tenant, task_id)
+    if doc is None or doc.get("status") == "deleted":
+        raise NotFound(f"task {task_id!r} not found")
+    return doc
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Create a task",
+    responses={200: {"model": CommandResult, "description": "Applied (with `?wait`)"}, **problem_responses(409, 413)},
+)
+async def create_task(
+    state: State,
+    principal: Admin,
+    response: Response,
+    definition: Annotated[TaskCreate, Body(openapi_examples=TASK_EXAMPLES)],
+    wait: Wait = None,
+    idempotency_key: IdempotencyKey = None,
+) -> CommandResult:
+    """Create a task from its definition. Needs the admin role.
+
+    The id is generated, or derived from the `Idempotency-Key` header so that a retried
+    request returns the same id and is applied once.
+    """
+    key = check_idempotency_key(idempotency_key)
+    public_id, command_id = new_task_ids(principal.tenant, key)
+    command = CreateTask(
+        command_id=command_id,
+        task_id=internal_task_id(principal.tenant, public_id),
+        tenant=principal.tenant,
+        actor=principal.actor,
+        at=now(),
+        definition=definition,
+    )
+    return await submit(state, principal, command, response, wait=wait)
+
+
+@router.get("", summary="List tasks")
+async def list_tasks(
+    state: State,
+    principal: Viewer,
+    status: Annotated[
+        str | None,
+        Query(
+            pattern="^(active|paused|completed|deleted)$", description="Only this status (default: all but deleted)."
+        ),
+    ] = None,
+    type: Annotated[str | None, Query(pattern="^(http|kafka|handler)$", description="Only this kind of work.")] = None,
+    tag: Annotated[str | None, Query(max_length=200, description="Only tasks with this tag.")] = None,
+    sort: Annotated[
+        TaskSort, Query(description="`created_at` (newest first), `name`, or `next_run` (soonest first).")
+    ] = "created_at",
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=2000, description="`next_cursor` of the previous page.")] = None,
+) -> TaskPage:
+    """The caller's tenant's tasks, one page at a time."""
+    docs, next_cursor = await state.views.tasks(
+        principal.tenant, status=status, work_type=type, tag=tag, sort=sort, limit=limit, cursor=cursor
+    )
+    return TaskPage(items=[task_public(d, principal.tenant) for d in docs], next_cursor=next_cursor)
+
+
+@router.get("/{task_id}", summary="Get a task", responses=problem_responses(404))
+async def get_task(
+    state: State,
+    principal: Viewer,
+    task_id: TaskId,
+    response: Response,
+    include_deleted: Annotated[bool, Query(description="Also show a deleted task.")] = False,
+) -> TaskPublic:
+    """The task as the views show it; its `ETag` is the revision to send back in `If-Match`."""
+    doc = await state.views.task(principal.tenant, task_id)
+    if doc is None or (doc.get("status") == "deleted" and not include_deleted):
+        raise NotFound(f"task {task_id!r} not found")
+    response.headers["ETag"] = f'"{doc.get("revision")}"'
+    return task_public(doc, principal.tenant)
+
+
+@router.put(
+    "/{task_id}",
+    status_code=202,
+    summary="Replace a task's definition",
+    responses={
+        200: {"model": CommandResult, "description": "Applied (with `?wait`)"},
+        **problem_responses(404, 409, 413),
+    },
+)
+async def update_task(
+    state: State,
+    principal: Admin,
+    task_id: TaskId,
+    response: Response,
+    definition: Annotated[TaskCreate, Body(openapi_examples=TASK_EXAMPLES)],
+    wait: Wait = None,
+    if_match: Annotated[
+        str | None, Header(alias="If-Match", description='The revision the change is based on, e.g. `"3"`.')
+    ] = None,
+    idempotency_key: IdempotencyKey = None,
+) -> CommandResult:
+    """Replace the definition; the schedule restarts now. Needs the admin role.
+
+    With `If-Match`, the change applies only if the task is still at that revision: a stale
+    revision is a 409 (at once when the views already show a newer one, else with `?wait`).
+    """
+    expected = parse_if_match(if_match)
+    key = check_idempotency_key(idempotency_key)
+    doc = await _live_task(state.views, principal.tenant, task_id)
+    if expected is not None and expected < int(doc.get("revision", 0)):
+        # Revisions only grow, so a revision older than the view's is stale for sure.
+        state.metrics.command("UpdateTask", "rejected")
+        raise Conflict(f"expected revision {expected} but the task is at revision {doc.get('revision')}")
+    command = UpdateTask(
+        command_id=command_id_for(principal.tenant, "update", task_id, key),
+        task_id=doc["_id"],
+        tenant=principal.tenant,
+        actor=principal.actor,
+        at=now(),
+        definition=definition,
+        expected_revision=expected,
+    )
+    return await submit(state, principal, command, response, wait=wait)
+
+
+@router.delete(
+    "/{task_id}",
+    status_code=202,
+    summary="Delete a task",
+    responses={200: {"model": CommandResult, "description": "Applied (with `?wait`)"}, **problem_responses(404)},
+)
+async def delete_task(
+    state: State,
+    principal: Admin,
+    task_id: TaskId,
+    response: Response,
+    wait: Wait = None,
+    idempotency_key: IdempotencyKey = None,
+) -> CommandResult:
+    """Delete the task; executions in flight are cancelled. Needs the admin role."""
+    key = check_idempotency_key(idempotency_key)
+    doc = await _live_task(state.views, principal.tenant, task_id)
+    command = DeleteTask(
+        command_id=command_id_for(principal.tenant, "delete", task_id, key),
+        task_id=doc["_id"],
+        tenant=principal.tenant,
+        actor=principal.actor,
+        at=now(),
+    )
+    return await submit(state, principal, command, response, wait=wait)
+
+
+@router.post(
+    "/{task_id}/pause",
+    status_code=202,
+    summary="Pause a task",
+    responses={200: {"model": CommandResult, "description": "Applied (with `?wait`)"}, **problem_responses(404, 409)},
+)
+async def pause_task(
+    state: State,
+    principal: Operator,
+    task_id: TaskId,
+    response: Response,
+    body: Annotated[
+        PauseRequest | None, Body(openapi_examples={"note": {"value": {"note": "maintenance window"}}})
+    ] = None,
+    wait: Wait = None,
+    idempotency_key: IdempotencyKey = None,
+) -> CommandResult:
+    """Stop firing scheduled slots (runs in flight continue). Needs the operator role.
+
+    Pausing a paused task changes nothing (with `?wait` it then answers 202 when the time runs out).
+    """
+    key = check_idempotency_key(idempotency_key)
+    doc = await _live_task(state.views, principal.tenant, task_id)
+    command = PauseTask(
+        command_id=command_id_for(principal.tenant, "pause", task_id, key),
+        task_id=doc["_id"],
+        tenant=principal.tenant,
+        actor=principal.actor,
+        at=now(),
+        note=body.note if body else None,
+    )
+    return await submit(state, principal, command, response, wait=wait)
+
+
+@router.post(
+    "/{task_id}/resume",
+    status_code=202,
+    summary="Resume a task",
+    responses={200: {"model": CommandResult, "description": "Applied (with `?wait`)"}, **problem_responses(404, 409)},
+)
+async def resume_task(
+    state: State,
+    principal: Operator,
+    task_id: TaskId,
+    response: Response,
+    wait: Wait = None,
+    idempotency_key: IdempotencyKey = None,
+) -> CommandResult:
+    """Resume firing; slots missed while paused go through the catch-up policy. Needs the operator role."""
+    key = check_idempotency_key(idempotency_key)
+    doc = await _live_task(state.views, principal.tenant, task_id)
+    command = ResumeTask(
+        command_id=command_id_for(principal.tenant, "resume", task_id, key),
+        task_id=doc["_id"],
+        tenant=principal.tenant,
+        actor=principal.actor,
+        at=now(),
+    )
+    return await submit(state, principal, command, response, wait=wait)
+
+
+@router.post(
+    "/{task_id}/trigger",
+    status_code=202,
+    summary="Run a task now",
+    responses={200: {"model": CommandResult, "description": "Applied (with `?wait`)"}, **problem_responses(404, 409)},
+)
+async def trigger_task(
+    state: State,
+    principal: Operator,
+    task_id: TaskId,
+    response: Response,
+    body: Annotated[
+        TriggerRequest | None,
+        Body(
+            openapi_examples={
+                "plain": {"summary": "Run once now", "value": {}},
+                "params": {
+                    "summary": "With a trigger id and parameters",
+                    "value": {"trigger_id": "deploy-1234", "params": {"dry_run": True}, "priority": "high"},
+                },
+            }
+        ),
+    ] = None,
+    wait: Wait = None,
+    idempotency_key: IdempotencyKey = None,
+) -> CommandResult:
+    """Run the task once now, whatever its schedule (paused and completed tasks too). Needs the operator role.
+
+    A trigger id runs at most once; it defaults to the command id (derived from
+    `Idempotency-Key` when given). With `?wait`, `execution_id` names the run.
+    """
+    key = check_idempotency_key(idempotency_key)
+    doc = await _live_task(state.views, principal.tenant, task_id)
+    command_id = command_id_for(principal.tenant, "trigger", task_id, key)
+    body = body or TriggerRequest()
+    command = TriggerTask(
+        command_id=command_id,
+        task_id=doc["_id"],
+        tenant=principal.tenant,
+        actor=principal.actor,
+        at=now(),
+        trigger_id=body.trigger_id or command_id,
+        params=body.params,
+        priority=body.priority,
+    )
+    return await submit(state, principal, command, response, wait=wait)
+
+
+@router.get("/{task_id}/next-fire-times", summary="Preview the next fire times", responses=problem_responses(404))
+async def next_fire_times(
+    state: State,
+    principal: Viewer,
+    task_id: TaskId,
+    n: Annotated[int, Query(ge=1, le=100, description="How many.")] = 10,
+) -> NextFireTimes:
+    """The task's next `n` slots after now, computed from its stored definition.
+
+    Honours `start_at`, `end_at` and `max_runs`; empty for unscheduled, completed or
+    deleted tasks. A paused task shows the slots it would fire once resumed.
+    """
+    doc = await _live_task(state.views, principal.tenant, task_id)
+    definition = TaskDefinition.model_validate(doc["definition"])
+    times: list[FireTime] = []
+    if definition.schedule is not None and doc.get("status") in ("active", "paused"):
+        runs = 0
+        if definition.max_runs is not None:
+            runs = await state.views.count_scheduled_runs(principal.tenant, doc["_id"], doc.get("created_at"))
+        times = _preview(doc, definition, n, runs)
+    return NextFireTimes(task_id=task_id, status=str(doc.get("status")), fire_times=times)
+
+
+def _preview(doc: Doc, definition: TaskDefinition, n: int, runs: int) -> list[FireTime]:
+    """Up to ``n`` slots strictly after now (and after the last slot handled)."""
+    created_at = doc.get("created_at") or now()
+    anchor = anchor_for(definition, created_at)
+    after = now()
+    last_slot = doc.get("last_slot")
+    if last_slot is not None and last_slot > after:
+        after = last_slot
+    out: list[FireTime] = []
+    while len(out) < n:
+        slot = next_slot(definition, after, anchor=anchor, runs_so_far=runs)
+        if slot is None:
+            break
+        out.append(FireTime(slot=slot, fire_at=fire_at(doc["_id"], definition, slot)))
+        after, runs = slot, runs + 1
+    return out
+
+
+@router.get("/{task_id}/executions", summary="List a task's executions", responses=problem_responses(404))
+async def list_executions(
+    state: State,
+    principal: Viewer,
+    task_id: TaskId,
+    status: Annotated[
+        str | None,
+        Query(
+            pattern="^(buffered|scheduled|running|retrying|succeeded|failed|timed_out|cancelled|skipped)$",
+            description="Only this status.",
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=2000, description="`next_cursor` of the previous page.")] = None,
+) -> ExecutionPage:
+    """The task's executions, newest (by scheduled time) first, including deleted tasks' history."""
+    doc = await state.views.task(principal.tenant, task_id)
+    if doc is None:
+        raise NotFound(f"task {task_id!r} not found")
+    docs, next_cursor = await state.views.executions(
+        principal.tenant, doc["_id"], status=status, limit=limit, cursor=cursor
+    )
+    return ExecutionPage(items=[execution_public(d, principal.tenant) for d in docs], next_cursor=next_cursor)

@@ -1,0 +1,75 @@
+"""Settings of the API process, from ``SCHED_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+
+from streams.settings import Settings
+
+
+class ApiSettings(Settings):
+    """The deployment's settings (Kafka, Mongo, topic prefix) plus what only the API needs.
+
+    Each field is ``SCHED_<NAME>`` in the environment. At least one way of verifying tokens
+    must be configured: an HS256 secret, an RS256 public key file, or an RS256 JWKS file.
+    """
+
+    jwt_hs256_secret: SecretStr | None = None
+    """Shared secret for HS256 tokens (at least 32 bytes); unset means HS256 tokens are refused."""
+    jwt_public_key_file: Path | None = None
+    """PEM file with the RS256 public key (used for tokens without a ``kid`` found in the JWKS)."""
+    jwt_jwks_file: Path | None = None
+    """JWKS JSON file with RS256 public keys, looked up by the token's ``kid``."""
+    jwt_audience: str | None = None
+    """When set, tokens must carry this ``aud``."""
+    jwt_issuer: str | None = None
+    """When set, tokens must carry this ``iss``."""
+    jwt_leeway_seconds: float = Field(default=5.0, ge=0, le=300)
+    """Clock skew tolerated on ``exp`` and ``nbf``."""
+
+    api_host: str = "127.0.0.1"
+    """Interface ``python -m api`` listens on."""
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    """Port ``python -m api`` listens on."""
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    """Largest request body accepted; larger ones get 413."""
+
+    kafka_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    """A command not acknowledged by Kafka within this time is answered 503 (not accepted)."""
+    kafka_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    """Longest wait for the producer (or a readiness probe) to reach the brokers."""
+    mongo_timeout_ms: int = Field(default=2000, ge=100, le=60_000)
+    """Server selection and socket timeout of view reads; past it a read is answered 503."""
+    retry_after_seconds: int = Field(default=5, ge=1, le=3600)
+    """``Retry-After`` sent with 503 answers."""
+    max_wait_seconds: float = Field(default=30.0, gt=0, le=300)
+    """Upper bound of the ``?wait=`` parameter of commands."""
+    wait_poll_seconds: float = Field(default=0.05, gt=0, le=5)
+    """How often a waiting command looks at the views."""
+    views_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    """How long the names of the live view collections are cached (a replay switches them)."""
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    """Interval of the comment lines that keep an idle event stream open."""
+    sse_max_streams: int = Field(default=100, ge=1)
+    """Event streams open at once (each holds a Kafka consumer); beyond it 503."""
+    sse_max_seconds: float = Field(default=3600.0, gt=0)
+    """An event stream is closed after this long; clients reconnect."""
+
+    @model_validator(mode="after")
+    def _sane_secret(self) -> ApiSettings:
+        secret = self.jwt_hs256_secret
+        if secret is not None and len(secret.get_secret_value().encode()) < 32:
+            raise ValueError("jwt_hs256_secret must be at least 32 bytes (RFC 7518 section 3.2)")
+        return self
+
+    @property
+    def commands_topic(self) -> str:
+        """The deployment's ``commands`` topic."""
+        return f"{self.topic_prefix}commands"
+
+    @property
+    def events_topic(self) -> str:
+        """The deployment's ``task-events`` topic."""
+        return f"{self.topic_prefix}task-events"

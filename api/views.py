@@ -1,0 +1,240 @@
+"""Reads of the MongoDB views, always filtered by the caller's tenant.
+
+Internal task ids are ``<tenant>/<id>``: the id a client sees is namespaced by its tenant, so
+tenants cannot collide or probe each other, and every query also filters on ``tenant``.
+Lists use keyset (cursor) pagination with documents whose sort key is null coming last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from api.errors import FieldError, Unprocessable
+from projections.read import CollectionNames, active_collections, tenant_stats
+
+Doc = dict[str, Any]
+PUBLIC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
+"""Shape of a public task or execution id; anything else cannot exist and is not found."""
+
+
+def internal_task_id(tenant: str, public_id: str) -> str:
+    """The task id on the wire and in the views: the client's id in the tenant's namespace."""
+    return f"{tenant}/{public_id}"
+
+
+def public_task_id(tenant: str, internal_id: str) -> str:
+    """The id a client of ``tenant`` sees for an internal task id."""
+    prefix = f"{tenant}/"
+    return internal_id[len(prefix) :] if internal_id.startswith(prefix) else internal_id
+
+
+@dataclass(frozen=True)
+class SortSpec:
+    """A sort order of a list: one field, a direction, ties broken by ``_id``; nulls come last."""
+
+    field: str
+    direction: int
+
+
+TASK_SORTS: dict[str, SortSpec] = {
+    "created_at": SortSpec("created_at", DESCENDING),
+    "name": SortSpec("name", ASCENDING),
+    "next_run": SortSpec("next_run", ASCENDING),
+}
+"""Sort orders of ``GET /v1/tasks``."""
+EXECUTION_SORT = SortSpec("scheduled_for", DESCENDING)
+"""Executions: newest first."""
+
+TaskSort = Literal["created_at", "name", "next_run"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cursors: opaque to clients, a base64url JSON position
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_cursor(kind: str, phase: int, value: Any, last_id: str | None) -> str:
+    """An opaque cursor after the document with sort value ``value`` and id ``last_id``."""
+    tagged = {"d": value.isoformat()} if isinstance(value, datetime) else {"v": value}
+    raw = orjson.dumps({"k": kind, "p": phase, "x": tagged, "i": last_id})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kind: str) -> tuple[int, Any, Any]:
+    """``(phase, value, last_id)`` of a cursor made for ``kind``; 422 naming ``cursor`` otherwise."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        obj = orjson.loads(raw)
+        if not isinstance(obj, dict) or obj.get("k") != kind or obj.get("p") not in (0, 1):
+            raise ValueError("cursor made for another list")
+        tagged = obj["x"]
+        value = datetime.fromisoformat(tagged["d"]) if "d" in tagged else tagged["v"]
+        id_ok = isinstance(obj["i"], str) or (obj["i"] is None and obj["p"] == 1)
+        if not id_ok or not (value is None or isinstance(value, str | int | float | datetime)):
+            raise ValueError("bad cursor position")
+        return int(obj["p"]), value, obj["i"]
+    except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
+        raise Unprocessable(
+            "cursor: not a cursor returned by this list",
+            errors=[FieldError(field="cursor", message="not a cursor returned by this list (with this sort)")],
+        ) from None
+
+
+def _after(spec: SortSpec, phase: int, value: Any, last_id: Any) -> Doc:
+    """The keyset condition "strictly after (value, last_id)" in ``spec`` order."""
+    op = "$gt" if spec.direction == ASCENDING else "$lt"
+    if phase == 1:
+        return {spec.field: None, "_id": {op: last_id}}
+    return {"$or": [{spec.field: {op: value}}, {spec.field: value, "_id": {op: last_id}}]}
+
+
+class Views:
+    """The view collections of one database, read for one tenant at a time."""
+
+    def __init__(self, db: AsyncDatabase[Doc], cache_seconds: float = 1.0) -> None:
+        self.db = db
+        self._cache_seconds = cache_seconds
+        self._names: CollectionNames | None = None
+        self._names_at = 0.0
+
+    async def names(self) -> CollectionNames:
+        """The live collection names (switched by a replay), cached briefly."""
+        now = time.monotonic()
+        if self._names is None or now - self._names_at > self._cache_seconds:
+            self._names = await active_collections(self.db)
+            self._names_at = now
+        return self._names
+
+    async def ping(self) -> None:
+        """Raise a pymongo error unless the server answers."""
+        await self.db.command("ping")
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def task(self, tenant: str, public_id: str) -> Doc | None:
+        """The task document, or None (also for malformed ids and other tenants' tasks)."""
+        if not PUBLIC_ID.match(public_id):
+            return None
+        names = await self.names()
+        return await self.db[names.tasks].find_one({"_id": internal_task_id(tenant, public_id), "tenant": tenant})
+
+    async def tasks(
+        self,
+        tenant: str,
+        *,
+        status: str | None,
+        work_type: str | None,
+        tag: str | None,
+        sort: str,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[Doc], str | None]:
+        """A page of the tenant's tasks and the cursor of the next page."""
+        query: Doc = {"tenant": tenant}
+        query["status"] = status if status is not None else {"$ne": "deleted"}
+        if work_type is not None:
+            query["type"] = work_type
+        if tag is not None:
+            query["tags"] = tag
+        names = await self.names()
+        return await self._page(names.tasks, "tasks:" + sort, TASK_SORTS[sort], query, limit, cursor)
+
+    # -- executions --------------------------------------------------------------------------
+
+    async def execution(self, tenant: str, execution_id: str) -> Doc | None:
+        """The execution document of the tenant, or None."""
+        if not PUBLIC_ID.match(execution_id):
+            return None
+        names = await self.names()
+        return await self.db[names.executions].find_one({"_id": execution_id, "tenant": tenant})
+
+    async def executions(
+        self, tenant: str, internal_id: str, *, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Doc], str | None]:
+        """A page of a task's executions, newest first."""
+        query: Doc = {"tenant": tenant, "task_id": internal_id}
+        if status is not None:
+            query["status"] = status
+        names = await self.names()
+        return await self._page(names.executions, "executions", EXECUTION_SORT, query, limit, cursor)
+
+    async def count_scheduled_runs(self, tenant: str, internal_id: str, since: datetime | None) -> int:
+        """Scheduled (not manual) executions of the task's current incarnation still in the view."""
+        query: Doc = {"tenant": tenant, "task_id": internal_id, "reason": {"$in": ["schedule", "buffered"]}}
+        if since is not None:
+            query["scheduled_for"] = {"$gte": since}
+        names = await self.names()
+        return await self.db[names.executions].count_documents(query)
+
+    # -- audit and stats ---------------------------------------------------------------------
+
+    async def caused_by(self, tenant: str, internal_id: str, command_id: str) -> list[Doc]:
+        """The audit documents of the events a command caused, in task order."""
+        names = await self.names()
+        query = {"task_id": internal_id, "tenant": tenant, "causation_id": command_id}
+        docs = [d async for d in self.db[names.audit].find(query)]
+        return sorted(docs, key=lambda d: d.get("sequence", 0))
+
+    async def wait_for_command(
+        self, tenant: str, internal_id: str, command_id: str, *, within: float, poll: float
+    ) -> list[Doc]:
+        """Poll the audit view until the command's events show; empty when ``within`` seconds pass first."""
+        deadline = time.monotonic() + within
+        while True:
+            docs = await self.caused_by(tenant, internal_id, command_id)
+            if docs:
+                # One command's events can straddle two projector batches: look once more.
+                await asyncio.sleep(poll)
+                return await self.caused_by(tenant, internal_id, command_id)
+            if time.monotonic() + poll > deadline:
+                return []
+            await asyncio.sleep(poll)
+
+    async def stats(self, tenant: str) -> dict[str, Any]:
+        """The tenant's summed statistics."""
+        return await tenant_stats(self.db, tenant, await self.names())
+
+    # -- pagination --------------------------------------------------------------------------
+
+    async def _page(
+        self, collection: str, kind: str, spec: SortSpec, query: Mapping[str, Any], limit: int, cursor: str | None
+    ) -> tuple[list[Doc], str | None]:
+        phase, value, last_id = (0, None, None) if cursor is None else decode_cursor(cursor, kind)
+        coll = self.db[collection]
+        docs: list[Doc] = []
+        if phase == 0:
+            cond: Doc = {spec.field: {"$ne": None}}
+            if last_id is not None:
+                cond = {"$and": [cond, _after(spec, 0, value, last_id)]}
+            found = coll.find({"$and": [dict(query), cond]}).sort(
+                [(spec.field, spec.direction), ("_id", spec.direction)]
+            )
+            docs = [d async for d in found.limit(limit + 1)]
+            if len(docs) > limit:
+                last = docs[limit - 1]
+                return docs[:limit], encode_cursor(kind, 0, last.get(spec.field), last["_id"])
+            last_id = None
+        nulls: Doc = {spec.field: None}
+        if phase == 1 and last_id is not None:
+            nulls = _after(spec, 1, None, last_id)
+        remaining = limit - len(docs)
+        found = coll.find({"$and": [dict(query), nulls]}).sort([("_id", spec.direction)])
+        more = [d async for d in found.limit(remaining + 1)]
+        taken = more[:remaining]
+        docs += taken
+        if len(more) > remaining:
+            # No null-keyed document shown yet: the next page starts at the first of them.
+            return docs, encode_cursor(kind, 1, None, taken[-1]["_id"] if taken else None)
+        return docs, None

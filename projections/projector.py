@@ -1,0 +1,348 @@
+"""The live projector: a Kafka consumer group on ``task-events`` that keeps the views up to date.
+
+Per batch (``getmany``): decode, apply to every view with ordered bulk writes (see
+:mod:`projections.apply`), send undecodable messages to the dead-letter topic, record how far
+it got in ``projection_offsets``, then commit the Kafka offsets. Mongo errors are retried with
+backoff and nothing is committed past an event that is not applied, so after a crash the
+events since the last commit come again and the guards make them no-ops.
+
+After a replay switched the views to fresh collections (a new *generation*), the projector
+writes to the new collections and seeks back to the offsets the replay read up to, so the
+events it had applied to the old collections meanwhile are applied to the new ones too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from projections.apply import Positioned, apply_events
+from projections.read import ActiveViews, CollectionNames, active_collections, active_views
+from schemas.envelope import decode_event
+from schemas.errors import DecodeError
+from streams.deadletter import dead_letter_value
+
+log = logging.getLogger(__name__)
+
+STATUS_COLLECTION = "projection_status"
+"""One document per consumer group: lag and progress, for dashboards and readiness checks."""
+PROGRESS_COLLECTION = "projection_offsets"
+"""One document per (consumer group, view generation): the next offset per partition."""
+
+
+@dataclass(frozen=True)
+class Lag:
+    """How far the projector is behind the topic (over the partitions it owns)."""
+
+    events_behind: int
+    """Sum over owned partitions of end offset minus position."""
+    seconds_behind: float | None
+    """0 when caught up; else now minus the Kafka timestamp of the last applied event (None if
+    nothing was applied yet by this process)."""
+    last_event_at: datetime | None
+    partitions: dict[int, int] = field(default_factory=dict)
+    """Events behind, per owned partition."""
+
+
+class Projector:
+    """Consumes ``topic`` in consumer group ``group_id`` and writes the views into ``db``.
+
+    ``collections`` are the view names used until a replay switches to others (then the names
+    in ``view_aliases`` win). The dead-letter topic defaults to the topic's name with
+    ``task-events`` replaced by ``dead-letter``.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group_id: str,
+        db: AsyncDatabase[Any],
+        collections: CollectionNames | None = None,
+        *,
+        dead_letter_topic: str | None = None,
+        max_records: int = 500,
+        poll_timeout: float = 0.5,
+        status_interval: float = 5.0,
+        retry_initial: float = 0.2,
+        retry_max: float = 30.0,
+    ) -> None:
+        self.topic = topic
+        self.group_id = group_id
+        self.db = db
+        self.collections = collections or CollectionNames()
+        self.dead_letter_topic = dead_letter_topic or _dead_letter_topic_for(topic)
+        self.max_records = max_records
+        self.poll_timeout = poll_timeout
+        self.status_interval = status_interval
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.applied_total = 0
+        self.dead_letters_total = 0
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Events of an aborted transaction never happened.
+            isolation_level="read_committed",
+        )
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        self._views: ActiveViews | None = None
+        # Per partition, the offset the next applied batch must start at or before (after a seek).
+        self._required: dict[int, int] = {}
+        self._last_event_at: datetime | None = None
+        self._status_written = 0.0
+        self._stopping = asyncio.Event()
+        self._started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to Kafka and join the group."""
+        await self._producer.start()
+        self._consumer.subscribe([self.topic], listener=_Listener(self))
+        await self._consumer.start()
+        self._started = True
+
+    async def close(self) -> None:
+        """Leave the group and disconnect (uncommitted events come again to the next owner)."""
+        if self._started:
+            self._started = False
+            await self._consumer.stop()
+            await self._producer.stop()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the batch in hand."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Start if needed, then apply batches until :meth:`stop` (or cancellation)."""
+        if not self._started:
+            await self.start()
+        try:
+            while not self._stopping.is_set():
+                await self.step()
+            await self._write_status(force=True)
+        finally:
+            await self.close()
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def step(self) -> int:
+        """Poll one batch and apply it; returns how many messages it consumed."""
+        await self._refresh_views()
+        batch = await self._consumer.getmany(timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records)
+        items: list[Positioned] = []
+        dead: list[tuple[Any, DecodeError]] = []
+        next_offsets: dict[TopicPartition, int] = {}
+        last_timestamp: int | None = None
+        for tp in sorted(batch, key=lambda t: t.partition):
+            required = self._required.get(tp.partition)
+            if required is not None and batch[tp] and batch[tp][0].offset > required:
+                # The fetcher's own offset reset raced our seek and won: going on would leave a
+                # gap in the views, so seek again and drop what came.
+                self._consumer.seek(tp, required)
+                continue
+            self._required.pop(tp.partition, None)
+            for record in batch[tp]:
+                next_offsets[tp] = record.offset + 1
+                last_timestamp = record.timestamp
+                try:
+                    event = decode_event(record.value or b"")
+                except DecodeError as exc:
+                    dead.append((record, exc))
+                    continue
+                items.append(Positioned(event, tp.partition, record.offset))
+        if not next_offsets:
+            await self._write_status()
+            return 0
+        assert self._views is not None
+        await self._apply_with_retry(self._views.collections, items)
+        for record, error in dead:
+            await self._dead_letter(record, error)
+        await self._save_progress(self._views.generation, next_offsets)
+        await self._commit(next_offsets)
+        self.applied_total += len(items)
+        self.dead_letters_total += len(dead)
+        if last_timestamp is not None:
+            self._last_event_at = datetime.fromtimestamp(last_timestamp / 1000, UTC)
+        await self._write_status()
+        return sum(len(records) for records in batch.values())
+
+    async def _apply_with_retry(self, names: CollectionNames, items: list[Positioned]) -> None:
+        delay = self.retry_initial
+        while True:
+            try:
+                await apply_events(self.db, names, items)
+                return
+            except PyMongoError as exc:
+                # Every write is idempotent, so the whole batch is simply applied again.
+                log.warning("projector: writing the views failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+
+    async def _dead_letter(self, record: Any, exc: DecodeError) -> None:
+        value = dead_letter_value(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            payload=record.value,
+            error=exc,
+        )
+        await self._producer.send_and_wait(self.dead_letter_topic, value=value, key=record.key)
+        log.warning("projector: %s[%d]@%d dead-lettered: %s", record.topic, record.partition, record.offset, exc)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            # Lost the partitions in a rebalance: the next owner re-applies, harmlessly.
+            log.warning("projector: commit failed (%s); the events will be applied again", exc)
+
+    # -- view generations and positions ------------------------------------------------------
+
+    async def _refresh_views(self) -> None:
+        views = await active_views(self.db, self.collections)
+        if self._views is not None and views.generation == self._views.generation:
+            return
+        changed = self._views is not None
+        self._views = views
+        if changed:
+            log.info("projector: views switched to generation %s", views.generation)
+            await self._position(self._consumer.assignment(), views)
+
+    async def _position(self, partitions: Iterable[TopicPartition], views: ActiveViews) -> None:
+        """Seek owned partitions to where ``views`` need them.
+
+        That is the progress recorded for this generation; for a replayed generation without
+        progress yet, the offsets the replay read up to; else the committed offsets stand.
+        """
+        progress = await self.db[PROGRESS_COLLECTION].find_one({"_id": self._progress_id(views.generation)})
+        offsets: dict[str, int] = (progress or {}).get("offsets", {})
+        for tp in partitions:
+            offset = offsets.get(str(tp.partition))
+            if offset is None and views.end_offsets:
+                offset = views.end_offsets.get(tp.partition, 0)
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+                self._required[tp.partition] = offset
+
+    async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        views = self._views or await active_views(self.db, self.collections)
+        self._views = views
+        await self._position(assigned, views)
+
+    async def _save_progress(self, generation: str, offsets: dict[TopicPartition, int]) -> None:
+        fields: dict[str, Any] = {f"offsets.{tp.partition}": offset for tp, offset in offsets.items()}
+        fields.update(group_id=self.group_id, generation=generation, topic=self.topic)
+        delay = self.retry_initial
+        while True:
+            try:
+                await self.db[PROGRESS_COLLECTION].update_one(
+                    {"_id": self._progress_id(generation)}, {"$set": fields}, upsert=True
+                )
+                return
+            except PyMongoError as exc:
+                log.warning("projector: saving progress failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+
+    def _progress_id(self, generation: str) -> str:
+        return f"{self.group_id}|{generation}"
+
+    # -- lag ---------------------------------------------------------------------------------
+
+    async def lag(self) -> Lag:
+        """Events and seconds behind the end of the owned partitions."""
+        partitions = sorted(self._consumer.assignment(), key=lambda t: t.partition)
+        if not partitions:
+            return Lag(0, 0.0, self._last_event_at)
+        ends = await self._consumer.end_offsets(partitions)
+        behind: dict[int, int] = {}
+        for tp in partitions:
+            position = await self._consumer.position(tp)
+            behind[tp.partition] = max(0, ends[tp] - position)
+        total = sum(behind.values())
+        seconds: float | None
+        if total == 0:
+            seconds = 0.0
+        elif self._last_event_at is None:
+            seconds = None
+        else:
+            seconds = max(0.0, (datetime.now(UTC) - self._last_event_at).total_seconds())
+        return Lag(total, seconds, self._last_event_at, behind)
+
+    async def _write_status(self, *, force: bool = False) -> None:
+        if not force and time.monotonic() - self._status_written < self.status_interval:
+            return
+        self._status_written = time.monotonic()
+        try:
+            lag = await self.lag()
+        except KafkaError as exc:
+            log.debug("projector: lag unavailable: %s", exc)
+            return
+        doc = {
+            "topic": self.topic,
+            "group_id": self.group_id,
+            "generation": self._views.generation if self._views else None,
+            "collections": self._views.collections.as_dict() if self._views else None,
+            "events_behind": lag.events_behind,
+            "seconds_behind": lag.seconds_behind,
+            "last_event_at": lag.last_event_at,
+            "partitions": {str(p): n for p, n in lag.partitions.items()},
+            "applied_total": self.applied_total,
+            "dead_letters_total": self.dead_letters_total,
+            "updated_at": datetime.now(UTC),
+        }
+        try:
+            await self.db[STATUS_COLLECTION].update_one({"_id": self.group_id}, {"$set": doc}, upsert=True)
+        except PyMongoError as exc:
+            log.warning("projector: writing the status failed: %s", exc)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, projector: Projector) -> None:
+        self.projector = projector
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        pass  # offsets are committed after every batch; nothing is pending here
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.projector._on_assigned(assigned)
+
+
+def _dead_letter_topic_for(topic: str) -> str:
+    suffix = "task-events"
+    if topic.endswith(suffix):
+        return topic[: -len(suffix)] + "dead-letter"
+    return f"{topic}.dead-letter"
+
+
+async def ensure_indexes(db: AsyncDatabase[Any], collections: CollectionNames | None = None) -> None:
+    """Create the read indexes of the views (idempotent); defaults to the live collections."""
+    names = collections or await active_collections(db)
+    tasks, executions, audit = db[names.tasks], db[names.executions], db[names.audit]
+    await tasks.create_index([("tenant", ASCENDING), ("status", ASCENDING)])
+    await tasks.create_index([("next_run", ASCENDING), ("status", ASCENDING)])
+    await tasks.create_index([("type", ASCENDING), ("status", ASCENDING)])
+    await tasks.create_index([("tenant", ASCENDING), ("created_at", DESCENDING)])
+    await executions.create_index([("task_id", ASCENDING), ("status", ASCENDING)])
+    await executions.create_index([("scheduled_for", DESCENDING)])
+    await executions.create_index([("worker", ASCENDING), ("status", ASCENDING)])
+    await executions.create_index([("status", ASCENDING), ("next_retry_at", ASCENDING)])
+    await executions.create_index([("tenant", ASCENDING), ("scheduled_for", DESCENDING)])
+    await audit.create_index([("tenant", ASCENDING), ("at", ASCENDING)])
+    await audit.create_index([("task_id", ASCENDING), ("sequence", ASCENDING)])
+    await db[names.stats].create_index([("tenant", ASCENDING)])

@@ -1,0 +1,53 @@
+"""Run the projector: ``python -m projections.run`` (settings from ``SCHED_*``).
+
+Creates the view indexes, sets up retention (a TTL index, or a sweeper on FerretDB), and
+applies ``task-events`` to the views until interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import timedelta
+from typing import Any
+
+from pymongo import AsyncMongoClient
+
+from projections.projector import Projector, ensure_indexes
+from projections.read import active_collections
+from projections.retention import setup_retention
+from projections.settings import ProjectionSettings
+
+
+async def main(settings: ProjectionSettings | None = None) -> None:
+    """Run the projector (and the retention sweeper if needed) until SIGINT/SIGTERM."""
+    settings = settings or ProjectionSettings()
+    logging.basicConfig(level=settings.log_level.upper())
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url, tz_aware=True)
+    db = client[settings.mongo_database]
+    projector = Projector(settings.kafka_bootstrap, settings.events_topic, settings.group_id, db)
+    sweeper_task: asyncio.Task[None] | None = None
+    try:
+        names = await active_collections(db)
+        await ensure_indexes(db, names)
+        sweeper = await setup_retention(
+            db, names, timedelta(days=settings.retention_days), sweep_interval=settings.sweep_interval_seconds
+        )
+        if sweeper is not None:
+            sweeper_task = asyncio.create_task(sweeper.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, projector.stop)
+        await projector.run()
+    finally:
+        if sweeper_task is not None:
+            sweeper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper_task
+        await client.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
