@@ -345,4 +345,6 @@ async def ensure_indexes(db: AsyncDatabase[Any], collections: CollectionNames | 
     await executions.create_index([("tenant", ASCENDING), ("scheduled_for", DESCENDING)])
     await audit.create_index([("tenant", ASCENDING), ("at", ASCENDING)])
     await audit.create_index([("task_id", ASCENDING), ("sequence", ASCENDING)])
+    # The API's ?wait looks up what a command caused.
+    await audit.create_index([("causation_id", ASCENDING)])
     await db[names.stats].create_index([("tenant", ASCENDING)])
