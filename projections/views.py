@@ -220,6 +220,7 @@ def task_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
             return [_guarded_task(event, {"$set": {**common, **fields, "updated_at": event.at}})]
         case TaskResumed():
             fields = {"status": "active", "paused_note": None, "revision": event.revision}
+            fields |= _next_run(event.next_slot, event.next_fire_at)
             return [_guarded_task(event, {"$set": {**common, **fields, "updated_at": event.at}})]
         case TaskDeleted():
             fields = {"status": "deleted", "deleted_at": event.at, **_next_run(None, None)}
@@ -229,12 +230,13 @@ def task_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
             return [_guarded_task(event, {"$set": {**common, **fields, "updated_at": event.at}})]
         case SlotsMissed():
             update = {
-                "$set": common,
+                "$set": {**common, **_next_run(event.next_slot, event.next_fire_at)},
                 "$inc": {"counters.missed": event.count},
                 "$max": {"last_slot": event.last_slot},
             }
-            return [_guarded_task(event, update), _next_run_passed(event, event.last_slot)]
+            return [_guarded_task(event, update)]
         case ExecutionDispatched():
+            common = {**common, **_next_run(event.next_slot, event.next_fire_at)}
             if event.reason == "retry":
                 return [_guarded_task(event, {"$set": common, "$inc": {"counters.retries": 1}})]
             last_run = {
@@ -247,12 +249,14 @@ def task_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
             update = {"$set": {**common, "last_run": last_run}, "$inc": {"counters.runs": 1}}
             if event.reason == "schedule" and event.slot is not None:
                 update["$max"] = {"last_slot": event.slot}
-                return [_guarded_task(event, update), _next_run_passed(event, event.slot)]
             return [_guarded_task(event, update)]
         case ExecutionBuffered():
             # A buffered slot has been handled: the schedule moved past it.
-            update = {"$set": common, "$max": {"last_slot": event.slot}}
-            return [_guarded_task(event, update), _next_run_passed(event, event.slot)]
+            update = {
+                "$set": {**common, **_next_run(event.next_slot, event.next_fire_at)},
+                "$max": {"last_slot": event.slot},
+            }
+            return [_guarded_task(event, update)]
         case ExecutionStarted():
             return [_guarded_task(event, {"$set": common})]
         case AttemptFailed():
@@ -327,20 +331,6 @@ def _next_run(next_slot: datetime | None, next_fire_at: datetime | None) -> Doc:
 
 def _guarded_task(event: EventBase, update: Doc) -> UpdateOne:
     return UpdateOne({"_id": event.task_id, "version": {"$lt": event.sequence}}, update)
-
-
-def _next_run_passed(event: EventBase, slot: datetime) -> UpdateOne:
-    """Forget a stated next run once a slot at or after it was handled.
-
-    Events after creation/update do not say when the task fires next, so ``next_run`` would
-    go stale; it becomes None with ``next_run_known`` False until an event states it again.
-    The filter ``version == sequence`` applies it only right after its own event: on a replay
-    of an older event a later one has already decided ``next_run``.
-    """
-    return UpdateOne(
-        {"_id": event.task_id, "version": event.sequence, "next_slot": {"$lte": slot}},
-        {"$set": {"next_slot": None, "next_run": None, "next_run_known": False}},
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -549,6 +549,9 @@ class _MissedRange:
     reason: MissedReason
 
 
+_NEXT_FIRE_EVENTS = (TaskResumed, SlotsMissed, ExecutionDispatched, ExecutionBuffered)
+
+
 class _Decision:
     """Accumulates the events of one decision, folding each into the working state."""
 
@@ -601,8 +604,13 @@ class _Decision:
             actor=self.meta.actor,
             **fields,
         )
-        self.events.append(cast(Event, event))
         self.state = evolve(self.state, cast(Event, event))
+        if isinstance(event, _NEXT_FIRE_EVENTS) and self.state is not None:
+            # Tell readers where the schedule stands now, so a view needs no decider.
+            event = event.model_copy(
+                update={"next_slot": self.state.next_slot, "next_fire_at": self.state.next_fire_at}
+            )
+        self.events.append(cast(Event, event))
         return event
 
     def reject(self, reason: str, field: str | None) -> None:
@@ -716,9 +724,7 @@ class _Decision:
             retry_at=None,
         )
         status: Literal["timed_out", "failed"] = "timed_out" if timed_out else "failed"
-        self.complete(
-            execution, status, error=error, result=result, started_at=started_at, finished_at=finished_at
-        )
+        self.complete(execution, status, error=error, result=result, started_at=started_at, finished_at=finished_at)
         self.dispatch_buffered_if_idle()
 
     def dispatch_buffered_if_idle(self) -> None:
@@ -797,15 +803,11 @@ def evolve(state: TaskState | None, event: Event) -> TaskState | None:
         case TaskResumed():
             return _bump(state, event, status="active", revision=event.revision)
         case TaskDeleted():
-            return _bump(
-                state, event, status="deleted", next_slot=None, next_fire_at=None, in_flight={}, buffered=None
-            )
+            return _bump(state, event, status="deleted", next_slot=None, next_fire_at=None, in_flight={}, buffered=None)
         case TaskCompleted():
             return _bump(state, event, status="completed", next_slot=None, next_fire_at=None)
         case SlotsMissed():
-            counters = state.counters.model_copy(
-                update={"slots_missed": state.counters.slots_missed + event.count}
-            )
+            counters = state.counters.model_copy(update={"slots_missed": state.counters.slots_missed + event.count})
             advanced = _advanced(state, event.last_slot, state.scheduled_runs)
             return _bump(state, event, counters=counters, **advanced)
         case ExecutionDispatched():
@@ -830,9 +832,7 @@ def evolve(state: TaskState | None, event: Event) -> TaskState | None:
             return _bump(state, event, in_flight={**state.in_flight, event.execution_id: started})
         case AttemptFailed():
             execution = state.in_flight.get(event.execution_id)
-            counters = state.counters.model_copy(
-                update={"attempts_failed": state.counters.attempts_failed + 1}
-            )
+            counters = state.counters.model_copy(update={"attempts_failed": state.counters.attempts_failed + 1})
             if execution is None:
                 return _bump(state, event, counters=counters)
             failed = execution.model_copy(
@@ -843,9 +843,7 @@ def evolve(state: TaskState | None, event: Event) -> TaskState | None:
                     "last_error": event.error,
                 }
             )
-            return _bump(
-                state, event, counters=counters, in_flight={**state.in_flight, event.execution_id: failed}
-            )
+            return _bump(state, event, counters=counters, in_flight={**state.in_flight, event.execution_id: failed})
         case ExecutionCompleted():
             in_flight = {k: v for k, v in state.in_flight.items() if k != event.execution_id}
             buffered = state.buffered
@@ -927,9 +925,7 @@ def _advanced(state: TaskState, slot: datetime, scheduled_runs: int) -> dict[str
     definition = state.definition
     if definition is None or state.created_at is None:
         return {"last_slot": last}
-    nxt = next_slot(
-        definition, last, anchor=anchor_for(definition, state.created_at), runs_so_far=scheduled_runs
-    )
+    nxt = next_slot(definition, last, anchor=anchor_for(definition, state.created_at), runs_so_far=scheduled_runs)
     return {"last_slot": last, "next_slot": nxt, "next_fire_at": _fire_at(state.task_id, definition, nxt)}
 
 

@@ -52,6 +52,15 @@ class EventBase(WireModel):
     actor: str
 
 
+class _NextFire(WireModel):
+    """Where the task's schedule stands after the event (set by the decider)."""
+
+    next_slot: UtcDatetime | None = None
+    """The next nominal slot not yet handled; None when no slot is left."""
+    next_fire_at: UtcDatetime | None = None
+    """When ``next_slot`` fires: the slot plus its jitter."""
+
+
 class TaskCreated(EventBase):
     """A task was created."""
 
@@ -82,7 +91,7 @@ class TaskPaused(EventBase):
     revision: int = Field(ge=1)
 
 
-class TaskResumed(EventBase):
+class TaskResumed(_NextFire, EventBase):
     """A paused task resumed firing its schedule."""
 
     type: Literal["TaskResumed"] = "TaskResumed"
@@ -102,7 +111,7 @@ class TaskCompleted(EventBase):
     reason: Literal["run_limit", "end_reached", "one_shot"]
 
 
-class SlotsMissed(EventBase):
+class SlotsMissed(_NextFire, EventBase):
     """A contiguous range of the task's slots that did not run, with the reason."""
 
     type: Literal["SlotsMissed"] = "SlotsMissed"
@@ -114,7 +123,7 @@ class SlotsMissed(EventBase):
     """True when ``count`` is a lower bound because counting stopped at a safety limit."""
 
 
-class ExecutionDispatched(EventBase):
+class ExecutionDispatched(_NextFire, EventBase):
     """An attempt of an execution was sent to the executors."""
 
     type: Literal["ExecutionDispatched"] = "ExecutionDispatched"
@@ -133,7 +142,7 @@ class ExecutionDispatched(EventBase):
     """The attempt times out at this instant (dispatch time plus the task's timeout)."""
 
 
-class ExecutionBuffered(EventBase):
+class ExecutionBuffered(_NextFire, EventBase):
     """A slot was buffered (overlap ``buffer_one``); it is dispatched when nothing is in flight."""
 
     type: Literal["ExecutionBuffered"] = "ExecutionBuffered"

@@ -25,9 +25,7 @@ _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 def generate() -> dict[str, dict[str, Any]]:
     """Every published schema, by name, as generated from the current models."""
     models: dict[str, type[Any]] = {"Envelope": Envelope, **COMMAND_TYPES, **EVENT_TYPES}
-    return {
-        name: {"$schema": _DIALECT, **model.model_json_schema()} for name, model in sorted(models.items())
-    }
+    return {name: {"$schema": _DIALECT, **model.model_json_schema()} for name, model in sorted(models.items())}
 
 
 def render(schema: dict[str, Any]) -> str:

@@ -104,7 +104,12 @@ class TaskHistory:
         return self._add(SlotsMissed(**self._base(), first_slot=first, last_slot=last, count=count, reason="overlap"))
 
     def dispatched(
-        self, slot: datetime | None, attempt: int = 1, reason: str = "schedule", trigger: str | None = None
+        self,
+        slot: datetime | None,
+        attempt: int = 1,
+        reason: str = "schedule",
+        trigger: str | None = None,
+        next_slot: datetime | None = None,
     ) -> tuple[str, Event]:
         ex_id = (
             execution_id_for_slot(self.task_id, slot)
@@ -124,6 +129,8 @@ class TaskHistory:
             params={"p": 1},
             scheduled_for=slot or base["at"],
             deadline=base["at"] + timedelta(minutes=5),
+            next_slot=next_slot,
+            next_fire_at=next_slot,
         )
         self._add(event)
         return ex_id, event

@@ -41,7 +41,7 @@ async def test_task_lifecycle_through_an_execution(mongo_db: Db) -> None:
     h = TaskHistory("task-1")
     h.created(next_slot=T0 + timedelta(minutes=1))
     slot = T0 + timedelta(minutes=1)
-    ex, _ = h.dispatched(slot)
+    ex, _ = h.dispatched(slot, next_slot=slot + timedelta(minutes=1))
     h.started(ex, worker="w7")
     h.finished(ex, "succeeded", 42, slot=slot)
     await apply_events(mongo_db, NAMES, positioned(h.events))
@@ -59,8 +59,8 @@ async def test_task_lifecycle_through_an_execution(mongo_db: Db) -> None:
     assert set(task["duration"]["buckets"]) == set(BUCKET_NAMES)
     assert task["last_run"]["execution_id"] == ex and task["last_run"]["slot"] == naive(slot)
     assert task["last_status"] == "succeeded" and task["last_slot"] == naive(slot)
-    # The stated next run was the slot that ran; the events do not say the one after it.
-    assert task["next_run"] is None and task["next_run_known"] is False
+    # The dispatch states where the schedule stands after it.
+    assert task["next_run"] == naive(slot + timedelta(minutes=1)) and task["next_run_known"] is True
 
     execution = await mongo_db["executions"].find_one({"_id": ex})
     assert execution is not None
