@@ -1,99 +1,130 @@
-"""``make run``: the local stack, a worker, and a sample schedule visibly firing.
+"""``make run``: the local stack, a worker, the projector, the API, and a sample schedule firing.
 
 Starts Kafka and FerretDB (``deploy/stack.py``) unless ``SCHED_KAFKA_BOOTSTRAP`` is set,
-starts one worker process, creates a sample task that fires every 5 seconds, and prints
-every outcome as it arrives on the public ``outcomes`` topic. Ctrl-C stops the worker; the
-stack keeps running (``make stack-down`` stops it).
+then three processes (worker, projector, API on ``SCHED_API_PORT``, default 8000), creates
+a sample task through the REST API that fires every 5 seconds, and prints every outcome as
+it arrives on the public ``outcomes`` topic, with the task's counters as the API shows them.
+Ctrl-C stops the processes; the stack keeps running (``make stack-down`` stops it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-import uuid
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+import httpx
+import jwt
+from aiokafka import AIOKafkaConsumer
 
-from schemas.commands import CreateTask, DeleteTask
-from schemas.envelope import command_envelope, decode_event, encode
+from schemas.envelope import decode_event
 from schemas.events import ExecutionCompleted
-from schemas.specs import HandlerWork, IntervalSchedule, TaskDefinition
 from streams.admin import ensure_topics
 from streams.settings import Settings, topic_name
 
 REPO = Path(__file__).resolve().parent.parent
-WORKER_LOG = REPO / ".stack" / "logs" / "worker.log"
+LOGS = REPO / ".stack" / "logs"
+DEV_SECRET = "local-development-secret-not-for-production"
+TENANT = "demo"
 
 
 def _say(message: str) -> None:
     click.echo(f"{datetime.now(UTC):%H:%M:%S} {message}")
 
 
-async def _watch(settings: Settings, task_id: str, seconds: float | None, worker: subprocess.Popen[bytes]) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    consumer = AIOKafkaConsumer(
-        topic_name(settings, "outcomes"), bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="latest", group_id=None,
-    )  # fmt: skip
-    await producer.start()
-    await consumer.start()
-    await consumer.seek_to_end()
-    now = datetime.now(UTC)
-    create = CreateTask(
-        command_id=str(uuid.uuid4()), task_id=task_id, tenant="demo", actor="make-run", at=now,
-        definition=TaskDefinition(
-            name="sample heartbeat", schedule=IntervalSchedule(every_seconds=5.0),
-            work=HandlerWork(name="echo", params={"hello": "world"}),
-        ),
-    )  # fmt: skip
-    await producer.send_and_wait(
-        topic_name(settings, "commands"),
-        key=task_id.encode(),
-        value=encode(command_envelope(create, "make-run")),
-    )
-    _say(f"created task {task_id}: every 5 s, handler 'echo'; waiting for outcomes (Ctrl-C to stop)")
-    seen = 0
-    loop = asyncio.get_running_loop()
-    deadline = None if seconds is None else loop.time() + seconds
-    try:
-        while deadline is None or loop.time() < deadline:
-            if worker.poll() is not None:
-                raise click.ClickException(f"the worker exited (code {worker.returncode}); see {WORKER_LOG}")
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                for record in records:
+def _token(secret: str) -> str:
+    claims = {"sub": "make-run", "tenant": TENANT, "roles": ["admin"], "exp": datetime.now(UTC) + timedelta(hours=8)}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _start(name: str, *args: str) -> subprocess.Popen[bytes]:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with (LOGS / f"{name}.log").open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", *args],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    _say(f"{name} started (pid {proc.pid}, log {LOGS / f'{name}.log'})")
+    return proc
+
+
+def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in procs.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs.values():
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _check_alive(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for name, proc in procs.items():
+        if proc.poll() is not None:
+            raise click.ClickException(f"the {name} exited (code {proc.returncode}); see {LOGS / f'{name}.log'}")
+
+
+async def _run(settings: Settings, api: str, token: str, seconds: float | None, procs: dict[str, Any]) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=api, headers=headers, timeout=30) as http:
+        deadline = time.monotonic() + 60
+        while True:  # the API answers once it has started
+            _check_alive(procs)
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get("/readyz")).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"the API did not become ready; see {LOGS / 'api.log'}")
+            await asyncio.sleep(0.5)
+
+        consumer = AIOKafkaConsumer(
+            topic_name(settings, "outcomes"), bootstrap_servers=settings.kafka_bootstrap, group_id=None
+        )
+        await consumer.start()
+        await consumer.seek_to_end()
+        body = {
+            "name": "sample heartbeat",
+            "schedule": {"kind": "interval", "every_seconds": 5},
+            "work": {"kind": "handler", "name": "echo", "params": {"hello": "world"}},
+            "tags": ["demo"],
+        }
+        created = await http.post("/v1/tasks", json=body, params={"wait": 10})
+        if created.status_code >= 300:
+            raise click.ClickException(f"creating the sample task failed: {created.status_code} {created.text}")
+        task_id = created.json()["id"] if "id" in created.json() else created.json()["task_id"]
+        _say(f"created task {task_id} through the API: every 5 s, handler 'echo' (Ctrl-C to stop)")
+        _say(f"try: curl -H 'Authorization: Bearer {token}' {api}/v1/tasks/{task_id}")
+        seen = 0
+        stop_at = None if seconds is None else time.monotonic() + seconds
+        try:
+            while stop_at is None or time.monotonic() < stop_at:
+                _check_alive(procs)
+                batch = await consumer.getmany(timeout_ms=500)
+                for record in (r for records in batch.values() for r in records):
                     event = decode_event(record.value or b"")
-                    if isinstance(event, ExecutionCompleted) and event.task_id == task_id:
-                        seen += 1
-                        late = (
-                            (event.started_at - event.scheduled_for).total_seconds() * 1000 if event.started_at else 0
-                        )
-                        _say(
-                            f"{event.status}: slot {event.scheduled_for:%H:%M:%S}, started {late:.0f} ms after it, "
-                            f"took {event.duration_ms or 0:.0f} ms, execution {event.execution_id[:8]}"
-                        )
-    finally:
-        # Leave nothing firing behind: the next run creates its own sample task.
-        delete = DeleteTask(
-            command_id=str(uuid.uuid4()),
-            task_id=task_id,
-            tenant="demo",
-            actor="make-run",
-            at=datetime.now(UTC),
-        )
-        await producer.send_and_wait(
-            topic_name(settings, "commands"),
-            key=task_id.encode(),
-            value=encode(command_envelope(delete, "make-run")),
-        )
-        await consumer.stop()
-        await producer.stop()
+                    if not isinstance(event, ExecutionCompleted) or not event.task_id.endswith(f"/{task_id}"):
+                        continue
+                    seen += 1
+                    started = event.started_at or event.finished_at
+                    late = (started - (event.scheduled_for or started)).total_seconds() * 1000
+                    view = (await http.get(f"/v1/tasks/{task_id}")).json()
+                    _say(
+                        f"{event.status}: slot {event.scheduled_for:%H:%M:%S}, started {late:.0f} ms after it; "
+                        f"the API shows runs={view.get('counters', {}).get('runs')}, next run {view.get('next_run')}"
+                    )
+        finally:
+            with contextlib.suppress(Exception):  # leave nothing firing behind
+                await http.delete(f"/v1/tasks/{task_id}")
+            await consumer.stop()
     return seen
 
 
@@ -101,7 +132,7 @@ async def _watch(settings: Settings, task_id: str, seconds: float | None, worker
 @click.option("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
 @click.option("--prefix", default="demo.", help="topic prefix of this demo deployment")
 def main(seconds: float | None, prefix: str) -> None:
-    """Run the stack, a worker and a sample schedule, printing its outcomes."""
+    """Run the stack, a worker, the projector, the API and a sample schedule."""
     if not os.environ.get("SCHED_KAFKA_BOOTSTRAP"):
         from deploy import stack
 
@@ -110,37 +141,32 @@ def main(seconds: float | None, prefix: str) -> None:
         try:
             stack.up(cfg)
         except stack.StackError as exc:
-            click.echo(f"stack: error: {exc}", err=True)
-            sys.exit(1)
+            raise click.ClickException(f"stack: {exc}") from None
         os.environ["SCHED_KAFKA_BOOTSTRAP"] = cfg.bootstrap
         os.environ["SCHED_MONGO_URL"] = cfg.mongo_url
         _say(f"stack up: kafka {cfg.bootstrap}, mongo {cfg.mongo_url}")
     os.environ["SCHED_TOPIC_PREFIX"] = prefix
+    os.environ.setdefault("SCHED_MONGO_DATABASE", f"scheduler_{prefix.strip('.')}")
     os.environ.setdefault("SCHED_DATA_DIR", str(REPO / ".stack" / "worker" / prefix.strip(".")))
+    os.environ.setdefault("SCHED_JWT_HS256_SECRET", DEV_SECRET)
     settings = Settings()
     asyncio.run(ensure_topics(settings))
+    port = os.environ.setdefault("SCHED_API_PORT", "8000")
+    api = f"http://127.0.0.1:{port}"
 
-    log = WORKER_LOG
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--worker-id", "demo-worker"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    _say(f"worker started (pid {worker.pid}, log {log})")
-    task_id = f"sample-{uuid.uuid4().hex[:8]}"
+    procs = {
+        "worker": _start("worker", "worker", "--worker-id", "demo-worker"),
+        "projector": _start("projector", "projector"),
+        "api": _start("api", "api"),
+    }
     seen = 0
     try:
-        seen = asyncio.run(_watch(settings, task_id, seconds, worker))
+        seen = asyncio.run(_run(settings, api, _token(os.environ["SCHED_JWT_HS256_SECRET"]), seconds, procs))
     except KeyboardInterrupt:
         pass
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-        _say(f"worker stopped after {seen} outcomes; the stack keeps running (make stack-down stops it)")
+        _stop(procs)
+        _say(f"stopped after {seen} outcomes; the stack keeps running (make stack-down stops it)")
     if seconds is not None and seen == 0:
         sys.exit(1)
 

@@ -1,8 +1,9 @@
-"""`make run` stays true: the demo brings up a worker and a sample schedule visibly fires."""
+"""`make run` stays true: worker, projector and API come up, and a sample schedule visibly fires."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -18,7 +19,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_demo_prints_outcomes_of_the_sample_schedule(infra: Infra, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCHED_")}
-    env.update(SCHED_KAFKA_BOOTSTRAP=infra.bootstrap, SCHED_MONGO_URL=infra.mongo_url, SCHED_DATA_DIR=str(tmp_path))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env.update(
+        SCHED_KAFKA_BOOTSTRAP=infra.bootstrap,
+        SCHED_MONGO_URL=infra.mongo_url,
+        SCHED_DATA_DIR=str(tmp_path),
+        SCHED_API_PORT=str(port),
+    )
     prefix = f"demo{uuid.uuid4().hex[:8]}."
     out = subprocess.run(
         [sys.executable, "-m", "streams.demo", "--seconds", "16", "--prefix", prefix],
@@ -27,3 +36,5 @@ def test_demo_prints_outcomes_of_the_sample_schedule(infra: Infra, tmp_path: Pat
     assert out.returncode == 0, out.stdout + out.stderr
     fired = [line for line in out.stdout.splitlines() if " succeeded: slot " in line]
     assert len(fired) >= 2, out.stdout
+    # The outcomes are visible through the API's views too.
+    assert any("the API shows runs=" in line and "runs=None" not in line for line in fired), out.stdout
