@@ -607,8 +607,9 @@ class _Decision:
         self.state = evolve(self.state, cast(Event, event))
         if isinstance(event, _NEXT_FIRE_EVENTS) and self.state is not None:
             # Tell readers where the schedule stands now, so a view needs no decider.
-            event = event.model_copy(
-                update={"next_slot": self.state.next_slot, "next_fire_at": self.state.next_fire_at}
+            event = cast(
+                _E,
+                event.model_copy(update={"next_slot": self.state.next_slot, "next_fire_at": self.state.next_fire_at}),
             )
         self.events.append(cast(Event, event))
         return event

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response
 
+from api.auth import Principal
 from api.commands import (
     check_idempotency_key,
     command_id_for,
@@ -16,7 +17,7 @@ from api.commands import (
     submit,
     task_public,
 )
-from api.deps import Admin, Operator, State, Viewer
+from api.deps import Admin, ApiState, Operator, State, Viewer
 from api.errors import ERROR_RESPONSES, Conflict, NotFound, problem_responses
 from api.models import (
     TASK_EXAMPLES,
@@ -198,16 +199,7 @@ async def delete_task(
     idempotency_key: IdempotencyKey = None,
 ) -> CommandResult:
     """Delete the task; executions in flight are cancelled. Needs the admin role."""
-    key = check_idempotency_key(idempotency_key)
-    doc = await _live_task(state.views, principal.tenant, task_id)
-    command = DeleteTask(
-        command_id=command_id_for(principal.tenant, "delete", task_id, key),
-        task_id=doc["_id"],
-        tenant=principal.tenant,
-        actor=principal.actor,
-        at=now(),
-    )
-    return await submit(state, principal, command, response, wait=wait)
+    return await _task_command(state, principal, task_id, response, wait, idempotency_key, DeleteTask, "delete")
 
 
 @router.post(
@@ -231,17 +223,10 @@ async def pause_task(
 
     Pausing a paused task changes nothing (with `?wait` it then answers 202 when the time runs out).
     """
-    key = check_idempotency_key(idempotency_key)
-    doc = await _live_task(state.views, principal.tenant, task_id)
-    command = PauseTask(
-        command_id=command_id_for(principal.tenant, "pause", task_id, key),
-        task_id=doc["_id"],
-        tenant=principal.tenant,
-        actor=principal.actor,
-        at=now(),
-        note=body.note if body else None,
+    note = body.note if body else None
+    return await _task_command(
+        state, principal, task_id, response, wait, idempotency_key, PauseTask, "pause", note=note
     )
-    return await submit(state, principal, command, response, wait=wait)
 
 
 @router.post(
@@ -259,16 +244,7 @@ async def resume_task(
     idempotency_key: IdempotencyKey = None,
 ) -> CommandResult:
     """Resume firing; slots missed while paused go through the catch-up policy. Needs the operator role."""
-    key = check_idempotency_key(idempotency_key)
-    doc = await _live_task(state.views, principal.tenant, task_id)
-    command = ResumeTask(
-        command_id=command_id_for(principal.tenant, "resume", task_id, key),
-        task_id=doc["_id"],
-        tenant=principal.tenant,
-        actor=principal.actor,
-        at=now(),
-    )
-    return await submit(state, principal, command, response, wait=wait)
+    return await _task_command(state, principal, task_id, response, wait, idempotency_key, ResumeTask, "resume")
 
 
 @router.post(
@@ -383,3 +359,28 @@ async def list_executions(
         principal.tenant, doc["_id"], status=status, limit=limit, cursor=cursor
     )
     return ExecutionPage(items=[execution_public(d, principal.tenant) for d in docs], next_cursor=next_cursor)
+
+
+async def _task_command(
+    state: ApiState,
+    principal: Principal,
+    task_id: str,
+    response: Response,
+    wait: float | None,
+    idempotency_key: str | None,
+    command_type: type[DeleteTask | PauseTask | ResumeTask],
+    verb: str,
+    **fields: Any,
+) -> CommandResult:
+    """Send a command about one of the caller's live tasks (404 when it has none by that id)."""
+    key = check_idempotency_key(idempotency_key)
+    doc = await _live_task(state.views, principal.tenant, task_id)
+    command = command_type(
+        command_id=command_id_for(principal.tenant, verb, task_id, key),
+        task_id=doc["_id"],
+        tenant=principal.tenant,
+        actor=principal.actor,
+        at=now(),
+        **fields,
+    )
+    return await submit(state, principal, command, response, wait=wait)
