@@ -113,6 +113,8 @@ class TaskProcessor:
         self.stats = ProcessorStats()
         self.index = DueIndex()
         self.tenants: dict[str, str] = {}
+        self._woken: dict[str, tuple[datetime, datetime]] = {}
+        """Task -> (when its last Wake was sent, when to send it again) until a Wake is applied."""
         self.ready = False
         self.source = f"scheduler/worker/{settings.worker_id}"
         faust_tuning.install(settings.fetch_max_wait_ms)
@@ -199,6 +201,8 @@ class TaskProcessor:
             await self._dead(message, raw, exc)
             return
         task_id = command.task_id if command is not None else invalid.task_id
+        if isinstance(command, Wake):
+            self._woken.pop(task_id, None)
         if key != task_id.encode():
             await self._dead(message, raw, DecodeError("message key must be the task id", field="key"))
             return
@@ -270,8 +274,15 @@ class TaskProcessor:
         if state is None:
             self.index.set(task_id, None)
             self.tenants.pop(task_id, None)
+            self._woken.pop(task_id, None)
             return
-        self.index.set(task_id, next_wakeup(state))
+        when = next_wakeup(state)
+        woken = self._woken.get(task_id)
+        if when is not None and woken is not None and when <= woken[0]:
+            # A Wake sent at woken[0] covers everything due by then and is still on its way:
+            # another one now would only double the load. Re-send only if it got lost.
+            when = woken[1]
+        self.index.set(task_id, when)
         self.tenants[task_id] = state.tenant
 
     # ------------------------------------------------------------------ ownership
@@ -290,6 +301,7 @@ class TaskProcessor:
         started = time.perf_counter()
         self.index.clear()
         self.tenants.clear()
+        self._woken.clear()
         cutoff = time.time() - RESEND_WINDOW
         resend: list[tuple[bytes, list[Event]]] = []
         for key, raw in self.table.items():
@@ -334,6 +346,7 @@ class TaskProcessor:
                 await self.app.producer.send(commands, task_id.encode(), value, None, None, None)
                 self.stats.wakes_sent += 1
                 # Should this Wake be lost, wake the task again; applying it replaces this entry.
+                self._woken[task_id] = (now, now + resend)
                 self.index.set(task_id, now + resend)
             nxt = self.index.next_time()
             delay = tick if nxt is None else min(tick, max((nxt - _now()).total_seconds(), 0.0))

@@ -83,7 +83,14 @@ class Result:
 
 
 async def run(
-    bootstrap: str, mongo_url: str, tasks: int, period: float, seconds: float, warmup: float, separate_executor: bool
+    bootstrap: str,
+    mongo_url: str,
+    tasks: int,
+    period: float,
+    seconds: float,
+    warmup: float,
+    separate_executor: bool,
+    spread: bool,
 ) -> Result:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     print(f"topic prefix {prefix}.", flush=True)
@@ -110,11 +117,14 @@ async def run(
     ids = [f"bench-{i:06d}" for i in range(tasks)]
     now = datetime.now(UTC)
     anchor = now.replace(microsecond=0) + timedelta(seconds=1)
-    for task_id in ids:
+    for i, task_id in enumerate(ids):
         cmd = CreateTask(
             command_id=str(uuid.uuid4()), task_id=task_id, tenant="bench", actor="bench", at=now,
             definition=TaskDefinition(
-                name=task_id, schedule=IntervalSchedule(every_seconds=period, anchor=anchor),
+                name=task_id,
+                schedule=IntervalSchedule(
+                    every_seconds=period, anchor=anchor + timedelta(seconds=period * i / tasks if spread else 0)
+                ),
                 work=HandlerWork(name="noop"),
             ),
         )  # fmt: skip
@@ -200,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--period", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--spread", action="store_true", help="spread the tasks' slots over the period (default: all aligned)"
+    )
     parser.add_argument("--separate-executor", action="store_true", help="run the executor in its own process")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds after the first slot not measured")
     args = parser.parse_args(argv)
@@ -207,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     mongo = os.environ.get("SCHED_MONGO_URL", "mongodb://127.0.0.1:27017/")
     started = time.monotonic()
     result = asyncio.run(
-        run(bootstrap, mongo, args.tasks, args.period, args.seconds, args.warmup, args.separate_executor)
+        run(bootstrap, mongo, args.tasks, args.period, args.seconds, args.warmup, args.separate_executor, args.spread)
     )
     print(result.table())
     print(f"(run took {time.monotonic() - started:.0f}s)")
