@@ -30,7 +30,7 @@ lint: bootstrap
 	@$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 typecheck: bootstrap
-	@$(PY) -m mypy scheduler schemas
+	@$(PY) -m mypy scheduler schemas streams projections api deploy
 
 schemas: bootstrap
 	@$(PY) -m schemas.export

@@ -160,8 +160,8 @@ class TaskProcessor:
             value_type=bytes,
         )
         self.table.on_recover(self._on_recovered)
-        self.app.on_partitions_assigned.connect(self._on_assigned)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]  # mode types receivers narrowly
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.agent(self.commands, name="task-processor", concurrency=1)(self._process)
         self.app.task(self._firing_loop)
         self.app.task(self._report_stats)
@@ -287,12 +287,12 @@ class TaskProcessor:
 
     # ------------------------------------------------------------------ ownership
 
-    async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+    async def _on_assigned(self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         # Recovery of the new assignment is about to start: fire nothing until it is done.
         self.ready = False
         self._cache.clear()
 
-    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+    async def _on_revoked(self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         self.ready = False
         self._cache.clear()
 

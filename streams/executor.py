@@ -277,4 +277,7 @@ class Executor:
         self, producer: AIOKafkaProducer, command: ReportExecutionStarted | ReportExecutionOutcome
     ) -> asyncio.Future[object]:
         envelope = command_envelope(command, source=f"executor/{self.worker_id}")
-        return await producer.send(self._commands, key=command.task_id.encode(), value=encode(envelope))
+        delivery: asyncio.Future[object] = await producer.send(
+            self._commands, key=command.task_id.encode(), value=encode(envelope)
+        )
+        return delivery

@@ -31,4 +31,4 @@ def install(fetch_max_wait_ms: int) -> None:
             log.warning("cannot tune the Faust consumer's fetch wait; dispatches may lag")
         return consumer
 
-    faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
+    faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
