@@ -246,3 +246,24 @@ async def test_long_work_is_reported_running_before_it_ends(bus: Bus) -> None:
     (started,) = bus.events(task_id, "ExecutionStarted")
     (done,) = bus.events(task_id, "ExecutionCompleted")
     assert done.status == "succeeded" and done.started_at == started.started_at
+
+
+async def test_poison_on_a_dispatch_topic_is_dead_lettered_and_executors_continue(bus: Bus, infra: Infra) -> None:
+    dead = await Bus(infra.bootstrap, bus.prefix).start(follow=("dead-letter",))
+    try:
+        await bus.send_raw("dispatch.normal", b"poison-dispatch", b"{not an envelope")
+        await dead.wait_for(
+            lambda: any(r.key == b"poison-dispatch" for r in dead.raw["dead-letter"]), STARTUP, "dead letter"
+        )
+        letter = orjson.loads(next(r.value for r in dead.raw["dead-letter"] if r.key == b"poison-dispatch"))
+        assert letter["source_topic"] == bus.topic("dispatch.normal")
+        assert letter["payload"] == "{not an envelope"
+        # The executors keep running work.
+        task_id = f"after-poison-{new_id()}"
+        await bus.send(_create(task_id, TaskDefinition(name="fine", schedule=None, work=HandlerWork(name="noop"))))
+        await bus.send(
+            TriggerTask(command_id=new_id(), task_id=task_id, tenant="acme", actor="bob", at=now(), trigger_id="p1")
+        )
+        await bus.wait_for(lambda: bool(bus.events(task_id, "ExecutionCompleted")), 30, "a run after the poison")
+    finally:
+        await dead.stop()
