@@ -432,9 +432,12 @@ async def _wait_ready(cfg: StackConfig, started: dict[str, subprocess.Popen[byte
             await asyncio.sleep(0.3)
 
 
-def down(cfg: StackConfig, timeout: float = 30.0) -> None:
-    """Stop both services (SIGTERM, then SIGKILL after ``timeout``); data is kept."""
+def down(cfg: StackConfig, timeout: float = 30.0, only: str | None = None) -> None:
+    """Stop both services, or ``only`` one of them (SIGTERM, then SIGKILL after ``timeout``);
+    data is kept and ``up`` starts what is not running."""
     for svc in reversed(_services(cfg)):
+        if only is not None and svc.name != only:
+            continue
         pidfile = cfg.path("run", f"{svc.name}.pid")
         pid = _read_pid(pidfile)
         if pid is not None:

@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,28 @@ class HttpTarget:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def assert_every_slot_once(bus: Bus, task_ids: list[str], first_slot: datetime, last_slot: datetime) -> int:
+    """Every 1-second slot of every task in [first_slot, last_slot] was dispatched once (one
+    event id per attempt) and completed once on the outcomes topic; returns the executions."""
+    slots: dict[str, dict[datetime, set[str]]] = {t: {} for t in task_ids}
+    attempts: Counter[tuple[str, int]] = Counter()
+    for e in {e.event_id: e for e in bus.events(type_="ExecutionDispatched")}.values():
+        attempts[(e.execution_id, e.attempt)] += 1
+        if e.task_id in slots and e.slot is not None:
+            slots[e.task_id].setdefault(e.slot, set()).add(e.execution_id)
+    completed = Counter(e.execution_id for e in {e.event_id: e for e in bus.events(topic="outcomes")}.values())
+    assert not attempts or max(attempts.values()) == 1, "an attempt was dispatched twice"
+    total = 0
+    for task_id in task_ids:
+        slot = first_slot
+        while slot <= last_slot:
+            ids = slots[task_id].get(slot)
+            assert ids is not None, f"{task_id}: slot {slot} never fired"
+            assert len(ids) == 1, f"{task_id}: slot {slot} has executions {ids}"
+            (execution_id,) = ids
+            assert completed[execution_id] == 1, f"{task_id} {slot}: {completed[execution_id]} outcomes"
+            total += 1
+            slot += timedelta(seconds=1)
+    return total

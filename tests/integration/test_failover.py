@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import Counter, defaultdict
-from datetime import datetime, timedelta
+from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from schemas.commands import CreateTask, DeleteTask
 from schemas.specs import CatchUpMode, CatchUpPolicy, HttpWork, IntervalSchedule, OverlapPolicy, TaskDefinition
 from tests.conftest import Infra
-from tests.integration.harness import Bus, HttpTarget, WorkerProc, new_id, now, worker_env
+from tests.integration.harness import Bus, HttpTarget, WorkerProc, assert_every_slot_once, new_id, now, worker_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.failure]
 
@@ -77,35 +77,13 @@ async def test_sigkill_one_of_two_workers_loses_and_doubles_nothing(infra: Infra
 
         # Every slot from the anchor until shortly before the stop: exactly one execution,
         # dispatched once (one event id) and completed once, whatever the worker.
-        last_slot = stop_at - timedelta(seconds=3)
-        slots: dict[str, dict[datetime, set[str]]] = defaultdict(lambda: defaultdict(set))
-        dispatch_events: Counter[tuple[str, int]] = Counter()
-        for e in {e.event_id: e for e in bus.events(type_="ExecutionDispatched")}.values():
-            dispatch_events[(e.execution_id, e.attempt)] += 1
-            slots[e.task_id][e.slot].add(e.execution_id)
-        completed = Counter(
-            e.execution_id for e in {e.event_id: e for e in bus.events(topic="outcomes")}.values()
-        )  # fmt: skip
-        assert max(dispatch_events.values()) == 1, "an attempt was dispatched twice"
-        for task_id in ids:
-            expected = []
-            slot = anchor
-            while slot <= last_slot:
-                expected.append(slot)
-                slot += timedelta(seconds=1)
-            got = slots[task_id]
-            missing = [s for s in expected if s not in got]
-            assert not missing, f"{task_id}: slots never fired: {missing[:5]} ({len(missing)})"
-            assert all(len(v) == 1 for v in got.values())
-            for s in expected:
-                (execution_id,) = got[s]
-                assert completed[execution_id] == 1, f"{task_id} {s}: {completed[execution_id]} outcomes"
+        executions = assert_every_slot_once(bus, ids, anchor, stop_at - timedelta(seconds=3))
         assert survivor_source in {bus.sources[e.event_id] for e in bus.events(type_="ExecutionDispatched")}
         # At the target every execution arrived; a second request with the same
         # Idempotency-Key (work re-run after the crash) is possible and is reported.
         keys = Counter(r["key"] for r in target.requests)
         doubled_at_target = {k: n for k, n in keys.items() if n > 1}
-        print(f"executions {len(completed)}, repeated requests at the target: {len(doubled_at_target)}")
+        print(f"executions {executions}, repeated requests at the target: {len(doubled_at_target)}")
     finally:
         for w in workers:
             w.stop()
