@@ -100,7 +100,7 @@ async def _run(settings: Settings, api: str, token: str, seconds: float | None, 
         created = await http.post("/v1/tasks", json=body, params={"wait": 10})
         if created.status_code >= 300:
             raise click.ClickException(f"creating the sample task failed: {created.status_code} {created.text}")
-        task_id = created.json()["id"] if "id" in created.json() else created.json()["task_id"]
+        task_id = created.json()["task_id"]
         _say(f"created task {task_id} through the API: every 5 s, handler 'echo' (Ctrl-C to stop)")
         _say(f"try: curl -H 'Authorization: Bearer {token}' {api}/v1/tasks/{task_id}")
         seen = 0
