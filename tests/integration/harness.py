@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,9 +21,10 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from schemas.commands import Command
+from schemas.commands import Command, CreateTask
 from schemas.envelope import command_envelope, decode_event, encode
 from schemas.events import Event
+from schemas.specs import CatchUpMode, CatchUpPolicy, HttpWork, IntervalSchedule, OverlapPolicy, TaskDefinition
 from streams.admin import ensure_topics
 from streams.settings import Settings
 
@@ -236,3 +238,29 @@ def assert_every_slot_once(bus: Bus, task_ids: list[str], first_slot: datetime, 
             total += 1
             slot += timedelta(seconds=1)
     return total
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def create_every_second_tasks(bus: Bus, prefix: str, count: int, url: str, anchor: datetime) -> list[str]:
+    """Create ``count`` tasks that POST to ``url`` every second from ``anchor``; every slot must
+    run exactly once, so slots due while something is down run late (catch-up), never dropped."""
+    definition = TaskDefinition(
+        name="every second",
+        schedule=IntervalSchedule(every_seconds=1.0, anchor=anchor),
+        work=HttpWork(method="POST", url=url),
+        overlap=OverlapPolicy.ALLOW_ALL,
+        catch_up=CatchUpPolicy(mode=CatchUpMode.RUN_ALL, window_seconds=600),
+        misfire_grace_seconds=600,
+    )
+    ids = [f"{prefix}-{i:02d}-{new_id()[:8]}" for i in range(count)]
+    for task_id in ids:
+        await bus.send(
+            CreateTask(command_id=new_id(), task_id=task_id, tenant="acme", actor="t", at=now(), definition=definition)
+        )
+    return ids

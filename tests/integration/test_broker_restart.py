@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -11,25 +10,28 @@ from pathlib import Path
 import pytest
 
 from deploy import stack
-from schemas.commands import CreateTask, DeleteTask
-from schemas.specs import CatchUpMode, CatchUpPolicy, HttpWork, IntervalSchedule, OverlapPolicy, TaskDefinition
-from tests.integration.harness import Bus, HttpTarget, WorkerProc, assert_every_slot_once, new_id, now, worker_env
+from schemas.commands import DeleteTask
+from tests.integration.harness import (
+    Bus,
+    HttpTarget,
+    WorkerProc,
+    assert_every_slot_once,
+    create_every_second_tasks,
+    free_port,
+    new_id,
+    now,
+    worker_env,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.failure, pytest.mark.stack]
 
 TASKS = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_broker_restart_loses_and_doubles_nothing(tmp_path: Path) -> None:
     # A private stack: restarting the shared broker would disturb every other test.
     shared = stack.StackConfig.from_env()
-    cfg = stack.StackConfig(tmp_path / "stack", shared.cache, _free_port(), _free_port(), _free_port())
+    cfg = stack.StackConfig(tmp_path / "stack", shared.cache, free_port(), free_port(), free_port())
     await asyncio.to_thread(stack.up, cfg)
     prefix = f"br{uuid.uuid4().hex[:8]}"
     target = await HttpTarget().start()
@@ -39,21 +41,7 @@ async def test_broker_restart_loses_and_doubles_nothing(tmp_path: Path) -> None:
     ).start()
     try:
         anchor = now().replace(microsecond=0) + timedelta(seconds=3)
-        definition = TaskDefinition(
-            name="every second",
-            schedule=IntervalSchedule(every_seconds=1.0, anchor=anchor),
-            work=HttpWork(method="POST", url=target.url),
-            overlap=OverlapPolicy.ALLOW_ALL,
-            catch_up=CatchUpPolicy(mode=CatchUpMode.RUN_ALL, window_seconds=600),
-            misfire_grace_seconds=600,
-        )
-        ids = [f"br-{i}-{new_id()[:8]}" for i in range(TASKS)]
-        for task_id in ids:
-            await bus.send(
-                CreateTask(
-                    command_id=new_id(), task_id=task_id, tenant="acme", actor="t", at=now(), definition=definition
-                )
-            )
+        ids = await create_every_second_tasks(bus, "br", TASKS, target.url, anchor)
         await bus.wait_for(lambda: len(bus.events(type_="ExecutionCompleted")) >= 3 * TASKS, 90, "firing")
 
         await asyncio.to_thread(stack.down, cfg, 30.0, "kafka")

@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from schemas.commands import CreateTask, DeleteTask
-from schemas.specs import CatchUpMode, CatchUpPolicy, HttpWork, IntervalSchedule, OverlapPolicy, TaskDefinition
+from schemas.commands import DeleteTask
 from tests.conftest import Infra
-from tests.integration.harness import Bus, HttpTarget, WorkerProc, assert_every_slot_once, new_id, now, worker_env
+from tests.integration.harness import (
+    Bus,
+    HttpTarget,
+    WorkerProc,
+    assert_every_slot_once,
+    create_every_second_tasks,
+    new_id,
+    now,
+    worker_env,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.failure]
 
@@ -37,22 +45,7 @@ async def test_sigkill_one_of_two_workers_loses_and_doubles_nothing(infra: Infra
     ]  # fmt: skip
     try:
         anchor = now().replace(microsecond=0) + timedelta(seconds=2)
-        definition = TaskDefinition(
-            name="every second",
-            schedule=IntervalSchedule(every_seconds=1.0, anchor=anchor),
-            work=HttpWork(method="POST", url=target.url),
-            overlap=OverlapPolicy.ALLOW_ALL,
-            # Slots due while the partition changes hands are run late, never dropped.
-            catch_up=CatchUpPolicy(mode=CatchUpMode.RUN_ALL, window_seconds=600),
-            misfire_grace_seconds=600,
-        )
-        ids = [f"fo-{i:02d}-{new_id()[:8]}" for i in range(TASKS)]
-        for task_id in ids:
-            await bus.send(
-                CreateTask(
-                    command_id=new_id(), task_id=task_id, tenant="acme", actor="t", at=now(), definition=definition
-                )
-            )
+        ids = await create_every_second_tasks(bus, "fo", TASKS, target.url, anchor)
 
         def writers() -> set[str]:
             return {bus.sources[e.event_id] for e in bus.events(type_="ExecutionDispatched")}

@@ -4,7 +4,6 @@ and the views catch up completely once it is back."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -17,18 +16,12 @@ import jwt
 import pytest
 
 from deploy import stack
-from tests.integration.harness import REPO, Bus, WorkerProc, worker_env
+from tests.integration.harness import REPO, Bus, WorkerProc, free_port, worker_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.failure, pytest.mark.stack]
 
 SECRET = "outage-test-secret-with-32-bytes-or-more"
 OUTAGE = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -41,10 +34,10 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 async def test_mongo_outage_accepts_commands_and_views_catch_up(tmp_path: Path) -> None:
     shared = stack.StackConfig.from_env()
-    cfg = stack.StackConfig(tmp_path / "stack", shared.cache, _free_port(), _free_port(), _free_port())
+    cfg = stack.StackConfig(tmp_path / "stack", shared.cache, free_port(), free_port(), free_port())
     await asyncio.to_thread(stack.up, cfg)
     prefix = f"mo{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     env = worker_env(cfg.bootstrap, cfg.mongo_url, prefix, tmp_path / "worker")
     env.update(SCHED_MONGO_DATABASE=prefix, SCHED_JWT_HS256_SECRET=SECRET, SCHED_API_PORT=str(port))
     bus = await Bus(cfg.bootstrap, prefix).start()
