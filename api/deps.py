@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo import AsyncMongoClient
 
@@ -66,3 +66,21 @@ def requires(role: Role) -> Callable[[Principal], Principal]:
 Viewer = Annotated[Principal, Depends(requires(Role.VIEWER))]
 Operator = Annotated[Principal, Depends(requires(Role.OPERATOR))]
 Admin = Annotated[Principal, Depends(requires(Role.ADMIN))]
+
+# Parameters every command route takes.
+Wait = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=30,
+        description="Wait up to this many seconds for the outcome: 200 once the views show it, "
+        "a 404/409/422 problem if the task processor rejected the command, or 202 if the time ran out.",
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retrying with the same key yields the same ids, and the command is applied once.",
+    ),
+]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Path, Query, Response
+from fastapi import APIRouter, Body, Path, Response
 
 from api.commands import check_idempotency_key, command_id_for, execution_public, now, submit
-from api.deps import Operator, State, Viewer
+from api.deps import IdempotencyKey, Operator, State, Viewer, Wait
 from api.errors import ERROR_RESPONSES, NotFound, problem_responses
 from api.models import CancelRequest, CommandResult, ExecutionPublic
 from schemas.commands import CancelExecution
@@ -40,10 +40,8 @@ async def cancel_execution(
     body: Annotated[
         CancelRequest | None, Body(openapi_examples={"reason": {"value": {"reason": "wrong parameters"}}})
     ] = None,
-    wait: Annotated[
-        float | None, Query(ge=0, le=30, description="Wait up to this many seconds for the outcome.")
-    ] = None,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    wait: Wait = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> CommandResult:
     """Cancel an execution that is in flight, waiting for a retry, or buffered. Needs the operator role.
 

@@ -17,7 +17,7 @@ from api.commands import (
     submit,
     task_public,
 )
-from api.deps import Admin, ApiState, Operator, State, Viewer
+from api.deps import Admin, ApiState, IdempotencyKey, Operator, State, Viewer, Wait
 from api.errors import ERROR_RESPONSES, Conflict, NotFound, problem_responses
 from api.models import (
     TASK_EXAMPLES,
@@ -39,22 +39,6 @@ from schemas.specs import TaskDefinition
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
 
 TaskId = Annotated[str, Path(description="The task's id (as returned on create).", max_length=200)]
-Wait = Annotated[
-    float | None,
-    Query(
-        ge=0,
-        le=30,
-        description="Wait up to this many seconds for the outcome: 200 with the task once the views show it, "
-        "a 404/409/422 problem if the task processor rejected the command, or 202 if the time ran out.",
-    ),
-]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        description="Retrying with the same key yields the same ids, and the command is applied once.",
-    ),
-]
 STATUSES = ("active", "paused", "completed", "deleted")
 
 
