@@ -704,26 +704,19 @@ class _Decision:
         definition = self.require_state().definition
         assert definition is not None
         policy = definition.retry
+        retry_at = None
         if should_retry(policy, execution.attempt):
-            delay = backoff(policy, execution.attempt, execution.execution_id)
-            retry_at = min(self.meta.at + delay, LATEST)
-            self.emit(
-                AttemptFailed,
-                execution_id=execution.execution_id,
-                attempt=execution.attempt,
-                error=error,
-                timed_out=timed_out,
-                retry_at=retry_at,
-            )
-            return
+            retry_at = min(self.meta.at + backoff(policy, execution.attempt, execution.execution_id), LATEST)
         self.emit(
             AttemptFailed,
             execution_id=execution.execution_id,
             attempt=execution.attempt,
             error=error,
             timed_out=timed_out,
-            retry_at=None,
+            retry_at=retry_at,
         )
+        if retry_at is not None:
+            return
         status: Literal["timed_out", "failed"] = "timed_out" if timed_out else "failed"
         self.complete(execution, status, error=error, result=result, started_at=started_at, finished_at=finished_at)
         self.dispatch_buffered_if_idle()
