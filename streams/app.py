@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -102,7 +102,6 @@ class ProcessorStats:
     last_rebuild_seconds: float = 0.0
     tasks_owned: int = 0
     apply_seconds: float = 0.0
-    dispatch_lateness_ms: list[float] = field(default_factory=list)
 
 
 class TaskProcessor:
@@ -139,16 +138,18 @@ class TaskProcessor:
             key_serializer="raw",
             value_serializer="raw",
         )
-        t = self._topic
-        self.commands = t(topics.COMMANDS)
-        self.events = t(topics.TASK_EVENTS)
-        self.outcomes = t(topics.OUTCOMES)
-        self.dead_letter = t(topics.DEAD_LETTER)
-        self.dispatch = {p: t(topics.dispatch(p)) for p in topics.PRIORITIES}
+        self.commands = self.app.topic(
+            topic_name(settings, topics.COMMANDS),
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+        )
+        # The other topics are only written, straight through the app's producer (see _send).
         self._names = {
-            "events": self.events.get_topic_name(),
-            "outcomes": self.outcomes.get_topic_name(),
-            **{p: topic.get_topic_name() for p, topic in self.dispatch.items()},
+            "events": topic_name(settings, topics.TASK_EVENTS),
+            "outcomes": topic_name(settings, topics.OUTCOMES),
+            "dead-letter": topic_name(settings, topics.DEAD_LETTER),
+            **{p: topic_name(settings, topics.dispatch(p)) for p in topics.PRIORITIES},
         }
         # Decoded states of recently touched tasks: decoding the stored JSON on every
         # command cost more than deciding. Bounded, and cleared when partitions move.
@@ -169,16 +170,6 @@ class TaskProcessor:
         if settings.executor_enabled:
             self.executor = Executor(settings)
             self.app.task(self._run_executor)
-
-    def _topic(self, name: str) -> faust.TopicT:
-        return self.app.topic(
-            topic_name(self.settings, name),
-            partitions=self.settings.partitions,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-        )
 
     # ------------------------------------------------------------------ the agent
 
@@ -251,12 +242,6 @@ class TaskProcessor:
             await producer.send(self._names["events"], key, value, None, None, None)
             if isinstance(e, ExecutionDispatched):
                 await producer.send(self._names[str(e.priority)], key, value, None, None, None)
-                if e.reason != "manual":
-                    lateness = (_now() - e.scheduled_for).total_seconds() * 1000
-                    lat = self.stats.dispatch_lateness_ms
-                    lat.append(lateness)
-                    if len(lat) > 100_000:
-                        del lat[: len(lat) // 2]
             elif isinstance(e, ExecutionCompleted):
                 await producer.send(self._names["outcomes"], key, value, None, None, None)
             elif e.type == "CommandRejected":
@@ -268,7 +253,7 @@ class TaskProcessor:
         value = dead_letter_value(
             topic=message.topic, partition=message.partition, offset=message.offset, payload=raw, error=error
         )
-        await self.dead_letter.send(key=message.key, value=value, force=True)
+        await self.app.producer.send(self._names["dead-letter"], message.key, value, None, None, None)
 
     def _index(self, task_id: str, state: TaskState | None) -> None:
         if state is None:
