@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 from tests.bench import lateness, peer_apscheduler
+from tests.bench.common import machine
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,17 +31,6 @@ class Row:
     def med(self, pick: str, i: int = -1) -> float:
         values = [getattr(r, pick) if i < 0 else getattr(r, pick)[i] for r in self.results]
         return float(statistics.median(values))
-
-
-def _machine() -> str:
-    mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
-    return (
-        f"{os.cpu_count()} cores, {int(mem.split()[1]) // 1024 // 1024} GiB, {platform.platform()}, "
-        f"Python {platform.python_version()}, {java}, aiokafka {version('aiokafka')}, "
-        f"faust-streaming {version('faust-streaming')}, APScheduler {version('apscheduler')}, "
-        "Kafka 4.1.1 (KRaft, local)"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         f"### Lateness: {args.tasks} tasks every {args.period:g} s ({args.tasks / args.period:.0f} fires/s), "
         f"{'spread' if args.spread else 'aligned'}, {args.seconds:g} s window, median of {args.repeat}",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {_machine()}.",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
         f"Command: `python -m tests.bench.compare {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
         "| scheduler | missed | doubled | dispatch p50 ms | dispatch p99 ms | dispatch max ms | start p99 ms "

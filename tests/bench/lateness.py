@@ -34,24 +34,8 @@ from schemas.commands import CreateTask
 from schemas.envelope import command_envelope, decode_event, encode
 from schemas.events import ExecutionCompleted, ExecutionDispatched
 from schemas.specs import HandlerWork, IntervalSchedule, TaskDefinition
+from tests.bench.common import pct, rss_mb, wait_for_topics
 from tests.integration.harness import WorkerProc, worker_env
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
-
-
-def _pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 @dataclass
@@ -107,11 +91,7 @@ async def run(
     await producer.start()
     topics = [f"{prefix}.dispatch.{p}" for p in ("high", "normal", "low")] + [f"{prefix}.task-events"]
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
-    # The worker creates the topics; wait for them before subscribing.
-    for _ in range(120):
-        if set(topics) <= set(await consumer_topics(bootstrap)):
-            break
-        await asyncio.sleep(0.5)
+    await wait_for_topics(bootstrap, topics)
     await consumer.start()
     await _wait_ready(producer, consumer, prefix)
     ids = [f"bench-{i:06d}" for i in range(tasks)]
@@ -150,8 +130,8 @@ async def run(
                 elif isinstance(event, ExecutionCompleted) and event.started_at is not None:
                     started[event.execution_id] = event.started_at.timestamp()
         if worker.proc is not None:
-            rss_peak = max(rss_peak, _rss_mb(worker.proc.pid))
-    rss_end = _rss_mb(worker.proc.pid) if worker.proc else 0.0
+            rss_peak = max(rss_peak, rss_mb(worker.proc.pid))
+    rss_end = rss_mb(worker.proc.pid) if worker.proc else 0.0
     await consumer.stop()
     await producer.stop()
     worker.stop()
@@ -174,8 +154,8 @@ async def run(
     distinct = sum(len({s for s, _ in entries}) for entries in dispatch_at.values())
     return Result(
         tasks, period, seconds, len(dispatch_ms), expected, max(expected - distinct, 0), doubled,
-        (_pct(dispatch_ms, 50), _pct(dispatch_ms, 99), max(dispatch_ms, default=float("nan"))),
-        (_pct(start_ms, 50), _pct(start_ms, 99), max(start_ms, default=float("nan"))),
+        (pct(dispatch_ms, 50), pct(dispatch_ms, 99), max(dispatch_ms, default=float("nan"))),
+        (pct(start_ms, 50), pct(start_ms, 99), max(start_ms, default=float("nan"))),
         rss_peak, rss_end,
     )  # fmt: skip
 
@@ -192,17 +172,6 @@ async def _wait_ready(producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, pr
         if any(r.key == b"probe" for records in batch.values() for r in records):
             return
     raise RuntimeError("the worker did not start within 120 s")
-
-
-async def consumer_topics(bootstrap: str) -> set[str]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,8 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from tests.bench.lateness import Result, _pct, _rss_mb
+from tests.bench.common import pct, rss_mb
+from tests.bench.lateness import Result
 
 
 async def _noop() -> float:
@@ -74,7 +75,7 @@ async def run(store: str, tasks: int, period: float, seconds: float, warmup: flo
     rss_peak = 0.0
     while datetime.now(UTC) < window_end + timedelta(seconds=3):
         await asyncio.sleep(0.5)
-        rss_peak = max(rss_peak, _rss_mb(os.getpid()))
+        rss_peak = max(rss_peak, rss_mb(os.getpid()))
     scheduler.shutdown(wait=False)
     dispatch_ms = [ms for entries in dispatch.values() for _, ms in entries]
     per_task = int(seconds / period)
@@ -83,7 +84,7 @@ async def run(store: str, tasks: int, period: float, seconds: float, warmup: flo
     doubled = sum(n - 1 for entries in dispatch.values() for n in Counter(s for s, _ in entries).values() if n > 1)
     return Result(
         tasks, period, seconds, len(dispatch_ms), expected, max(expected - distinct, 0), doubled,
-        (_pct(dispatch_ms, 50), _pct(dispatch_ms, 99), max(dispatch_ms, default=float("nan"))),
-        (_pct(start_ms, 50), _pct(start_ms, 99), max(start_ms, default=float("nan"))),
-        rss_peak, _rss_mb(os.getpid()),
+        (pct(dispatch_ms, 50), pct(dispatch_ms, 99), max(dispatch_ms, default=float("nan"))),
+        (pct(start_ms, 50), pct(start_ms, 99), max(start_ms, default=float("nan"))),
+        rss_peak, rss_mb(os.getpid()),
     )  # fmt: skip

@@ -1,0 +1,62 @@
+"""What the benchmark runners share: percentiles, process memory, the machine, topic waits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import subprocess
+from importlib.metadata import version
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def pct(values: list[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def machine() -> str:
+    """One line naming the machine and the versions a figure was measured with."""
+    mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
+    return (
+        f"{os.cpu_count()} cores, {int(mem.split()[1]) // 1024 // 1024} GiB, {platform.platform()}, "
+        f"Python {platform.python_version()}, {java}, aiokafka {version('aiokafka')}, "
+        f"faust-streaming {version('faust-streaming')}, APScheduler {version('apscheduler')}, "
+        "Kafka 4.1.1 (KRaft, local)"
+    )
+
+
+async def broker_topics(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def wait_for_topics(bootstrap: str, topics: list[str], within: float = 120.0) -> None:
+    """Wait until the worker has created ``topics`` (subscribing earlier would miss them)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not set(topics) <= await broker_topics(bootstrap):
+        if loop.time() > deadline:
+            raise RuntimeError(f"topics {topics} did not appear within {within:.0f} s")
+        await asyncio.sleep(0.5)
