@@ -33,14 +33,21 @@ class Settings(BaseSettings):
     store: str = "rocksdb://"
     """Faust table store URL (``rocksdb://`` persists across restarts; ``memory://`` for tests)."""
 
+    rocksdb_write_buffer_mb: int = Field(default=8, ge=1)
+    """Size of one RocksDB memtable of the state table, per owned partition (two at most)."""
+    rocksdb_block_cache_mb: int = Field(default=16, ge=1)
+    """RocksDB block cache of the state table, per owned partition. Faust's defaults (3 x 64 MB
+    memtables and a 2 GB cache, per partition) let a worker's memory grow with its tasks."""
+
     session_timeout_seconds: float = Field(default=10.0, ge=3)
     """A worker that stops heartbeating for this long loses its partitions to the others."""
     fetch_max_wait_ms: int = Field(default=20, ge=1, le=1500)
     """Longest broker long-poll of the task processor's consumer (see streams/faust_tuning.py)."""
     producer_linger_ms: int = Field(default=5, ge=0)
     """How long the processor's producer waits to batch messages; fewer, larger requests."""
-    state_cache_size: int = Field(default=100_000, ge=0)
-    """Decoded task states kept in memory (the table stays the source of truth)."""
+    state_cache_size: int = Field(default=10_000, ge=0)
+    """Decoded task states kept in memory (the table stays the source of truth). Each costs
+    about 7 KB; tasks that fire often stay cached, the others are decoded when touched."""
     wake_resend_seconds: float = Field(default=5.0, gt=0)
     """A Wake sent for a task is sent again after this long if the task has not moved on."""
     firing_tick_seconds: float = Field(default=0.05, gt=0)
