@@ -40,9 +40,12 @@ def new_id() -> str:
 
 
 class WorkerProc:
-    """A worker (``scheduler worker``) in its own process, as in production."""
+    """A worker (``scheduler worker``), or another ``scheduler`` command (``worker_id`` None),
+    in its own process, as in production."""
 
-    def __init__(self, env: dict[str, str], log: Path, worker_id: str, command: tuple[str, ...] = ("worker",)) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, worker_id: str | None, command: tuple[str, ...] = ("worker",)
+    ) -> None:
         self.env = env
         self.log = log
         self.worker_id = worker_id
@@ -52,8 +55,9 @@ class WorkerProc:
     def start(self) -> WorkerProc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
+        named = ["--worker-id", self.worker_id] if self.worker_id else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", *self.command, "--worker-id", self.worker_id],
+            [sys.executable, "-m", "streams.cli", *self.command, *named],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
             start_new_session=True,
         )  # fmt: skip
