@@ -199,7 +199,7 @@ def kafka_libs(cfg: StackConfig) -> Path:
 def ferretdb_binary(cfg: StackConfig) -> Path:
     """Build the FerretDB launcher once; later calls return the cached binary."""
     src = DEPLOY / "ferretdb"
-    binary = cfg.cache / f"ferretdb-{_digest(src / 'main.go', src / 'go.mod', src / 'go.sum')}"
+    binary = cfg.cache / f"ferretdb-{_digest(*sorted(src.glob('*.go')), src / 'go.mod', src / 'go.sum')}"
     if binary.exists():
         return binary
     go = _require("go", "install Go 1.22 or newer (https://go.dev/doc/install) to build FerretDB")

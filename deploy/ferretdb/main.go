@@ -48,6 +48,15 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	if *handler == "sqlite" {
+		dir, err := sqliteDir(*sqliteURL)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ferretdb: bad -sqlite-url: %v\n", err)
+			os.Exit(2)
+		}
+		go indexIDs(ctx, dir, logger)
+	}
+
 	logger.Warn("ferretdb listening", "addr", *listen, "handler", *handler)
 	if err := f.Run(ctx); err != nil && ctx.Err() == nil {
 		fmt.Fprintf(os.Stderr, "ferretdb: %v\n", err)
