@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
+from projections import apply
 from projections.apply import Positioned, apply_events
 from projections.read import CollectionNames
 from tests.projections.history import dump, full_history, positioned
@@ -80,3 +81,30 @@ async def test_crash_between_views_then_redelivery_counts_once(mongo_db: Db) -> 
     await apply_module.write_ops(mongo_db[crashed.stats], ops.stats)  # ... and the process dies here
     await apply_events(mongo_db, crashed, log[half:])
     assert await dump(mongo_db, crashed) == await dump(mongo_db, once)
+
+
+@pytest.mark.parametrize("on_server", [True, False])
+async def test_guards_checked_here_or_on_the_server_give_the_same_views(mongo_db: Db, on_server: bool) -> None:
+    """Both ways of guarding writes (see ``guards_on_server``) yield the same views, redelivery included."""
+    log = interleaved_log()
+    reference, other = CollectionNames().with_suffix("_ref"), CollectionNames().with_suffix("_other")
+    await apply_events(mongo_db, reference, log)
+    apply._GUARDS_ON_SERVER[mongo_db.client] = on_server
+    try:
+        for item in log:
+            await apply_events(mongo_db, other, [item])
+            await apply_events(mongo_db, other, [item])
+    finally:
+        del apply._GUARDS_ON_SERVER[mongo_db.client]
+    assert await dump(mongo_db, other) == await dump(mongo_db, reference)
+
+
+def test_guard_matching_follows_mongodb() -> None:
+    assert apply.guard_matches({"version": 2}, {"version": {"$lt": 3}})
+    assert not apply.guard_matches({"version": 3}, {"version": {"$lt": 3}})
+    assert not apply.guard_matches({}, {"version": {"$lt": 3}}), "a missing field never matches $lt"
+    assert apply.guard_matches({"started_at": None}, {"started_at": None})
+    assert apply.guard_matches({}, {"started_at": None}), "None matches a missing field"
+    assert not apply.guard_matches({"started_at": 5}, {"started_at": None})
+    with pytest.raises(ValueError, match="unsupported guard"):
+        apply.guard_matches({"version": 1}, {"version": {"$lte": 3}})
