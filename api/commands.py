@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ API_NAMESPACE = uuid.UUID("0b7e4a8c-2f61-5d3e-8c49-6a1f0e2d7b35")
 """Namespace of the ids derived from ``Idempotency-Key`` headers."""
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_INT64 = range(-(2**63), 2**63)
 
 
 def now() -> datetime:
@@ -72,6 +74,27 @@ def parse_if_match(value: str | None) -> int | None:
     return int(tag)
 
 
+def _unstorable(value: Any, path: tuple[str, ...] = ()) -> tuple[tuple[str, ...], str] | None:
+    """Where and why ``value`` (a command as JSON) cannot reach the views, or None if it can.
+
+    Integers must fit in a signed 64 bits: orjson encodes no wider ones for the commands topic, and
+    the views' BSON stores no wider ones.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if value in _INT64 else (path, "integer out of range (must fit in 64 bits)")
+    if isinstance(value, Mapping):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _unstorable(item, (*path, str(key)))
+        if found is not None:
+            return found
+    return None
+
+
 def task_public(doc: Doc, tenant: str) -> TaskPublic:
     """The public form of a task document."""
     return TaskPublic.model_validate({**doc, "id": public_task_id(tenant, doc["_id"])})
@@ -95,10 +118,15 @@ async def submit(
 ) -> CommandResult:
     """Send ``command``; answer 202 at once, or 200 with the outcome when ``wait`` seconds suffice.
 
+    :raises Unprocessable: the command holds an integer wider than 64 bits (in ``params``, say).
     :raises ServiceUnavailable: Kafka did not acknowledge the command (nothing was accepted).
     :raises ApiError: while waiting, the task processor rejected the command (404/409/422).
     """
     kind = str(getattr(command, "type", type(command).__name__))
+    unstorable = _unstorable(command.model_dump(mode="json"))
+    if unstorable is not None:
+        path, reason = unstorable
+        raise rejection_error(reason, ".".join(path))
     try:
         await state.bus.send(command)
     except ServiceUnavailable:

@@ -97,6 +97,21 @@ async def test_other_invalid_requests_name_the_field(http: Any) -> None:
         assert field in fields, (url, fields)
 
 
+async def test_params_the_views_cannot_store_name_the_field(http: Any) -> None:
+    """Params are free JSON, but only what the commands topic and the views carry is accepted."""
+    headers = auth(new_tenant())
+    cases: list[tuple[Any, str]] = [
+        ({"n": 2**63}, "definition.params.n"),
+        ({"n": [1, -(2**63) - 1]}, "definition.params.n.1"),
+    ]
+    for params, field in cases:
+        r = await http.post("/v1/tasks", json={**GOOD, "params": params}, headers=headers)
+        assert r.status_code == 422, (params, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == [field], r.text
+    r = await http.post("/v1/tasks", json={**GOOD, "params": {"n": 2**63 - 1, "m": -(2**63)}}, headers=headers)
+    assert r.status_code == 202, r.text
+
+
 async def test_malformed_json_and_oversized_bodies(http: Any) -> None:
     headers = {**auth(new_tenant()), "Content-Type": "application/json"}
     r = await http.post("/v1/tasks", content=b'{"name": "x", ', headers=headers)
