@@ -155,6 +155,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI response entries for extra problem statuses of a route."""
     described = {
+        400: "The request body could not be read as JSON text (e.g. it is not UTF-8)",
         404: "No such task or execution in the caller's tenant",
         409: "Conflict with the task's state (stale `If-Match` revision, completed task)",
         413: "Request body larger than the configured limit",

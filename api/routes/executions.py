@@ -30,7 +30,10 @@ async def get_execution(state: State, principal: Viewer, execution_id: Execution
     "/{execution_id}/cancel",
     status_code=202,
     summary="Cancel an execution",
-    responses={200: {"model": CommandResult, "description": "Applied (with `?wait`)"}, **problem_responses(404, 413)},
+    responses={
+        200: {"model": CommandResult, "description": "Applied (with `?wait`)"},
+        **problem_responses(400, 404, 413),
+    },
 )
 async def cancel_execution(
     state: State,

@@ -54,7 +54,10 @@ async def _live_task(views: Views, tenant: str, task_id: str) -> Doc:
     "",
     status_code=202,
     summary="Create a task",
-    responses={200: {"model": CommandResult, "description": "Applied (with `?wait`)"}, **problem_responses(409, 413)},
+    responses={
+        200: {"model": CommandResult, "description": "Applied (with `?wait`)"},
+        **problem_responses(400, 409, 413),
+    },
 )
 async def create_task(
     state: State,
@@ -129,7 +132,7 @@ async def get_task(
     summary="Replace a task's definition",
     responses={
         200: {"model": CommandResult, "description": "Applied (with `?wait`)"},
-        **problem_responses(404, 409, 413),
+        **problem_responses(400, 404, 409, 413),
     },
 )
 async def update_task(
@@ -190,7 +193,10 @@ async def delete_task(
     "/{task_id}/pause",
     status_code=202,
     summary="Pause a task",
-    responses={200: {"model": CommandResult, "description": "Applied (with `?wait`)"}, **problem_responses(404, 409)},
+    responses={
+        200: {"model": CommandResult, "description": "Applied (with `?wait`)"},
+        **problem_responses(400, 404, 409),
+    },
 )
 async def pause_task(
     state: State,
@@ -235,7 +241,10 @@ async def resume_task(
     "/{task_id}/trigger",
     status_code=202,
     summary="Run a task now",
-    responses={200: {"model": CommandResult, "description": "Applied (with `?wait`)"}, **problem_responses(404, 409)},
+    responses={
+        200: {"model": CommandResult, "description": "Applied (with `?wait`)"},
+        **problem_responses(400, 404, 409),
+    },
 )
 async def trigger_task(
     state: State,

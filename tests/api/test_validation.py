@@ -116,6 +116,8 @@ async def test_malformed_json_and_oversized_bodies(http: Any) -> None:
     headers = {**auth(new_tenant()), "Content-Type": "application/json"}
     r = await http.post("/v1/tasks", content=b'{"name": "x", ', headers=headers)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body", r.text
+    r = await http.post("/v1/tasks", content=b'{"name": "\xff"}', headers=headers)  # not UTF-8: not even text
+    assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", r.text
     huge = {**GOOD, "params": {"blob": "x" * (300 * 1024)}}
     r = await http.post("/v1/tasks", json=huge, headers=headers)
     assert r.status_code == 413, r.text
