@@ -77,14 +77,22 @@ def parse_if_match(value: str | None) -> int | None:
 def _unstorable(value: Any, path: tuple[str, ...] = ()) -> tuple[tuple[str, ...], str] | None:
     """Where and why ``value`` (a command as JSON) cannot reach the views, or None if it can.
 
-    Integers must fit in a signed 64 bits: orjson encodes no wider ones for the commands topic, and
-    the views' BSON stores no wider ones.
+    The views are BSON documents embedding the command's JSON (definitions, params): integers must
+    fit in a signed 64 bits (orjson, on the commands topic, is bound likewise); and as FerretDB
+    refuses the write, keys must not start with ``$`` or hold ``.`` or NUL, and an array must not
+    hold an array directly.
     """
     if isinstance(value, int) and not isinstance(value, bool):
         return None if value in _INT64 else (path, "integer out of range (must fit in 64 bits)")
     if isinstance(value, Mapping):
+        for key in value:
+            if key.startswith("$") or "." in key or "\x00" in key:
+                return path, f"key {key!r} cannot be stored: keys must not start with '$' or hold '.' or NUL"
         items: Iterable[tuple[Any, Any]] = value.items()
     elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, list):
+                return (*path, str(index)), "an array cannot be stored directly inside an array"
         items = enumerate(value)
     else:
         return None
@@ -118,7 +126,7 @@ async def submit(
 ) -> CommandResult:
     """Send ``command``; answer 202 at once, or 200 with the outcome when ``wait`` seconds suffice.
 
-    :raises Unprocessable: the command holds an integer wider than 64 bits (in ``params``, say).
+    :raises Unprocessable: the command holds JSON the views cannot store (in ``params``, say).
     :raises ServiceUnavailable: Kafka did not acknowledge the command (nothing was accepted).
     :raises ApiError: while waiting, the task processor rejected the command (404/409/422).
     """

@@ -103,13 +103,18 @@ async def test_params_the_views_cannot_store_name_the_field(http: Any) -> None:
     cases: list[tuple[Any, str]] = [
         ({"n": 2**63}, "definition.params.n"),
         ({"n": [1, -(2**63) - 1]}, "definition.params.n.1"),
+        ({"a.b": 1}, "definition.params"),
+        ({"q": {"$gt": 1}}, "definition.params.q"),
+        ({"a\x00": 1}, "definition.params"),
+        ({"m": [1, [2]]}, "definition.params.m.1"),
     ]
     for params, field in cases:
         r = await http.post("/v1/tasks", json={**GOOD, "params": params}, headers=headers)
         assert r.status_code == 422, (params, r.text)
         assert [e["field"] for e in r.json()["errors"]] == [field], r.text
-    r = await http.post("/v1/tasks", json={**GOOD, "params": {"n": 2**63 - 1, "m": -(2**63)}}, headers=headers)
-    assert r.status_code == 202, r.text
+    for params in ({"n": 2**63 - 1, "m": -(2**63)}, {"": [1, {"a": [2]}], "s": "a.b$"}):
+        r = await http.post("/v1/tasks", json={**GOOD, "params": params}, headers=headers)
+        assert r.status_code == 202, (params, r.text)
 
 
 async def test_malformed_json_and_oversized_bodies(http: Any) -> None:
