@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Response
+from pydantic import BaseModel
 
 from api.auth import Principal
 from api.deps import ApiState
@@ -27,6 +28,8 @@ API_NAMESPACE = uuid.UUID("0b7e4a8c-2f61-5d3e-8c49-6a1f0e2d7b35")
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 _INT64 = range(-(2**63), 2**63)
+_MAX_DEPTH = 64
+"""Deepest nesting of a command: well within what BSON (100 levels), pydantic and orjson (255) carry."""
 
 
 def now() -> datetime:
@@ -75,20 +78,25 @@ def parse_if_match(value: str | None) -> int | None:
 
 
 def _unstorable(value: Any, path: tuple[str, ...] = ()) -> tuple[tuple[str, ...], str] | None:
-    """Where and why ``value`` (a command as JSON) cannot reach the views, or None if it can.
+    """Where and why ``value`` (a command) cannot reach the views, or None if it can.
 
     The views are BSON documents embedding the command's JSON (definitions, params): integers must
     fit in a signed 64 bits (orjson, on the commands topic, is bound likewise); and as FerretDB
     refuses the write, keys must not start with ``$`` or hold ``.`` or NUL, and an array must not
-    hold an array directly.
+    hold an array directly. Nesting is bounded too; so the command is walked as it is, not dumped
+    first (dumping one nested too deep fails).
     """
+    if len(path) > _MAX_DEPTH:
+        return path[:_MAX_DEPTH], f"nested more than {_MAX_DEPTH} levels deep"
     if isinstance(value, int) and not isinstance(value, bool):
         return None if value in _INT64 else (path, "integer out of range (must fit in 64 bits)")
-    if isinstance(value, Mapping):
+    if isinstance(value, BaseModel):
+        items: Iterable[tuple[Any, Any]] = iter(value)
+    elif isinstance(value, Mapping):
         for key in value:
             if key.startswith("$") or "." in key or "\x00" in key:
                 return path, f"key {key!r} cannot be stored: keys must not start with '$' or hold '.' or NUL"
-        items: Iterable[tuple[Any, Any]] = value.items()
+        items = value.items()
     elif isinstance(value, list):
         for index, item in enumerate(value):
             if isinstance(item, list):
@@ -131,7 +139,7 @@ async def submit(
     :raises ApiError: while waiting, the task processor rejected the command (404/409/422).
     """
     kind = str(getattr(command, "type", type(command).__name__))
-    unstorable = _unstorable(command.model_dump(mode="json"))
+    unstorable = _unstorable(command)
     if unstorable is not None:
         path, reason = unstorable
         raise rejection_error(reason, ".".join(path))

@@ -97,6 +97,13 @@ async def test_other_invalid_requests_name_the_field(http: Any) -> None:
         assert field in fields, (url, fields)
 
 
+def _nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
 async def test_params_the_views_cannot_store_name_the_field(http: Any) -> None:
     """Params are free JSON, but only what the commands topic and the views carry is accepted."""
     headers = auth(new_tenant())
@@ -107,12 +114,13 @@ async def test_params_the_views_cannot_store_name_the_field(http: Any) -> None:
         ({"q": {"$gt": 1}}, "definition.params.q"),
         ({"a\x00": 1}, "definition.params"),
         ({"m": [1, [2]]}, "definition.params.m.1"),
+        (_nested(100), "definition.params" + ".a" * 62),
     ]
     for params, field in cases:
         r = await http.post("/v1/tasks", json={**GOOD, "params": params}, headers=headers)
         assert r.status_code == 422, (params, r.text)
         assert [e["field"] for e in r.json()["errors"]] == [field], r.text
-    for params in ({"n": 2**63 - 1, "m": -(2**63)}, {"": [1, {"a": [2]}], "s": "a.b$"}):
+    for params in ({"n": 2**63 - 1, "m": -(2**63)}, {"": [1, {"a": [2]}], "s": "a.b$"}, _nested(62)):
         r = await http.post("/v1/tasks", json={**GOOD, "params": params}, headers=headers)
         assert r.status_code == 202, (params, r.text)
 
