@@ -113,7 +113,7 @@ async def _wait_ready(worker: WorkerProc, tasks: int, started: float, within: fl
     raise RuntimeError(f"the worker did not rebuild its due-index within {within:.0f}s:\n{worker.tail()}")
 
 
-async def run(bootstrap: str, mongo_url: str, tasks: int, partitions: int = 8) -> Result:
+async def run(bootstrap: str, mongo_url: str, tasks: int, partitions: int = 8, quiet: float = QUIET) -> Result:
     prefix = f"scale{uuid.uuid4().hex[:8]}"
     print(f"topic prefix {prefix}.", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="scale-"))
@@ -153,8 +153,8 @@ async def run(bootstrap: str, mongo_url: str, tasks: int, partitions: int = 8) -
         ingest = tasks / (time.monotonic() - started)
         await asyncio.sleep(5)
         steady = _rss(worker)
-        print(f"applied at {ingest:.0f}/s; worker RSS {steady:.0f} MB; waiting {QUIET:.0f}s", flush=True)
-        await asyncio.sleep(QUIET)
+        print(f"applied at {ingest:.0f}/s; worker RSS {steady:.0f} MB; waiting {quiet:.0f}s", flush=True)
+        await asyncio.sleep(quiet)
 
         worker.kill()
         worker = WorkerProc(env, tmp / "worker-2.log", "scale-worker", command)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bench import lateness, peer_apscheduler
+from tests.bench import inflight, lateness, peer_apscheduler, scale, throughput
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.slow
@@ -20,3 +20,23 @@ async def test_lateness_runner_counts_every_slot_once(infra: Infra) -> None:
 async def test_apscheduler_peer_runner_counts_every_slot_once() -> None:
     result = await peer_apscheduler.run("sqlite", 20, 1.0, 4.0, 2.0, True)
     assert (result.expected, result.missed, result.doubled) == (80, 0, 0)
+
+
+async def test_scale_runner_restarts_over_every_task(infra: Infra) -> None:
+    result = await scale.run(infra.bootstrap, infra.mongo_url, 300, quiet=0)
+    assert result.rss_mb > 0
+    assert result.warm.rss_mb > 0 and result.cold.rss_mb > 0
+    assert result.ingest_per_second > 0
+
+
+async def test_inflight_runner_completes_every_execution_once(infra: Infra) -> None:
+    result = await inflight.run(infra.bootstrap, infra.mongo_url, 40, 1.0)
+    assert (result.succeeded, result.failed, result.repeated) == (40, 0, 0)
+    assert 1 <= result.open_max <= 40
+
+
+async def test_throughput_runner_sees_every_fire_through_to_the_views(infra: Infra) -> None:
+    ceiling = await throughput.ceiling(infra.bootstrap, 2000, 100)
+    assert ceiling.per_second > 0
+    result = await throughput.end_to_end(infra.bootstrap, infra.mongo_url, 60, ceiling)
+    assert (result.dispatched, result.completed, result.visible) == (60, 60, 60)
