@@ -23,9 +23,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import (
+    ConnectionFailure,
+    ExecutionTimeout,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
 
 from projections.apply import Positioned, apply_events
 from projections.read import ActiveViews, CollectionNames, active_collections, active_views
@@ -39,6 +46,19 @@ STATUS_COLLECTION = "projection_status"
 """One document per consumer group: lag and progress, for dashboards and readiness checks."""
 PROGRESS_COLLECTION = "projection_offsets"
 """One document per (consumer group, view generation): the next offset per partition."""
+
+
+REFUSALS = 3
+"""Times the server must refuse an event, applied alone, before it is dead-lettered."""
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether the server answered and refused the write (retrying the same will not help), as
+    opposed to being unreachable, failing over or timing out."""
+    if isinstance(exc, ConnectionFailure | ServerSelectionTimeoutError | ExecutionTimeout | WTimeoutError):
+        return False
+    # pymongo raises KeyError on FerretDB's answer to some refused bulk writes (no nModified).
+    return isinstance(exc, PyMongoError | InvalidDocument | KeyError | ValueError | OverflowError)
 
 
 @dataclass(frozen=True)
@@ -145,7 +165,7 @@ class Projector:
         await self._refresh_views()
         batch = await self._consumer.getmany(timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records)
         items: list[Positioned] = []
-        dead: list[tuple[Any, DecodeError]] = []
+        dead: list[tuple[Any, Exception]] = []
         next_offsets: dict[TopicPartition, int] = {}
         last_timestamp: int | None = None
         for tp in sorted(batch, key=lambda t: t.partition):
@@ -169,7 +189,10 @@ class Projector:
             await self._write_status()
             return 0
         assert self._views is not None
-        await self._apply_with_retry(self._views.collections, items)
+        refused = await self._apply_with_retry(self._views.collections, items)
+        if refused:
+            records = {(r.partition, r.offset): r for tp in batch for r in batch[tp]}
+            dead.extend((records[(item.partition, item.offset)], error) for item, error in refused)
         for record, error in dead:
             await self._dead_letter(record, error)
         await self._save_progress(self._views.generation, next_offsets)
@@ -181,19 +204,55 @@ class Projector:
         await self._write_status()
         return sum(len(records) for records in batch.values())
 
-    async def _apply_with_retry(self, names: CollectionNames, items: list[Positioned]) -> None:
+    async def _apply_with_retry(
+        self, names: CollectionNames, items: list[Positioned]
+    ) -> list[tuple[Positioned, Exception]]:
+        """Apply a batch, retrying while the server is unreachable; returns the events it refused.
+
+        Every write is idempotent, so a failed batch is simply applied again. When the server
+        answers but refuses the batch (a document it cannot store, say), the events are applied
+        one at a time, and an event refused alone ``REFUSALS`` times in a row goes to the
+        dead-letter topic instead of stopping every view for every tenant.
+        """
         delay = self.retry_initial
         while True:
             try:
                 await apply_events(self.db, names, items)
-                return
-            except PyMongoError as exc:
-                # Every write is idempotent, so the whole batch is simply applied again.
-                log.warning("projector: writing the views failed (%s); retrying in %.1fs", exc, delay)
+                return []
+            except Exception as exc:
+                if not _refused(exc):
+                    if not isinstance(exc, PyMongoError):
+                        raise
+                    log.warning("projector: writing the views failed (%s); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.retry_max)
+                    continue
+                log.warning("projector: the server refused a batch (%r); applying its events one by one", exc)
+                break
+        refused: list[tuple[Positioned, Exception]] = []
+        for item in items:
+            error = await self._apply_alone(names, item)
+            if error is not None:
+                refused.append((item, error))
+        return refused
+
+    async def _apply_alone(self, names: CollectionNames, item: Positioned) -> Exception | None:
+        delay, refusals = self.retry_initial, 0
+        while True:
+            try:
+                await apply_events(self.db, names, [item])
+                return None
+            except Exception as exc:
+                if _refused(exc):
+                    refusals += 1
+                    if refusals >= REFUSALS:
+                        return exc
+                elif not isinstance(exc, PyMongoError):
+                    raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
 
-    async def _dead_letter(self, record: Any, exc: DecodeError) -> None:
+    async def _dead_letter(self, record: Any, exc: Exception) -> None:
         value = dead_letter_value(
             topic=record.topic,
             partition=record.partition,

@@ -217,3 +217,32 @@ async def test_switch_after_the_projector_moved_past_the_replay_end_leaves_no_ga
         await eventually(new_views_complete, what="the events after the replay end in the new views")
         # audit is written last in a batch, so every other view is complete too.
         assert await dump(mongo_db, report.collections) == await dump(mongo_db, CollectionNames())
+
+
+async def test_an_event_the_server_refuses_is_dead_lettered_and_the_views_go_on(
+    infra: Infra, names: Names, mongo_db: Db, topic: str
+) -> None:
+    alpha = full_history("alpha", "acme").events
+    created = full_history("delta", "acme").events[0]
+    assert created.type == "TaskCreated"
+    # Keys with a dot cannot be stored by FerretDB (the API refuses them; another producer may not).
+    unstorable = created.model_copy(update={"definition": created.definition.model_copy(update={"params": {"a.b": 1}})})
+    await produce(infra.bootstrap, topic, as_messages([unstorable, *alpha]))
+    projector = Projector(infra.bootstrap, topic, names.topic("projector"), mongo_db, status_interval=0.2,
+                          retry_initial=0.05)  # fmt: skip
+    async with running(projector):
+
+        async def alpha_applied() -> bool:
+            doc = await mongo_db["tasks"].find_one({"_id": "alpha"})
+            return doc is not None and doc["version"] == len(alpha)
+
+        await eventually(alpha_applied, what="alpha's history in the views", within=60)
+    assert projector.dead_letters_total == 1
+    dead = AIOKafkaConsumer(names.topic("dead-letter"), bootstrap_servers=infra.bootstrap, auto_offset_reset="earliest")
+    await dead.start()
+    try:
+        record = await asyncio.wait_for(dead.getone(), 20)
+    finally:
+        await dead.stop()
+    body = orjson.loads(record.value)
+    assert body["source_topic"] == topic and orjson.loads(body["payload"])["id"] == unstorable.event_id
