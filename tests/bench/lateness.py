@@ -1,14 +1,15 @@
-"""Fire lateness: N tasks firing every P seconds on one worker; slot -> dispatch, slot -> start.
+"""Fire lateness: N tasks firing every P seconds on one or more workers; slot -> dispatch, slot -> start.
 
     .venv/bin/python -m tests.bench.lateness --tasks 1000 --period 1 --seconds 60
 
-Uses the running local stack (or SCHED_KAFKA_BOOTSTRAP). Starts one worker process with its
-executor, creates the tasks (noop handler), lets them fire for ``--seconds`` and reads:
+Uses the running local stack (or SCHED_KAFKA_BOOTSTRAP). Starts ``--workers`` worker processes
+(one by default), each with an executor unless ``--separate-executor``, creates the tasks (noop
+handler), lets them fire for ``--seconds`` and reads:
 
 - slot -> dispatch: the Kafka timestamp of each ``dispatch.*`` record minus its slot;
 - slot -> start: ``ExecutionCompleted.started_at`` minus the slot;
 - slots missed / doubled: per task, dispatched slots vs the slots in the measured window;
-- the worker's resident memory (peak and at the end).
+- the largest worker's resident memory (peak and at the end).
 
 Prints a table and returns it; asserts nothing about time (the CI smoke checks counts).
 """
@@ -61,7 +62,7 @@ class Result:
                 f"dispatched={self.dispatched} expected={self.expected} missed={self.missed} doubled={self.doubled}",
                 f"slot->dispatch ms: p50={d[0]:.1f} p99={d[1]:.1f} max={d[2]:.1f}",
                 f"slot->start    ms: p50={s[0]:.1f} p99={s[1]:.1f} max={s[2]:.1f}",
-                f"worker RSS: peak={self.rss_peak_mb:.0f} MB end={self.rss_end_mb:.0f} MB",
+                f"worker RSS (largest worker): peak={self.rss_peak_mb:.0f} MB end={self.rss_end_mb:.0f} MB",
             ]
         )
 
@@ -75,18 +76,19 @@ async def run(
     warmup: float,
     separate_executor: bool,
     spread: bool,
+    workers: int = 1,
 ) -> Result:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     print(f"topic prefix {prefix}.", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="lateness-"))
     env = worker_env(bootstrap, mongo_url, prefix, tmp / "data", SCHED_PARTITIONS="8")
+    # With --separate-executor, the deployment that scales: the task processor's event loop
+    # does nothing else. Several workers share the partitions (and so the tasks).
+    command = ("worker", "--no-executor") if separate_executor else ("worker",)
+    group = [WorkerProc(env, tmp / f"worker-{n}.log", f"bench-worker-{n}", command).start() for n in range(workers)]
+    executor = None
     if separate_executor:
-        # The deployment that scales: the task processor's event loop does nothing else.
-        worker = WorkerProc(env, tmp / "worker.log", "bench-worker", ("worker", "--no-executor")).start()
         executor = WorkerProc(env, tmp / "executor.log", "bench-executor", ("executor",)).start()
-    else:
-        worker = WorkerProc(env, tmp / "worker.log", "bench-worker").start()
-        executor = None
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     topics = [f"{prefix}.dispatch.{p}" for p in ("high", "normal", "low")] + [f"{prefix}.task-events"]
@@ -129,12 +131,12 @@ async def run(
                         dispatch_at[event.task_id].append((event.slot, ms))
                 elif isinstance(event, ExecutionCompleted) and event.started_at is not None:
                     started[event.execution_id] = event.started_at.timestamp()
-        if worker.proc is not None:
-            rss_peak = max(rss_peak, rss_mb(worker.proc.pid))
-    rss_end = rss_mb(worker.proc.pid) if worker.proc else 0.0
+        rss_peak = max([rss_peak] + [rss_mb(w.proc.pid) for w in group if w.proc is not None])
+    rss_end = max(rss_mb(w.proc.pid) for w in group if w.proc is not None)
     await consumer.stop()
     await producer.stop()
-    worker.stop()
+    for worker in group:
+        worker.stop()
     if executor is not None:
         executor.stop()
 
@@ -183,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         "--spread", action="store_true", help="spread the tasks' slots over the period (default: all aligned)"
     )
     parser.add_argument("--separate-executor", action="store_true", help="run the executor in its own process")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the tasks")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds after the first slot not measured")
     args = parser.parse_args(argv)
     bootstrap = os.environ.get("SCHED_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     mongo = os.environ.get("SCHED_MONGO_URL", "mongodb://127.0.0.1:27017/")
     started = time.monotonic()
-    result = asyncio.run(
-        run(bootstrap, mongo, args.tasks, args.period, args.seconds, args.warmup, args.separate_executor, args.spread)
-    )
+    workload = (args.tasks, args.period, args.seconds, args.warmup, args.separate_executor, args.spread, args.workers)
+    result = asyncio.run(run(bootstrap, mongo, *workload))
     print(result.table())
     print(f"(run took {time.monotonic() - started:.0f}s)")
     return 0
