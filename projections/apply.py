@@ -90,31 +90,36 @@ async def guards_on_server(db: AsyncDatabase[Any]) -> bool:
     return known
 
 
+_FACTS = {"tenant": 1, "status": 1, "type": 1, "version": 1}
+"""The fields of a ``tasks`` document that make its :class:`TaskFacts`."""
+
+
+def _facts(docs: Iterable[Doc | None]) -> dict[str, TaskFacts]:
+    return {
+        doc["_id"]: TaskFacts(doc["tenant"], doc["status"], doc["type"], doc["version"])
+        for doc in docs
+        if doc is not None and "status" in doc
+    }
+
+
 async def load_facts(tasks: AsyncCollection[Any], task_ids: Iterable[str]) -> dict[str, TaskFacts]:
     """The facts of tasks as the ``tasks`` view holds them now."""
     ids = sorted(task_ids)
     facts: dict[str, TaskFacts] = {}
     for start in range(0, len(ids), _IN_CHUNK):
         chunk = ids[start : start + _IN_CHUNK]
-        cursor = tasks.find({"_id": {"$in": chunk}}, {"tenant": 1, "status": 1, "type": 1, "version": 1})
-        async for doc in cursor:
-            if "status" in doc:
-                facts[doc["_id"]] = TaskFacts(doc["tenant"], doc["status"], doc["type"], doc["version"])
+        facts |= _facts(await tasks.find({"_id": {"$in": chunk}}, _FACTS).to_list())
     return facts
 
 
 async def load_facts_by_id(tasks: AsyncCollection[Any], task_ids: Iterable[str]) -> dict[str, TaskFacts]:
     """:func:`load_facts` with one ``find_one`` by ``_id`` per task (indexed on FerretDB, where
     ``$in`` reads the whole collection)."""
-    projection = {"tenant": 1, "status": 1, "type": 1, "version": 1}
     ids = sorted(task_ids)
     facts: dict[str, TaskFacts] = {}
     for start in range(0, len(ids), _PARALLEL_READS):
         chunk = ids[start : start + _PARALLEL_READS]
-        docs = await asyncio.gather(*(tasks.find_one({"_id": i}, projection) for i in chunk))
-        for doc in docs:
-            if doc is not None and "status" in doc:
-                facts[doc["_id"]] = TaskFacts(doc["tenant"], doc["status"], doc["type"], doc["version"])
+        facts |= _facts(await asyncio.gather(*(tasks.find_one({"_id": i}, _FACTS) for i in chunk)))
     return facts
 
 
