@@ -83,10 +83,6 @@ class Stored:
         )
 
     @classmethod
-    def load(cls, raw: bytes) -> Stored:
-        return cls.from_doc(orjson.loads(raw))
-
-    @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Stored:
         return cls(
             TaskState.model_validate(doc["state"]),
