@@ -292,9 +292,7 @@ def _prepare_kafka(cfg: StackConfig, libs: Path) -> Path:
         cluster_id = _kafka_cluster_id()
         log = cfg.path("logs", "kafka-format.log")
         with log.open("w") as out:
-            fmt = _kafka_cmd(
-                cfg, libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)
-            )
+            fmt = _kafka_cmd(cfg, libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props))
             rc = subprocess.run(fmt, stdout=out, stderr=subprocess.STDOUT).returncode
         if rc != 0:
             raise StackError(f"formatting Kafka storage failed (exit {rc}); see {log}")
@@ -419,9 +417,7 @@ async def _wait_ready(cfg: StackConfig, started: dict[str, subprocess.Popen[byte
             proc = started.get(name)
             if proc is not None and proc.poll() is not None:
                 log = cfg.path("logs", f"{name}.log")
-                raise StackError(
-                    f"{name} exited during start-up (exit {proc.returncode}); see {log}: {_tail(log, 3)}"
-                )
+                raise StackError(f"{name} exited during start-up (exit {proc.returncode}); see {log}: {_tail(log, 3)}")
             if await probes[name]():
                 pending.discard(name)
         if pending and time.monotonic() > deadline:
