@@ -6,8 +6,11 @@ import asyncio
 import os
 import platform
 import subprocess
+import time
+from collections.abc import Callable, Coroutine
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any, Protocol
 
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -60,3 +63,26 @@ async def wait_for_topics(bootstrap: str, topics: list[str], within: float = 120
         if loop.time() > deadline:
             raise RuntimeError(f"topics {topics} did not appear within {within:.0f} s")
         await asyncio.sleep(0.5)
+
+
+def stack_urls() -> tuple[str, str]:
+    """Kafka bootstrap servers and MongoDB URL: ``SCHED_KAFKA_BOOTSTRAP`` / ``SCHED_MONGO_URL``,
+    or the local stack's defaults."""
+    return (
+        os.environ.get("SCHED_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        os.environ.get("SCHED_MONGO_URL", "mongodb://127.0.0.1:27017/"),
+    )
+
+
+class Tabled(Protocol):
+    def table(self) -> str: ...
+
+
+def run_and_print(run: Callable[[str, str], Coroutine[Any, Any, Tabled]]) -> int:
+    """A runner's command line: run it against the stack, print its table and how long it took."""
+    bootstrap, mongo = stack_urls()
+    started = time.monotonic()
+    result = asyncio.run(run(bootstrap, mongo))
+    print(result.table())
+    print(f"(run took {time.monotonic() - started:.0f}s)")
+    return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.bench import lateness, peer_apscheduler
-from tests.bench.common import machine
+from tests.bench.common import machine, stack_urls
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spread", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="append the table to this Markdown file")
     args = parser.parse_args(argv)
-    bootstrap = os.environ.get("SCHED_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-    mongo = os.environ.get("SCHED_MONGO_URL", "mongodb://127.0.0.1:27017/")
+    bootstrap, mongo = stack_urls()
     w = (args.tasks, args.period, args.seconds, args.warmup)
     rows = [Row("this scheduler (1 worker, durable)", []), Row("APScheduler 3, memory store", []),
             Row("APScheduler 3, SQLite store", [])]  # fmt: skip

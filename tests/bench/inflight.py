@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from schemas.commands import CreateTask
 from schemas.envelope import command_envelope, decode_event, encode
 from schemas.events import ExecutionCompleted
 from schemas.specs import HttpWork, OnceSchedule, TaskDefinition
-from tests.bench.common import rss_mb, wait_for_topics
+from tests.bench.common import rss_mb, run_and_print, wait_for_topics
 from tests.integration.harness import WorkerProc, worker_env
 
 
@@ -184,13 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executions", type=int, default=1000)
     parser.add_argument("--delay", type=float, default=10.0, help="seconds the endpoint takes to answer")
     args = parser.parse_args(argv)
-    bootstrap = os.environ.get("SCHED_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-    mongo = os.environ.get("SCHED_MONGO_URL", "mongodb://127.0.0.1:27017/")
-    started = time.monotonic()
-    result = asyncio.run(run(bootstrap, mongo, args.executions, args.delay))
-    print(result.table())
-    print(f"(run took {time.monotonic() - started:.0f}s)")
-    return 0
+    return run_and_print(lambda bootstrap, mongo: run(bootstrap, mongo, args.executions, args.delay))
 
 
 if __name__ == "__main__":

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
-import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ from schemas.commands import CreateTask
 from schemas.envelope import command_envelope, decode_event, encode
 from schemas.events import ExecutionCompleted, ExecutionDispatched
 from schemas.specs import HandlerWork, IntervalSchedule, TaskDefinition
-from tests.bench.common import pct, rss_mb, wait_for_topics
+from tests.bench.common import pct, rss_mb, run_and_print, wait_for_topics
 from tests.integration.harness import WorkerProc, worker_env
 
 
@@ -188,14 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the tasks")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds after the first slot not measured")
     args = parser.parse_args(argv)
-    bootstrap = os.environ.get("SCHED_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-    mongo = os.environ.get("SCHED_MONGO_URL", "mongodb://127.0.0.1:27017/")
-    started = time.monotonic()
     workload = (args.tasks, args.period, args.seconds, args.warmup, args.separate_executor, args.spread, args.workers)
-    result = asyncio.run(run(bootstrap, mongo, *workload))
-    print(result.table())
-    print(f"(run took {time.monotonic() - started:.0f}s)")
-    return 0
+    return run_and_print(lambda bootstrap, mongo: run(bootstrap, mongo, *workload))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import sys
@@ -37,7 +36,7 @@ from schemas.commands import CreateTask
 from schemas.envelope import command_envelope, encode
 from schemas.specs import CronSchedule, HandlerWork, TaskDefinition
 from streams.app import RESEND_WINDOW
-from tests.bench.common import rss_mb, wait_for_topics
+from tests.bench.common import rss_mb, run_and_print, wait_for_topics
 from tests.integration.harness import WorkerProc, worker_env
 
 REBUILT = re.compile(r"due-index rebuilt: (\d+) tasks in ([0-9.]+)s")
@@ -182,13 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=100_000)
     args = parser.parse_args(argv)
-    bootstrap = os.environ.get("SCHED_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-    mongo = os.environ.get("SCHED_MONGO_URL", "mongodb://127.0.0.1:27017/")
-    started = time.monotonic()
-    result = asyncio.run(run(bootstrap, mongo, args.tasks))
-    print(result.table())
-    print(f"(run took {time.monotonic() - started:.0f}s)")
-    return 0
+    return run_and_print(lambda bootstrap, mongo: run(bootstrap, mongo, args.tasks))
 
 
 if __name__ == "__main__":

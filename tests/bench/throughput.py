@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from schemas.commands import CreateTask
 from schemas.envelope import command_envelope, decode_event, encode
 from schemas.events import ExecutionCompleted, ExecutionDispatched
 from schemas.specs import HandlerWork, OnceSchedule, TaskDefinition
-from tests.bench.common import rss_mb, wait_for_topics
+from tests.bench.common import rss_mb, run_and_print, wait_for_topics
 from tests.integration.harness import WorkerProc, worker_env
 
 
@@ -203,13 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--messages", type=int, default=200_000, help="records of the raw aiokafka ceiling")
     args = parser.parse_args(argv)
-    bootstrap = os.environ.get("SCHED_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-    mongo = os.environ.get("SCHED_MONGO_URL", "mongodb://127.0.0.1:27017/")
-    started = time.monotonic()
-    result = asyncio.run(run(bootstrap, mongo, args.tasks, args.messages))
-    print(result.table())
-    print(f"(run took {time.monotonic() - started:.0f}s)")
-    return 0
+    return run_and_print(lambda bootstrap, mongo: run(bootstrap, mongo, args.tasks, args.messages))
 
 
 if __name__ == "__main__":
