@@ -56,6 +56,17 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: fl
         await asyncio.sleep(0.2)
 
 
+async def first_dead_letter(infra: Infra, names: Names) -> Any:
+    """The body of the first message on the test's dead-letter topic."""
+    dead = AIOKafkaConsumer(names.topic("dead-letter"), bootstrap_servers=infra.bootstrap, auto_offset_reset="earliest")
+    await dead.start()
+    try:
+        record = await asyncio.wait_for(dead.getone(), 20)
+    finally:
+        await dead.stop()
+    return orjson.loads(record.value)
+
+
 @contextlib.asynccontextmanager
 async def running(projector: Projector) -> AsyncIterator[Projector]:
     task = asyncio.create_task(projector.run())
@@ -114,13 +125,7 @@ async def test_projector_builds_views_dead_letters_poison_and_reports_lag(
     status = await mongo_db[STATUS_COLLECTION].find_one({"_id": names.topic("projector")})
     assert status is not None and status["dead_letters_total"] == 1
 
-    dead = AIOKafkaConsumer(names.topic("dead-letter"), bootstrap_servers=infra.bootstrap, auto_offset_reset="earliest")
-    await dead.start()
-    try:
-        record = await asyncio.wait_for(dead.getone(), 20)
-    finally:
-        await dead.stop()
-    body = orjson.loads(record.value)
+    body = await first_dead_letter(infra, names)
     assert body["source_topic"] == topic and body["payload"] == "{not an envelope"
     assert body["reason"] and isinstance(body["source_partition"], int) and isinstance(body["source_offset"], int)
 
@@ -238,11 +243,5 @@ async def test_an_event_the_server_refuses_is_dead_lettered_and_the_views_go_on(
 
         await eventually(alpha_applied, what="alpha's history in the views", within=60)
     assert projector.dead_letters_total == 1
-    dead = AIOKafkaConsumer(names.topic("dead-letter"), bootstrap_servers=infra.bootstrap, auto_offset_reset="earliest")
-    await dead.start()
-    try:
-        record = await asyncio.wait_for(dead.getone(), 20)
-    finally:
-        await dead.stop()
-    body = orjson.loads(record.value)
+    body = await first_dead_letter(infra, names)
     assert body["source_topic"] == topic and orjson.loads(body["payload"])["id"] == unstorable.event_id
