@@ -273,14 +273,30 @@ class Projector:
     # -- view generations and positions ------------------------------------------------------
 
     async def _refresh_views(self) -> None:
-        views = await active_views(self.db, self.collections)
-        if self._views is not None and views.generation == self._views.generation:
-            return
-        changed = self._views is not None
-        self._views = views
-        if changed:
-            log.info("projector: views switched to generation %s", views.generation)
-            await self._position(self._consumer.assignment(), views)
+        """Follow a switch of the live views; an unreachable server is not a reason to stop.
+
+        While the server is unreachable, the projector goes on with the views it knows (the
+        writes then wait in :meth:`_apply_with_retry`); before it knows any, it waits here.
+        A switch is recorded only once the partitions are positioned for it.
+        """
+        delay = self.retry_initial
+        while True:
+            try:
+                views = await active_views(self.db, self.collections)
+                if self._views is not None and views.generation == self._views.generation:
+                    return
+                if self._views is not None:
+                    await self._position(self._consumer.assignment(), views)
+                    log.info("projector: views switched to generation %s", views.generation)
+                self._views = views
+                return
+            except PyMongoError as exc:
+                if self._views is not None:
+                    log.warning("projector: reading the live views failed (%s); going on with them", exc)
+                    return
+                log.warning("projector: reading the live views failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
 
     async def _position(self, partitions: Iterable[TopicPartition], views: ActiveViews) -> None:
         """Seek owned partitions to where ``views`` need them.

@@ -245,3 +245,35 @@ async def test_an_event_the_server_refuses_is_dead_lettered_and_the_views_go_on(
     assert projector.dead_letters_total == 1
     body = await first_dead_letter(infra, names)
     assert body["source_topic"] == topic and orjson.loads(body["payload"])["id"] == unstorable.event_id
+
+
+async def test_projector_rides_out_failures_reading_the_live_views(
+    infra: Infra, names: Names, mongo_db: Db, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alias lookup of every batch failing (the server going away) neither stops the
+    projector at start nor later: it retries, or goes on with the views it knows."""
+    from pymongo.errors import AutoReconnect
+
+    from projections import projector as projector_module
+
+    real = projector_module.active_views
+    calls = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= 2 or calls % 3 == 0:  # fails before any views are known, then every third time
+            raise AutoReconnect("connection closed")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(projector_module, "active_views", flaky)
+    h = full_history("alpha", "acme")
+    await produce(infra.bootstrap, topic, as_messages(h.events))
+    projector = Projector(infra.bootstrap, topic, names.topic("projector"), mongo_db, retry_initial=0.05, max_records=5)
+    async with running(projector):
+
+        async def applied() -> bool:
+            return await mongo_db["audit"].count_documents({}) == len(h.events)
+
+        await eventually(applied, what="every event applied despite failing alias lookups")
+    assert calls > 6
