@@ -300,9 +300,17 @@ def _prepare_kafka(cfg: StackConfig, libs: Path) -> Path:
 
 
 def _kafka_cluster_id() -> str:
+    """A random cluster id as Kafka makes them: URL-safe base64 of a UUID, never starting with ``-``.
+
+    About one id in 64 would start with ``-``, which the storage tool's parser reads as an option
+    ("argument --cluster-id/-t: expected one argument"); Kafka's own generator draws again then.
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 async def _kafka_answers(bootstrap: str) -> bool:

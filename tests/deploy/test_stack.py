@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import shutil
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,16 @@ def test_bad_port_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCHED_KAFKA_PORT", "ninety")
     with pytest.raises(stack.StackError, match="SCHED_KAFKA_PORT='ninety' is not a port number"):
         stack.StackConfig.from_env()
+
+
+def test_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A UUID whose first byte is 0xF8 encodes to base64url starting with "-": the storage tool
+    # would read the id as an option and `make run` would fail on a fresh machine.
+    dashed = uuid.UUID(bytes=b"\xf8" + bytes(15))
+    plain = uuid.UUID(bytes=b"\x10" + bytes(15))
+    draws = iter([dashed, dashed, plain])
+    monkeypatch.setattr(stack.uuid, "uuid4", lambda: next(draws))
+    cluster_id = stack._kafka_cluster_id()
+    assert not cluster_id.startswith("-")
+    assert cluster_id == base64.urlsafe_b64encode(plain.bytes).decode().rstrip("=")
+    assert len(cluster_id) == 22
