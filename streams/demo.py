@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,44 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+@dataclass
+class Progress:
+    """What the demo has shown so far; read when it stops, however it stops."""
+
+    outcomes: int = 0
+
+
+async def _view(http: httpx.AsyncClient, task_id: str, attempts: int = 3) -> dict[str, Any] | None:
+    """The task as the API shows it, or None if the API did not answer after ``attempts`` tries.
+
+    A request can meet a kept-alive connection just as the server closes it (uvicorn closes idle
+    connections after 5 s, the sample task's period): that is transient, and must not end the demo.
+    """
+    for attempt in range(attempts):
+        try:
+            response = await http.get(f"/v1/tasks/{task_id}")
+            if response.status_code == 200:
+                body: dict[str, Any] = response.json()
+                return body
+            if response.status_code < 500:
+                return None
+        except httpx.TransportError as exc:
+            if attempt == attempts - 1:
+                _say(f"the API did not answer ({type(exc).__name__}); going on")
+                return None
+        await asyncio.sleep(0.2 * (attempt + 1))
+    return None
+
+
 def _check_alive(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     for name, proc in procs.items():
         if proc.poll() is not None:
             raise click.ClickException(f"the {name} exited (code {proc.returncode}); see {LOGS / f'{name}.log'}")
 
 
-async def _run(settings: Settings, api: str, token: str, seconds: float | None, procs: dict[str, Any]) -> int:
+async def _run(
+    settings: Settings, api: str, token: str, seconds: float | None, procs: dict[str, Any], progress: Progress
+) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=api, headers=headers, timeout=30) as http:
         deadline = time.monotonic() + 60
@@ -103,7 +135,6 @@ async def _run(settings: Settings, api: str, token: str, seconds: float | None, 
         task_id = created.json()["task_id"]
         _say(f"created task {task_id} through the API: every 5 s, handler 'echo' (Ctrl-C to stop)")
         _say(f"try: curl -H 'Authorization: Bearer {token}' {api}/v1/tasks/{task_id}")
-        seen = 0
         stop_at = None if seconds is None else time.monotonic() + seconds
         try:
             while stop_at is None or time.monotonic() < stop_at:
@@ -113,19 +144,21 @@ async def _run(settings: Settings, api: str, token: str, seconds: float | None, 
                     event = decode_event(record.value or b"")
                     if not isinstance(event, ExecutionCompleted) or not event.task_id.endswith(f"/{task_id}"):
                         continue
-                    seen += 1
+                    progress.outcomes += 1
                     started = event.started_at or event.finished_at
                     late = (started - (event.scheduled_for or started)).total_seconds() * 1000
-                    view = (await http.get(f"/v1/tasks/{task_id}")).json()
+                    view = await _view(http, task_id)
+                    shown = "the API did not show the task"
+                    if view is not None:
+                        runs = view.get("counters", {}).get("runs")
+                        shown = f"the API shows runs={runs}, next run {view.get('next_run')}"
                     _say(
-                        f"{event.status}: slot {event.scheduled_for:%H:%M:%S}, started {late:.0f} ms after it; "
-                        f"the API shows runs={view.get('counters', {}).get('runs')}, next run {view.get('next_run')}"
+                        f"{event.status}: slot {event.scheduled_for:%H:%M:%S}, started {late:.0f} ms after it; {shown}"
                     )
         finally:
             with contextlib.suppress(Exception):  # leave nothing firing behind
                 await http.delete(f"/v1/tasks/{task_id}")
             await consumer.stop()
-    return seen
 
 
 @click.command()
@@ -159,15 +192,15 @@ def main(seconds: float | None, prefix: str) -> None:
         "projector": _start("projector", "projector"),
         "api": _start("api", "api"),
     }
-    seen = 0
+    progress = Progress()
     try:
-        seen = asyncio.run(_run(settings, api, _token(os.environ["SCHED_JWT_HS256_SECRET"]), seconds, procs))
+        asyncio.run(_run(settings, api, _token(os.environ["SCHED_JWT_HS256_SECRET"]), seconds, procs, progress))
     except KeyboardInterrupt:
         pass
     finally:
         _stop(procs)
-        _say(f"stopped after {seen} outcomes; the stack keeps running (make stack-down stops it)")
-    if seconds is not None and seen == 0:
+        _say(f"stopped after {progress.outcomes} outcomes; the stack keeps running (make stack-down stops it)")
+    if seconds is not None and progress.outcomes == 0:
         sys.exit(1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -38,3 +39,45 @@ def test_demo_prints_outcomes_of_the_sample_schedule(infra: Infra, tmp_path: Pat
     assert len(fired) >= 2, out.stdout
     # The outcomes are visible through the API's views too.
     assert any("the API shows runs=" in line and "runs=None" not in line for line in fired), out.stdout
+
+
+def test_demo_counts_what_it_printed_when_a_process_dies(infra: Infra, tmp_path: Path) -> None:
+    """The last line counts the outcomes printed, however the demo ends (it said 0 after 12)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHED_")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env.update(
+        SCHED_KAFKA_BOOTSTRAP=infra.bootstrap,
+        SCHED_MONGO_URL=infra.mongo_url,
+        SCHED_DATA_DIR=str(tmp_path),
+        SCHED_API_PORT=str(port),
+    )
+    prefix = f"demo{uuid.uuid4().hex[:8]}."
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.demo", "--seconds", "60", "--prefix", prefix],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    api_pid = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if " api started (pid " in line:
+                api_pid = int(line.split("(pid ")[1].split(",")[0])
+            if sum(" succeeded: slot " in seen for seen in lines) == 2:
+                assert api_pid is not None
+                os.killpg(api_pid, signal.SIGKILL)
+                break
+        rest, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines += rest.splitlines(keepends=True)
+    output = "".join(lines)
+    assert proc.returncode != 0, output  # the API died: that is an error, said as such
+    assert "the api exited" in output, output
+    printed = sum(" succeeded: slot " in line for line in lines)
+    assert printed >= 2, output
+    assert any(f"stopped after {printed} outcomes;" in line for line in lines), output
