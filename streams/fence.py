@@ -204,7 +204,7 @@ def literal_host(host: str) -> IPAddress | None:
         # inet_aton accepts the classic shorthand, decimal, octal and hex forms, as
         # getaddrinfo does; a pure parse, no lookup.
         return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         return None
 
 
