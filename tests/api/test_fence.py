@@ -20,6 +20,7 @@ from schemas.commands import CreateTask, PauseTask, TriggerTask
 from schemas.envelope import command_envelope, encode
 from schemas.specs import KafkaWork, TaskDefinition
 from tests.api.conftest import Keys, Running, Stack, _running, auth, new_tenant, settings_for
+from tests.integration.harness import HttpTarget
 
 A_TASK = {"name": "nightly", "work": {"kind": "handler", "name": "noop"}}
 
@@ -174,3 +175,29 @@ async def test_http_work_aimed_literally_at_internal_addresses_is_refused(
     assert r.status_code == 422, r.text
     [error] = r.json()["errors"]
     assert error["field"] == field and "not allowed for HTTP work" in error["message"], error
+
+
+async def test_http_work_reaches_an_allowed_network(api: Running) -> None:
+    # The session's worker allows 127.0.0.0/8 (tests/integration/harness.py): the same kind of
+    # target the default refuses (tests/integration/test_fence_e2e.py) is reached.
+    target = await HttpTarget().start()
+    try:
+        tenant = new_tenant()
+        body = {"name": "local", "work": {"kind": "http", "method": "POST", "url": target.url}}
+        r = await api.http.post("/v1/tasks?wait=20", json=body, headers=auth(tenant))
+        assert r.status_code == 200, r.text
+        task_id = r.json()["task_id"]
+        r = await api.http.post(f"/v1/tasks/{task_id}/trigger?wait=20", headers=auth(tenant))
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 30
+        while True:
+            items = (await api.http.get(f"/v1/tasks/{task_id}/executions", headers=auth(tenant))).json()["items"]
+            if items and items[0]["status"] in ("succeeded", "failed"):
+                break
+            assert time.monotonic() < deadline, "the execution never finished"
+            await asyncio.sleep(0.2)
+        assert items[0]["status"] == "succeeded", items[0]
+        assert items[0]["result"] == {"status_code": 200, "body": '{"ok": true}'}
+        assert len(target.requests) == 1
+    finally:
+        await target.stop()
