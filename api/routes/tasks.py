@@ -35,7 +35,7 @@ from api.settings import ApiSettings
 from api.views import Doc, TaskSort, Views, internal_task_id
 from scheduler.schedule import anchor_for, fire_at, next_slot
 from schemas.commands import CreateTask, DeleteTask, PauseTask, ResumeTask, TriggerTask, UpdateTask
-from schemas.specs import HttpWork, KafkaWork, TaskDefinition
+from schemas.specs import HandlerWork, HttpWork, KafkaWork, TaskDefinition
 from streams.fence import TopicFence, literal_url_refusal
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
@@ -46,9 +46,9 @@ STATUSES = ("active", "paused", "completed", "deleted")
 
 def check_work_fence(definition: TaskDefinition, tenant: str, settings: ApiSettings) -> None:
     """422 naming the field when the work aims where the deployment fences it off: a Kafka topic
-    not allowed (or the deployment's own), or an HTTP URL whose host is literally a refused
-    address. An early answer only: the executor checks again where the work runs, and checks
-    the address each name resolves to then."""
+    not allowed (or the deployment's own), an HTTP URL whose host is literally a refused
+    address, a handler not in the allow-list. An early answer only: the executor checks again
+    where the work runs, and checks the address each name resolves to then."""
     work = definition.work
     problems: list[tuple[str, str]] = []
     if isinstance(work, KafkaWork):
@@ -65,12 +65,19 @@ def check_work_fence(definition: TaskDefinition, tenant: str, settings: ApiSetti
             refusal = literal_url_refusal(url, settings.http_allow_networks)
             if refusal is not None:
                 problems.append((path, refusal))
+    elif isinstance(work, HandlerWork) and not handlers_allow(work.name, settings.allowed_handlers):
+        problems.append(("work.name", f"handler {work.name!r} is not allowed (SCHED_ALLOWED_HANDLERS)"))
     if problems:
         errors = [
             FieldError(field=f"definition.{path}", message=message, pointer="#/" + path.replace(".", "/"))
             for path, message in problems
         ]
         raise Unprocessable("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)
+
+
+def handlers_allow(name: str, allowed: list[str] | None) -> bool:
+    """Whether the handler allow-list (None: every registered handler) lets ``name`` run."""
+    return allowed is None or name in allowed
 
 
 async def _live_task(views: Views, tenant: str, task_id: str) -> Doc:

@@ -201,3 +201,14 @@ async def test_http_work_reaches_an_allowed_network(api: Running) -> None:
         assert len(target.requests) == 1
     finally:
         await target.stop()
+
+
+async def test_a_handler_outside_the_allow_list_is_refused(warm: Stack, keys: Keys) -> None:
+    async for running in _running(settings_for(warm, keys, allowed_handlers=["noop"])):
+        body = {"name": "t", "work": {"kind": "handler", "name": "echo"}}
+        r = await running.http.post("/v1/tasks", json=body, headers=auth(new_tenant()))
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "definition.work.name"
+        body = {"name": "t", "work": {"kind": "handler", "name": "noop"}}
+        r = await running.http.post("/v1/tasks", json=body, headers=auth(new_tenant()))
+        assert r.status_code == 202, r.text
