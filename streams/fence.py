@@ -4,7 +4,7 @@ Work runs with the scheduler's network position and credentials, so a tenant's t
 not be able to reach what the scheduler itself can:
 
 - **Kafka work** may produce only to topics an operator allows (``SCHED_KAFKA_WORK_TOPICS``,
-  fnmatch patterns, ``{tenant}`` standing for the task's tenant; nothing by default). Topics of
+  topic patterns, ``{tenant}`` standing for the task's tenant; nothing by default). Topics of
   this deployment, topics named like another scheduler deployment's, Faust's internal and
   changelog topics, and Kafka's own ``_``-prefixed topics are refused even if a pattern
   matches: a message there would be a forged command or a corrupted state.
@@ -24,8 +24,8 @@ since commands can reach the task processor without going through the API.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -63,9 +63,47 @@ _LEGAL_TOPIC = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 # ---------------------------------------------------------------------------------------------
 
 
-def _glob_escape(text: str) -> str:
-    """``text`` as a literal inside an fnmatch pattern (a tenant may hold ``*`` or ``[``)."""
-    return "".join(f"[{c}]" if c in "*?[]" else c for c in text)
+_TOKENS = re.compile(r"(\*\*|\*|\?|\{tenant\})")
+
+
+def topic_pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a usable topic pattern, or None.
+
+    Patterns are Kafka topic names with ``*`` (any characters but ``.``: within one
+    dot-separated segment), ``**`` (any characters) and ``?`` (one character but ``.``), and
+    ``{tenant}``, the task's tenant. A ``{tenant}`` must be whole dot-separated segments, once,
+    in a pattern without ``**``: the topic's segments then fix where the tenant is and how long
+    it is, so no tenant's topics are another's (``jobs.{tenant}.*`` with shell-style ``*`` let
+    tenant ``acme`` produce to ``jobs.acme.x.y``, which belongs to tenant ``acme.x``).
+    """
+    bare = _TOKENS.sub("x", pattern)
+    if not bare or not set(bare) <= _LEGAL_TOPIC:
+        return f"{pattern!r}: a topic pattern holds topic characters, '*', '**', '?' and '{{tenant}}' only"
+    if "{tenant}" in pattern:
+        if pattern.count("{tenant}") > 1:
+            return f"{pattern!r}: '{{tenant}}' may appear once"
+        if "**" in pattern:
+            return f"{pattern!r}: a pattern with '{{tenant}}' may not use '**' (the tenant would be ambiguous)"
+        if "{tenant}" not in pattern.split("."):
+            return f"{pattern!r}: '{{tenant}}' must be a whole dot-separated part, e.g. 'jobs.{{tenant}}.*'"
+    return None
+
+
+def _topic_regex(pattern: str, tenant: str) -> re.Pattern[str]:
+    out = []
+    for part in _TOKENS.split(pattern):
+        match part:
+            case "**":
+                out.append(".*")
+            case "*":
+                out.append("[^.]*")
+            case "?":
+                out.append("[^.]")
+            case "{tenant}":
+                out.append(re.escape(tenant))
+            case _:
+                out.append(re.escape(part))
+    return re.compile("".join(out))
 
 
 @dataclass(frozen=True)
@@ -73,7 +111,7 @@ class TopicFence:
     """Which topics Kafka work of a tenant may produce to, for one deployment."""
 
     patterns: tuple[str, ...]
-    """Allowed topic patterns (fnmatch, case-sensitive); ``{tenant}`` is the task's tenant."""
+    """Allowed topic patterns (see :func:`topic_pattern_problem`); ``{tenant}`` is the task's tenant."""
     own_topics: frozenset[str]
     """This deployment's topics, refused whatever the patterns say."""
     own_prefixes: tuple[str, ...]
@@ -96,8 +134,7 @@ class TopicFence:
         reserved = self._reserved(topic)
         if reserved is not None:
             return f"topic {topic!r} is {reserved}; Kafka work may never produce to it"
-        escaped = _glob_escape(tenant)
-        if not any(fnmatch.fnmatchcase(topic, p.replace("{tenant}", escaped)) for p in self.patterns):
+        if not any(_topic_regex(p, tenant).fullmatch(topic) for p in self.patterns):
             if not self.patterns:
                 return (
                     f"topic {topic!r} is not allowed: no topic is allowed for Kafka work "

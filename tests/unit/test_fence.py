@@ -6,8 +6,16 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from pydantic import ValidationError
 
-from streams.fence import TopicFence, address_kind, address_refusal, literal_host, literal_url_refusal
+from streams.fence import (
+    TopicFence,
+    address_kind,
+    address_refusal,
+    literal_host,
+    literal_url_refusal,
+    topic_pattern_problem,
+)
 from streams.settings import Settings
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
@@ -131,7 +139,7 @@ TOPICS = [
 
 @pytest.mark.parametrize(("topic", "why"), TOPICS)
 def test_own_and_internal_topics_are_refused_whatever_is_allowed(topic: str, why: str | None) -> None:
-    fence = TopicFence.from_settings(Settings(topic_prefix=PREFIX, kafka_work_topics=["*"]))
+    fence = TopicFence.from_settings(Settings(topic_prefix=PREFIX, kafka_work_topics=["**"]))
     refusal = fence.refusal(topic, "acme")
     if why is None:
         assert refusal is None
@@ -146,16 +154,59 @@ def test_nothing_is_allowed_by_default() -> None:
     assert "SCHED_KAFKA_WORK_TOPICS" in refusal
 
 
-def test_tenant_placeholder_gives_each_tenant_its_namespace() -> None:
+@pytest.mark.parametrize(
+    ("topic", "tenant", "allowed"),
+    [
+        ("jobs.acme.nightly", "acme", True),
+        ("jobs.acme.nightly", "evil", False),
+        # '*' stays within one dot-separated part: tenant "acme" cannot reach into the
+        # namespace of tenant "acme.x" (tenants may hold dots), nor the other way round.
+        ("jobs.acme.x.nightly", "acme", False),
+        ("jobs.acme.x.nightly", "acme.x", True),
+        ("jobs.acme.x", "acme.x", False),
+        # A tenant holding pattern characters matches only itself.
+        ("jobs.acme.nightly", "*", False),
+        ("jobs.acme.nightly", "ac?e", False),
+    ],
+)
+def test_tenant_placeholder_gives_each_tenant_its_own_namespace(topic: str, tenant: str, allowed: bool) -> None:
     fence = TopicFence.from_settings(Settings(topic_prefix=PREFIX, kafka_work_topics=["jobs.{tenant}.*"]))
-    assert fence.refusal("jobs.acme.nightly", "acme") is None
-    assert fence.refusal("jobs.acme.nightly", "evil") is not None
-    # A tenant holding glob characters matches only itself.
-    assert fence.refusal("jobs.acme.nightly", "*") is not None
+    assert (fence.refusal(topic, tenant) is None) is allowed
+
+
+@pytest.mark.parametrize(
+    ("pattern", "topic", "allowed"),
+    [
+        ("orders.*", "orders.created", True),
+        ("orders.*", "orders.eu.created", False),
+        ("orders.**", "orders.eu.created", True),
+        ("orders.v?", "orders.v1", True),
+        ("orders.v?", "orders.v10", False),
+    ],
+)
+def test_pattern_wildcards(pattern: str, topic: str, allowed: bool) -> None:
+    fence = TopicFence.from_settings(Settings(kafka_work_topics=[pattern]))
+    assert (fence.refusal(topic, "acme") is None) is allowed
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("jobs.{tenant}.**", "may not use '**'"),
+        ("jobs-{tenant}-*", "must be a whole dot-separated part"),
+        ("{tenant}.{tenant}", "may appear once"),
+        ("jobs/{tenant}", "topic characters"),
+        ("", "topic characters"),
+    ],
+)
+def test_ambiguous_or_illegal_patterns_are_refused_at_start_up(pattern: str, problem: str) -> None:
+    assert problem in (topic_pattern_problem(pattern) or "")
+    with pytest.raises(ValidationError, match="kafka_work_topics"):
+        Settings(kafka_work_topics=[pattern])
 
 
 def test_illegal_topic_names_are_refused() -> None:
-    fence = TopicFence.from_settings(Settings(kafka_work_topics=["*"]))
+    fence = TopicFence.from_settings(Settings(kafka_work_topics=["**"]))
     for topic in ("", ".", "..", "a/b", "x" * 250):
         refusal = fence.refusal(topic, "acme")
         assert refusal is not None and "not a legal Kafka topic name" in refusal
