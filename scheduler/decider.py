@@ -15,6 +15,14 @@ Decisions where the brief left room (documented once, here):
   nothing: they are stale, not mistakes. ``CreateTask`` on an existing id is rejected with
   ``"task already exists"`` whatever the tenant (the id is taken either way; the API should
   give task ids a tenant-specific namespace). Creating again after a delete is allowed.
+* **Tenants.** A task id of the form ``<tenant>/<id>`` belongs to that tenant: a command (of
+  any type, ``CreateTask`` included) naming another tenant is rejected with ``"tenant does
+  not match the task's tenant"`` (field ``tenant``), before anything else is looked at. For
+  other ids the task's tenant is its state's: commands of another tenant on an existing task
+  get ``"task not found"`` as above (its existence is not revealed). The rejection carries the
+  command's tenant, like every rejection, and is counted on the task. A command forged with
+  the owner's tenant cannot be told apart here: the fences on work (``streams/fence.py``) keep
+  tenants from producing commands at all.
 * **Pause/resume** are idempotent: pausing a paused task or resuming an active one yields no
   events. Both are rejected on a completed task (``"task is completed"``).
 * **Update** restarts the schedule strictly after the command's ``at``. Slots that were due
@@ -103,6 +111,9 @@ def decide(command: Command, state: TaskState | None) -> list[Event]:
         _Meta(command.task_id, command.tenant, command.actor, command.command_id, command.type, command.at),
         state,
     )
+    if not tenant_owns(command.tenant, command.task_id):
+        d.reject(TENANT_MISMATCH, "tenant")
+        return d.finish()
     match command:
         case CreateTask():
             _create(d, command)
@@ -127,6 +138,17 @@ def decide(command: Command, state: TaskState | None) -> list[Event]:
         case _:
             assert_never(command)
     return d.finish()
+
+
+TENANT_MISMATCH = "tenant does not match the task's tenant"
+"""Reason of the rejection of a command whose tenant is not its task's."""
+
+
+def tenant_owns(tenant: str, task_id: str) -> bool:
+    """False when ``task_id`` is ``<other tenant>/<id>``: the id names its tenant, and it is not
+    ``tenant``. Ids without a ``/`` carry no tenant (their state's tenant decides)."""
+    owner, sep, _ = task_id.partition("/")
+    return not sep or owner == tenant
 
 
 def reject_invalid(error: InvalidCommand, state: TaskState | None) -> list[Event]:

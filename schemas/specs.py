@@ -9,6 +9,7 @@ import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
@@ -206,6 +207,25 @@ HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError("url must start with http:// or https://")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"url is not a valid URL: {exc}") from None
+    if not parts.hostname:
+        raise ValueError("url must name a host")
+    if parts.username is not None or parts.password is not None:
+        # Credentials in the URL end up in views and logs; headers are the place for them.
+        raise ValueError("url must not hold credentials (user:password@); send them in a header")
+    return value
+
+
+_TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _kafka_topic(value: str) -> str:
+    if not _TOPIC_CHARS.match(value) or value in (".", ".."):
+        raise ValueError("topic must be a legal Kafka topic name: 1-249 of letters, digits, '.', '_' and '-'")
     return value
 
 
@@ -299,8 +319,15 @@ class KafkaWork(WireModel):
 
     kind: Literal["kafka"] = "kafka"
     topic: str = Field(min_length=1, max_length=249)
+    """The topic; it must be allowed by the deployment's operator (``SCHED_KAFKA_WORK_TOPICS``),
+    and never one of the deployment's own or Kafka's internal topics."""
     key: str | None = None
     value: Any = None
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return _kafka_topic(value)
 
 
 class HandlerWork(WireModel):

@@ -33,6 +33,7 @@ from schemas.errors import DecodeError
 from schemas.events import ExecutionDispatched
 from streams import topics
 from streams.deadletter import dead_letter_record
+from streams.fence import TopicFence, fenced_http_client
 from streams.runners import Attempt, Runners
 from streams.settings import Settings, topic_name
 
@@ -136,10 +137,16 @@ class Executor:
             max_connections=self.settings.executor_concurrency,
             max_keepalive_connections=min(self.settings.executor_concurrency, 500),
         )
-        async with httpx.AsyncClient(limits=limits) as http:
+        async with fenced_http_client(self.settings, limits) as http:
             await producer.start()
             await consumer.start()
-            runners = Runners(http, producer, self.settings.allowed_handlers)
+            runners = Runners(
+                http,
+                producer,
+                self.settings.allowed_handlers,
+                TopicFence.from_settings(self.settings),
+                self.settings.http_response_limit_bytes,
+            )
             dispatcher = asyncio.create_task(self._dispatch_loop(producer, runners))
             committer = asyncio.create_task(self._commit_loop(consumer))
             try:

@@ -17,9 +17,13 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.specs import HandlerWork, HttpPoll, HttpWork, KafkaWork
 from streams import handlers
+from streams.fence import AddressRefused, TopicFence
 
 RESULT_LIMIT = 4096
-"""Bytes of a response body kept in the execution's result."""
+"""Bytes of a response body (and characters of an error) kept in the execution's result."""
+RESULT_MAX_BYTES = 16 * 1024
+"""Largest result (as JSON) an execution keeps; a larger one is replaced by a truncated preview.
+Results go into events and views, so a target (or a handler) must not be able to bloat them."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +46,45 @@ class Attempt:
     params: dict[str, Any]
 
 
-def _body_result(response: httpx.Response) -> dict[str, Any]:
-    text = response.text[:RESULT_LIMIT]
-    return {"status_code": response.status_code, "body": text}
+@dataclass(frozen=True)
+class Fetched:
+    """A response and the first bytes of its body (never more than the read limit)."""
+
+    status_code: int
+    body: bytes
+    encoding: str | None
+    truncated: bool
+    """True when the body was longer than the read limit and the rest was not read."""
+
+    def text(self, limit: int = RESULT_LIMIT) -> str:
+        return self.body[:limit].decode(self.encoding or "utf-8", errors="replace")
+
+    def result(self) -> dict[str, Any]:
+        """The part kept in the execution's result: the status and the body's first bytes."""
+        out: dict[str, Any] = {"status_code": self.status_code, "body": self.text()}
+        if self.truncated or len(self.body) > RESULT_LIMIT:
+            out["truncated"] = True
+        return out
+
+    def json(self) -> Any:
+        if self.truncated:
+            raise ValueError(f"response body larger than {len(self.body)} bytes; not read")
+        return orjson.loads(self.body)
+
+
+def capped(result: RunResult) -> RunResult:
+    """``result`` with its error cut to :data:`RESULT_LIMIT` characters and its result, if
+    larger than :data:`RESULT_MAX_BYTES` as JSON, replaced by a truncated preview."""
+    error = result.error[:RESULT_LIMIT] if result.error is not None else None
+    value = result.result
+    if value is not None:
+        try:
+            dumped = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:
+            dumped = repr(value).encode()
+        if len(dumped) > RESULT_MAX_BYTES:
+            value = {"truncated": True, "preview": dumped[:RESULT_LIMIT].decode(errors="replace")}
+    return RunResult(result.status, value, error)
 
 
 def _pointer(doc: Any, pointer: str) -> Any:
@@ -64,15 +104,27 @@ def _pointer(doc: Any, pointer: str) -> Any:
 
 
 class Runners:
-    """Shared clients for the runners (one HTTP pool, one Kafka producer)."""
+    """Shared clients for the runners (one HTTP pool, one Kafka producer) and the fences."""
 
-    def __init__(self, http: httpx.AsyncClient, producer: AIOKafkaProducer | None, allowed: list[str] | None) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        producer: AIOKafkaProducer | None,
+        allowed: list[str] | None,
+        topics: TopicFence,
+        read_limit: int = 1024 * 1024,
+    ) -> None:
         self.http = http
         self.producer = producer
         self.allowed = allowed
+        self.topics = topics
+        self.read_limit = read_limit
 
     async def run(self, work: HttpWork | KafkaWork | HandlerWork, at: Attempt, budget: float) -> RunResult:
-        """Run one attempt within ``budget`` seconds."""
+        """Run one attempt within ``budget`` seconds; the result and error are size-capped."""
+        return capped(await self._run(work, at, budget))
+
+    async def _run(self, work: HttpWork | KafkaWork | HandlerWork, at: Attempt, budget: float) -> RunResult:
         if budget <= 0:
             return RunResult("failed", error="deadline passed before the attempt started")
         try:
@@ -86,16 +138,43 @@ class Runners:
                         return await self._handler(work, at)
         except TimeoutError:
             return RunResult("failed", error=f"timed out after {budget:.1f}s")
+        except httpx.ConnectError as exc:
+            if isinstance(exc.__cause__, AddressRefused):
+                return RunResult("failed", error=str(exc.__cause__))
+            return RunResult("failed", error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # the work's failure, reported, never raised
-            return RunResult("failed", error=f"{type(exc).__name__}: {exc}"[:RESULT_LIMIT])
+            return RunResult("failed", error=f"{type(exc).__name__}: {exc}")
 
-    def _headers(self, work: HttpWork, at: Attempt) -> dict[str, str]:
+    def _headers(self, headers: dict[str, str], at: Attempt) -> dict[str, str]:
         return {
-            **work.headers,
+            **headers,
+            # Compressed bodies could expand far past the read limit in one chunk.
+            "Accept-Encoding": "identity",
             "Idempotency-Key": at.execution_id,
             "X-Scheduler-Task-Id": at.task_id,
             "X-Scheduler-Attempt": str(at.attempt),
         }
+
+    async def _fetch(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        timeout: float,  # noqa: ASYNC109 (httpx's per-request timeout)
+        **kwargs: Any,
+    ) -> Fetched:
+        """Send a request and read at most ``read_limit`` bytes of the answer (streamed, so a
+        huge response is never held whole in memory)."""
+        async with self.http.stream(method, url, headers=headers, timeout=timeout, **kwargs) as response:
+            body = bytearray()
+            truncated = False
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > self.read_limit:
+                    del body[self.read_limit :]
+                    truncated = True
+                    break
+            return Fetched(response.status_code, bytes(body), response.encoding, truncated)
 
     async def _http(self, work: HttpWork, at: Attempt, budget: float) -> RunResult:
         body = work.body
@@ -104,39 +183,42 @@ class Runners:
             kwargs["content"] = body
         elif body is not None:
             kwargs["json"] = body
-        response = await self.http.request(
-            work.method,
-            work.url,
-            headers=self._headers(work, at),
-            timeout=min(work.timeout_seconds, budget),
-            **kwargs,
+        response = await self._fetch(
+            work.method, work.url, self._headers(work.headers, at), min(work.timeout_seconds, budget), **kwargs
         )
         if response.status_code not in work.accepted_statuses:
-            return RunResult("failed", _body_result(response), f"HTTP {response.status_code} from {work.url}")
+            return RunResult("failed", response.result(), f"HTTP {response.status_code} from {work.url}")
         if work.poll is None:
-            return RunResult("succeeded", _body_result(response))
+            return RunResult("succeeded", response.result())
         return await self._poll(work, work.poll, response, at)
 
-    async def _poll(self, work: HttpWork, poll: HttpPoll, started: httpx.Response, at: Attempt) -> RunResult:
+    async def _poll(self, work: HttpWork, poll: HttpPoll, started: Fetched, at: Attempt) -> RunResult:
         """Drive an external engine: the start response names a job; poll it to an end state."""
         job_id = _pointer(started.json(), poll.job_id_pointer)
         url = poll.status_url.replace("{job_id}", str(job_id))
         while True:
             await asyncio.sleep(poll.interval_seconds)
-            response = await self.http.get(url, headers=self._headers(work, at))
+            # The same fenced client: the status URL is checked like the start URL.
+            headers = self._headers({**work.headers, **poll.headers}, at)
+            response = await self._fetch("GET", url, headers, work.timeout_seconds)
             if response.status_code >= 400:
                 continue  # a transient error of the engine; the deadline bounds the wait
             state = _pointer(response.json(), poll.status_pointer)
             if state in poll.success_values:
-                return RunResult("succeeded", {"job_id": job_id, "state": state, **_body_result(response)})
+                return RunResult("succeeded", {"job_id": job_id, "state": state, **response.result()})
             if state in poll.failure_values:
                 return RunResult(
                     "failed",
-                    {"job_id": job_id, "state": state, **_body_result(response)},
+                    {"job_id": job_id, "state": state, **response.result()},
                     f"job ended {state}",
                 )
 
     async def _kafka(self, work: KafkaWork, at: Attempt) -> RunResult:
+        # Authoritative: dispatches reach executors whether or not their task went through
+        # the API, so the fence is checked here, right before producing.
+        refusal = self.topics.refusal(work.topic, at.tenant)
+        if refusal is not None:
+            return RunResult("failed", error=refusal)
         if self.producer is None:
             return RunResult("failed", error="this executor has no Kafka producer")
         meta = await self.producer.send_and_wait(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, IPvAnyNetwork, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -71,8 +71,30 @@ class Settings(BaseSettings):
     """Modules imported at start-up to register Python handlers."""
     allowed_handlers: list[str] | None = None
     """Handler names executions may call (None: every registered handler)."""
+    kafka_work_topics: list[str] = []
+    """Topics Kafka work may produce to: patterns where ``*`` matches within a dot-separated part,
+    ``**`` across parts, ``?`` one character, and ``{tenant}`` (a whole part) is the task's tenant,
+    e.g. ``["jobs.{tenant}.*"]``. Empty (the default): Kafka work is refused. This deployment's
+    own topics, Faust's and Kafka's internal ones are refused even if they match."""
+    http_allow_networks: list[IPvAnyNetwork] = []
+    """Networks HTTP work may reach although they are loopback, link-local, private or otherwise
+    internal (CIDR, e.g. ``["10.20.0.0/16"]``). Empty (the default): only public addresses."""
+    http_response_limit_bytes: int = Field(default=1024 * 1024, ge=4096)
+    """Most bytes of an HTTP work response read (to find a job id or status); the rest is not
+    read, and the execution's result keeps only the first few kilobytes."""
 
     log_level: str = "info"
+
+    @field_validator("kafka_work_topics")
+    @classmethod
+    def _topic_patterns(cls, value: list[str]) -> list[str]:
+        # Imported here: streams.fence imports this module.
+        from streams.fence import topic_pattern_problem
+
+        problems = [p for p in map(topic_pattern_problem, value) if p is not None]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
 
 def topic_name(settings: Settings, name: str) -> str:

@@ -18,7 +18,7 @@ from api.commands import (
     task_public,
 )
 from api.deps import Admin, ApiState, IdempotencyKey, Operator, State, Viewer, Wait
-from api.errors import ERROR_RESPONSES, Conflict, NotFound, problem_responses
+from api.errors import ERROR_RESPONSES, Conflict, FieldError, NotFound, Unprocessable, problem_responses
 from api.models import (
     TASK_EXAMPLES,
     CommandResult,
@@ -31,15 +31,53 @@ from api.models import (
     TaskPublic,
     TriggerRequest,
 )
+from api.settings import ApiSettings
 from api.views import Doc, TaskSort, Views, internal_task_id
 from scheduler.schedule import anchor_for, fire_at, next_slot
 from schemas.commands import CreateTask, DeleteTask, PauseTask, ResumeTask, TriggerTask, UpdateTask
-from schemas.specs import TaskDefinition
+from schemas.specs import HandlerWork, HttpWork, KafkaWork, TaskDefinition
+from streams.fence import TopicFence, literal_url_refusal
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
 
 TaskId = Annotated[str, Path(description="The task's id (as returned on create).", max_length=200)]
 STATUSES = ("active", "paused", "completed", "deleted")
+
+
+def check_work_fence(definition: TaskDefinition, tenant: str, settings: ApiSettings) -> None:
+    """422 naming the field when the work aims where the deployment fences it off: a Kafka topic
+    not allowed (or the deployment's own), an HTTP URL whose host is literally a refused
+    address, a handler not in the allow-list. An early answer only: the executor checks again
+    where the work runs, and checks the address each name resolves to then."""
+    work = definition.work
+    problems: list[tuple[str, str]] = []
+    if isinstance(work, KafkaWork):
+        refusal = TopicFence.from_settings(settings).refusal(work.topic, tenant)
+        if refusal is not None:
+            problems.append(("work.topic", refusal))
+    elif isinstance(work, HttpWork):
+        urls = [("work.url", work.url)]
+        if work.poll is not None:
+            urls.append(("work.poll.status_url", work.poll.status_url))
+        if work.cancel is not None:
+            urls.append(("work.cancel.url", work.cancel.url))
+        for path, url in urls:
+            refusal = literal_url_refusal(url, settings.http_allow_networks)
+            if refusal is not None:
+                problems.append((path, refusal))
+    elif isinstance(work, HandlerWork) and not handlers_allow(work.name, settings.allowed_handlers):
+        problems.append(("work.name", f"handler {work.name!r} is not allowed (SCHED_ALLOWED_HANDLERS)"))
+    if problems:
+        errors = [
+            FieldError(field=f"definition.{path}", message=message, pointer="#/" + path.replace(".", "/"))
+            for path, message in problems
+        ]
+        raise Unprocessable("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)
+
+
+def handlers_allow(name: str, allowed: list[str] | None) -> bool:
+    """Whether the handler allow-list (None: every registered handler) lets ``name`` run."""
+    return allowed is None or name in allowed
 
 
 async def _live_task(views: Views, tenant: str, task_id: str) -> Doc:
@@ -73,6 +111,7 @@ async def create_task(
     request returns the same id and is applied once.
     """
     key = check_idempotency_key(idempotency_key)
+    check_work_fence(definition, principal.tenant, state.settings)
     public_id, command_id = new_task_ids(principal.tenant, key)
     command = CreateTask(
         command_id=command_id,
@@ -154,6 +193,7 @@ async def update_task(
     """
     expected = parse_if_match(if_match)
     key = check_idempotency_key(idempotency_key)
+    check_work_fence(definition, principal.tenant, state.settings)
     doc = await _live_task(state.views, principal.tenant, task_id)
     if expected is not None and expected < int(doc.get("revision", 0)):
         # Revisions only grow, so a revision older than the view's is stale for sure.

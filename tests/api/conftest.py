@@ -138,7 +138,10 @@ def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     prefix = f"{name}."
     tmp = tmp_path_factory.mktemp("api-stack")
     asyncio.run(ensure_topics(Settings(kafka_bootstrap=infra.bootstrap, topic_prefix=prefix, partitions=4)))
-    worker = WorkerProc(worker_env(infra.bootstrap, infra.mongo_url, name, tmp / "data"), tmp / "worker.log", "api-w1")
+    # The widest Kafka allow-list an operator could set: the tests prove the deployment's own
+    # topics stay refused whatever is allowed.
+    env = worker_env(infra.bootstrap, infra.mongo_url, name, tmp / "data", SCHED_KAFKA_WORK_TOPICS='["**"]')
+    worker = WorkerProc(env, tmp / "worker.log", "api-w1")
     worker.start()
     log = (tmp / "projector.log").open("ab")
     projector = subprocess.Popen(
@@ -181,6 +184,9 @@ def settings_for(stack: Stack, keys: Keys, **overrides: Any) -> ApiSettings:
         "kafka_send_timeout_seconds": 3.0,
         "kafka_connect_timeout_seconds": 3.0,
         "retry_after_seconds": 2,
+        # Tests name HTTP targets on this machine (the default fences loopback off).
+        "http_allow_networks": ["127.0.0.0/8", "::1/128"],
+        "kafka_work_topics": ["**"],  # as the session's worker (see ``stack``)
     }
     values.update(overrides)
     return ApiSettings(**values)

@@ -97,6 +97,9 @@ def worker_env(bootstrap: str, mongo_url: str, prefix: str, data_dir: Path, **ex
         SCHED_PARTITIONS="4",
         SCHED_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning"),
         SCHED_HANDLER_MODULES='["streams.handlers"]',
+        # Tests and benchmarks call HTTP targets on this machine: allowed explicitly, since
+        # the default fences loopback off (tests that check the fence override it).
+        SCHED_HTTP_ALLOW_NETWORKS='["127.0.0.0/8", "::1/128"]',
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

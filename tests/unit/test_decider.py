@@ -239,6 +239,65 @@ def test_other_tenant_sees_task_not_found(command: Any) -> None:
     assert state is not None and state.tenant == TENANT and state.status == "active"
 
 
+# A task id "<tenant>/<id>" names its tenant: a command naming another tenant is rejected,
+# creation included (issue 11: tenant B aimed commands at tenant A's tasks).
+OWNED = f"{TENANT}/t1"
+MISMATCH = [("CommandRejected", {"reason": decider_module.TENANT_MISMATCH, "field": "tenant", "tenant": "evil"})]
+OWNED_CREATED = [cmd(CreateTask, T0, task_id=OWNED, definition=DEF)]
+PREFIX_MISMATCH = [
+    pytest.param([], cmd(CreateTask, T0, task_id=OWNED, tenant="evil", definition=DEF), id="create-in-other-namespace"),
+    pytest.param(
+        [*OWNED_CREATED, cmd(DeleteTask, at(1), task_id=OWNED)],
+        cmd(CreateTask, at(2), task_id=OWNED, tenant="evil", definition=DEF),
+        id="re-create-deleted",
+    ),
+    pytest.param(OWNED_CREATED, cmd(PauseTask, at(1), task_id=OWNED, tenant="evil", note="B"), id="pause"),
+    pytest.param(OWNED_CREATED, cmd(UpdateTask, at(1), task_id=OWNED, tenant="evil", definition=DEF), id="update"),
+    pytest.param(OWNED_CREATED, cmd(DeleteTask, at(1), task_id=OWNED, tenant="evil"), id="delete"),
+    pytest.param(OWNED_CREATED, cmd(TriggerTask, at(1), task_id=OWNED, tenant="evil", trigger_id="t"), id="trigger"),
+    pytest.param(OWNED_CREATED, cmd(Wake, at(11), task_id=OWNED, tenant="evil"), id="wake"),
+    pytest.param(
+        OWNED_CREATED,
+        cmd(
+            ReportExecutionOutcome,
+            at(11),
+            task_id=OWNED,
+            tenant="evil",
+            execution_id="x",
+            attempt=1,
+            worker="w",
+            status="succeeded",
+            started_at=at(10),
+            finished_at=at(11),
+        ),
+        id="report-outcome",
+    ),
+    pytest.param([], cmd(PauseTask, at(1), task_id=OWNED, tenant="evil"), id="pause-missing"),
+]
+
+
+@pytest.mark.parametrize(("given", "command"), PREFIX_MISMATCH)
+def test_command_of_another_tenant_than_the_task_id_names_is_rejected(given: list[Any], command: Any) -> None:
+    before, _ = fold(given)
+    events, state = when(given, command)
+    assert_then(events, MISMATCH)
+    # Nothing but the rejection: the owner's task is as it was, still its tenant's.
+    if before is not None:
+        assert state is not None
+        assert (state.tenant, state.status, state.revision) == (before.tenant, before.status, before.revision)
+
+
+def test_command_of_the_tenant_the_task_id_names_is_applied() -> None:
+    events, state = when(OWNED_CREATED, cmd(PauseTask, at(1), task_id=OWNED, note="ok"))
+    assert_then(events, [("TaskPaused", {"note": "ok"})])
+    assert state is not None and state.tenant == TENANT
+
+
+def test_ids_without_a_tenant_prefix_keep_the_state_tenant_rule() -> None:
+    assert decider_module.tenant_owns("acme", "acme/x") and decider_module.tenant_owns("evil", "no-prefix")
+    assert not decider_module.tenant_owns("evil", "acme/x")
+
+
 def test_repeated_command_id_yields_nothing() -> None:
     pause = cmd(PauseTask, at(1))
     events, _ = when([CREATED, pause, cmd(ResumeTask, at(2))], pause)

@@ -41,6 +41,7 @@ SCHEMAS_MAY_IMPORT = {
     "re",
     "sys",
     "typing",
+    "urllib",  # urllib.parse only: pure URL parsing
     "uuid",
 }
 # Calls that read the clock or a random source, spelled as attribute chains.

@@ -76,6 +76,16 @@ BASE = {"name": "t", "work": {"kind": "handler", "name": "h"}}
         ({"overlap": "sometimes"}, ("overlap",), "skip"),
         ({"surprise": 1}, ("surprise",), "Extra inputs"),
         ({"work": {"kind": "http", "url": "ftp://x"}}, ("work", "http", "url"), "http"),
+        ({"work": {"kind": "http", "url": "http://"}}, ("work", "http", "url"), "url must name a host"),
+        ({"work": {"kind": "http", "url": "http://x:99999/"}}, ("work", "http", "url"), "not a valid URL"),
+        ({"work": {"kind": "http", "url": "https://u:p@x/"}}, ("work", "http", "url"), "must not hold credentials"),
+        (
+            {"work": {"kind": "http", "url": "https://x/", "poll": {"status_url": "http:///s"}}},
+            ("work", "http", "poll", "status_url"),
+            "url must name a host",
+        ),
+        ({"work": {"kind": "kafka", "topic": "a/b"}}, ("work", "kafka", "topic"), "legal Kafka topic name"),
+        ({"work": {"kind": "kafka", "topic": ".."}}, ("work", "kafka", "topic"), "legal Kafka topic name"),
     ],
 )
 def test_definition_errors_name_the_field(data: dict[str, Any], loc: tuple[Any, ...], fragment: str) -> None:
