@@ -8,6 +8,7 @@ with a ``CommandRejected`` event).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Literal, cast
 
 import orjson
@@ -16,6 +17,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from schemas import SCHEMA_VERSION
 from schemas._types import UtcDatetime, WireModel
 from schemas.commands import COMMAND_TYPES, Command, CommandBase
+from schemas.control import CONTROL_TENANT, CONTROL_TYPE_PREFIX, CONTROL_TYPES, CommandBatch, Control, Tick
 from schemas.errors import DecodeError, InvalidCommand
 from schemas.events import EVENT_TYPES, Event, EventBase
 
@@ -23,6 +25,7 @@ COMMAND_TYPE_PREFIX = "scheduler.command."
 EVENT_TYPE_PREFIX = "scheduler.event."
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+_CONTROL_ADAPTER: TypeAdapter[Tick | CommandBatch] = TypeAdapter(Control)
 
 
 class Envelope(WireModel):
@@ -96,6 +99,10 @@ def decode_envelope(raw: bytes) -> Envelope:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"not valid JSON: {exc}") from None
+    return _envelope_of(obj)
+
+
+def _envelope_of(obj: object) -> Envelope:
     if not isinstance(obj, dict):
         raise DecodeError("envelope must be a JSON object")
     try:
@@ -111,7 +118,56 @@ def decode_command(raw: bytes) -> Command:
     :raises InvalidCommand: the envelope is valid but the command body is not.
     :raises DecodeError: anything else is wrong (not JSON, bad envelope, unknown type).
     """
+    return _command_of(decode_envelope(raw))
+
+
+def decode_command_object(obj: object) -> Command:
+    """Decode a command envelope already parsed from JSON (an item of a :class:`CommandBatch`).
+
+    :raises InvalidCommand: the envelope is valid but the command body is not.
+    :raises DecodeError: anything else is wrong.
+    """
+    return _command_of(_envelope_of(obj))
+
+
+def decode_message(raw: bytes) -> Command | Tick | CommandBatch:
+    """Decode anything the task processor reads from ``commands``: a command or a control message.
+
+    :raises InvalidCommand: a command envelope whose body is invalid.
+    :raises DecodeError: anything else is wrong, including an invalid control message.
+    """
     env = decode_envelope(raw)
+    name = _suffix(env.type, CONTROL_TYPE_PREFIX)
+    if name is None:
+        return _command_of(env)
+    if name not in CONTROL_TYPES:
+        raise DecodeError(f"unknown control message type {env.type!r}", "type")
+    data = dict(env.data)
+    data.setdefault("type", name)
+    try:
+        return _CONTROL_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        field, reason = _first_error(exc, data)
+        raise DecodeError(reason, f"data.{field}" if field else "data") from None
+
+
+def control_envelope(message: Tick | CommandBatch, source: str, actor: str, at: datetime) -> Envelope:
+    """Wrap a control message (see :mod:`schemas.control`)."""
+    return Envelope.model_construct(
+        id=message.tick_id if isinstance(message, Tick) else message.batch_id,
+        source=source,
+        type=CONTROL_TYPE_PREFIX + message.type,
+        subject=f"partition/{message.partition}",
+        time=at,
+        tenant=CONTROL_TENANT,
+        actor=actor,
+        causationid=None,
+        correlationid=None,
+        data=message.model_dump(mode="json"),
+    )
+
+
+def _command_of(env: Envelope) -> Command:
     name = _suffix(env.type, COMMAND_TYPE_PREFIX)
     if name is None or name not in COMMAND_TYPES:
         raise DecodeError(f"unknown command type {env.type!r}", "type")
