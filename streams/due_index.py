@@ -77,3 +77,69 @@ class DueIndex:
     def _compact(self) -> None:
         self._heap = [(when, task_id) for task_id, when in self._when.items()]
         heapq.heapify(self._heap)
+
+
+class PartitionedDueIndex:
+    """One :class:`DueIndex` per owned partition of ``commands``, and each task's partition.
+
+    The firing loop asks each partition for its earliest wakeup and sends one tick to a
+    partition with anything due; the agent, applying that tick, pops the partition's due tasks.
+    """
+
+    def __init__(self) -> None:
+        self.partitions: dict[int, DueIndex] = {}
+        self._partition_of: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._partition_of)
+
+    def partition_of(self, task_id: str) -> int | None:
+        """The partition a task was last seen in."""
+        return self._partition_of.get(task_id)
+
+    def get(self, task_id: str) -> datetime | None:
+        """The wakeup recorded for a task."""
+        partition = self._partition_of.get(task_id)
+        return None if partition is None else self.partitions[partition].get(task_id)
+
+    def set(self, task_id: str, partition: int, when: datetime | None) -> None:
+        """Record a task's next wakeup in its partition; ``None`` removes the task."""
+        previous = self._partition_of.get(task_id)
+        if previous is not None and previous != partition:
+            self.partitions[previous].set(task_id, None)
+        if when is None:
+            self._partition_of.pop(task_id, None)
+            if partition in self.partitions:
+                self.partitions[partition].set(task_id, None)
+            return
+        self._partition_of[task_id] = partition
+        self.partitions.setdefault(partition, DueIndex()).set(task_id, when)
+
+    def clear(self) -> None:
+        self.partitions.clear()
+        self._partition_of.clear()
+
+    def due_partitions(self, now: datetime) -> list[int]:
+        """The partitions with a task due at or before ``now``."""
+        due = []
+        for partition, index in self.partitions.items():
+            when = index.next_time()
+            if when is not None and when <= now:
+                due.append(partition)
+        return due
+
+    def next_time(self, partitions: Iterable[int] | None = None) -> datetime | None:
+        """The earliest wakeup over ``partitions`` (default: all)."""
+        chosen = self.partitions if partitions is None else partitions
+        times = [t for p in chosen if p in self.partitions and (t := self.partitions[p].next_time()) is not None]
+        return min(times, default=None)
+
+    def pop_due(self, partition: int, now: datetime, limit: int = 10_000) -> list[tuple[str, datetime]]:
+        """Remove and return the tasks of ``partition`` due at or before ``now`` (earliest first)."""
+        index = self.partitions.get(partition)
+        if index is None:
+            return []
+        due = index.pop_due(now, limit)
+        for task_id, _ in due:
+            self._partition_of.pop(task_id, None)
+        return due

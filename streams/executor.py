@@ -10,7 +10,9 @@
   travels with every attempt, so a re-run is recognisable at the target, and the task's owner
   ignores a second outcome for the same attempt.
 - Outcomes go back to the task's owner as commands (``ReportExecutionStarted``,
-  ``ReportExecutionOutcome``): retries, timeouts and overlap stay its decisions.
+  ``ReportExecutionOutcome``): retries, timeouts and overlap stay its decisions. They are
+  batched per partition of ``commands`` for a few milliseconds (``streams.batcher``): one
+  message to the owner carries many reports.
 """
 
 from __future__ import annotations
@@ -23,15 +25,17 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from schemas.commands import ReportExecutionOutcome, ReportExecutionStarted
-from schemas.envelope import command_envelope, decode_event, encode
+from schemas.envelope import decode_event
 from schemas.errors import DecodeError
 from schemas.events import ExecutionDispatched
 from streams import topics
+from streams.batcher import ReportBatcher
 from streams.deadletter import dead_letter_record
 from streams.runners import Attempt, Runners
 from streams.settings import Settings, topic_name
@@ -139,6 +143,7 @@ class Executor:
         async with httpx.AsyncClient(limits=limits) as http:
             await producer.start()
             await consumer.start()
+            self._batcher = await self._new_batcher(producer)
             runners = Runners(http, producer, self.settings.allowed_handlers)
             dispatcher = asyncio.create_task(self._dispatch_loop(producer, runners))
             committer = asyncio.create_task(self._commit_loop(consumer))
@@ -150,9 +155,28 @@ class Executor:
                 for task in list(self._tasks):
                     task.cancel()
                 with contextlib.suppress(Exception):
+                    await self._batcher.flush()
+                with contextlib.suppress(Exception):
                     await consumer.commit(self._offsets.committable())
                 await consumer.stop()
                 await producer.stop()
+
+    async def _new_batcher(self, producer: AIOKafkaProducer) -> ReportBatcher:
+        partitions = await producer.partitions_for(self._commands)
+
+        async def produce(key: bytes, value: bytes, partition: int) -> asyncio.Future[Any]:
+            delivery: asyncio.Future[Any] = await producer.send(
+                self._commands, key=key, value=value, partition=partition
+            )
+            return delivery
+
+        return ReportBatcher(
+            produce,
+            len(partitions),
+            f"executor/{self.worker_id}",
+            window=self.settings.executor_report_window_seconds,
+            max_size=self.settings.executor_report_batch_size,
+        )
 
     async def _fetch_loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         capacity = self.settings.executor_concurrency
@@ -252,7 +276,8 @@ class Executor:
             delay = self.settings.executor_started_report_after_seconds
             done, _ = await asyncio.wait({run}, timeout=max(delay, 0.0))
             if not done:
-                await self._report(producer, started)
+                # Nothing waits for this one: a lost "running" report only delays the view.
+                (await self._report(producer, started)).add_done_callback(_ignore_failure)
             result = await run
             finished_at = _now()
             delivered = await self._report(
@@ -275,9 +300,10 @@ class Executor:
 
     async def _report(
         self, producer: AIOKafkaProducer, command: ReportExecutionStarted | ReportExecutionOutcome
-    ) -> asyncio.Future[object]:
-        envelope = command_envelope(command, source=f"executor/{self.worker_id}")
-        delivery: asyncio.Future[object] = await producer.send(
-            self._commands, key=command.task_id.encode(), value=encode(envelope)
-        )
-        return delivery
+    ) -> asyncio.Future[None]:
+        return await self._batcher.add(command)
+
+
+def _ignore_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("executor: a report could not be sent: %s", future.exception())
