@@ -1,22 +1,23 @@
 """Firing on time: which partitions need a tick now, and which tasks a tick wakes.
 
-The worker keeps, for the partitions it owns, each task's next wakeup (the due-index) and
-the partition the task lives in. The firing loop sends at most one :class:`~schemas.control.Tick`
-to a partition with anything due, and none while one is on its way (applied, it is marked
-done; lost, it is sent again after ``resend_seconds``). The agent, applying a tick, takes the
-partition's due tasks and wakes each of them in one go. A tick lost or repeated changes
-nothing: the next one covers everything due, and a stale one finds nothing due.
+The worker keeps, for the partitions it owns, each task's next wakeup (one due-index per
+partition) and where the task lives (tenant and partition). The firing loop sends at most
+one :class:`~schemas.control.Tick` to a partition with anything due, and none while one is
+on its way (applied, it is marked done; lost, it is sent again after ``resend_seconds``).
+The agent, applying a tick, takes the partition's due tasks and wakes each of them in one
+go. A tick lost or repeated changes nothing: the next one covers everything due, and a stale
+one finds nothing due.
 
 No I/O here: the loop and the agent in ``streams.app`` do the sending and applying.
 """
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from streams.due_index import PartitionedDueIndex
+from streams.due_index import DueIndex
 
 
 @dataclass
@@ -28,32 +29,44 @@ class FiringStats:
 
 
 class Firing:
-    """The due-index of the owned partitions and the ticks on their way."""
+    """The due-indexes of the owned partitions and the ticks on their way."""
 
     def __init__(self, resend_seconds: float) -> None:
         self.resend_seconds = resend_seconds
-        self.index = PartitionedDueIndex()
         self.stats = FiringStats()
-        self._tenants: dict[str, str] = {}
+        self.partitions: dict[int, DueIndex] = {}
+        self._home: dict[str, tuple[str, int]] = {}
+        """Task -> (tenant, partition), for the tasks that have a wakeup. The tuples are shared
+        (one per tenant and partition), so a million tasks cost a million dict slots, no more."""
+        self._homes: dict[tuple[str, int], tuple[str, int]] = {}
         self._in_flight: dict[int, float] = {}
         """Partition -> when (monotonic seconds) its last tick was sent, until one is applied."""
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self._home)
 
     def clear(self) -> None:
         """Forget everything (partitions are moving; a rebuild follows)."""
-        self.index.clear()
-        self._tenants.clear()
+        self.partitions.clear()
+        self._home.clear()
+        self._homes.clear()
         self._in_flight.clear()
+
+    def get(self, task_id: str) -> datetime | None:
+        """The wakeup recorded for a task."""
+        home = self._home.get(task_id)
+        return None if home is None else self.partitions[home[1]].get(task_id)
 
     def track(self, task_id: str, tenant: str, partition: int, wakeup: datetime | None) -> None:
         """Record where a task lives and when it next needs waking (None: never, or gone)."""
-        self.index.set(task_id, partition, wakeup)
+        home = self._home.get(task_id)
+        if home is not None and (wakeup is None or home[1] != partition):
+            self.partitions[home[1]].set(task_id, None)
+            del self._home[task_id]
         if wakeup is None:
-            self._tenants.pop(task_id, None)
-        else:
-            self._tenants[task_id] = sys.intern(tenant)
+            return
+        self._home[task_id] = self._homes.setdefault((tenant, partition), (tenant, partition))
+        self.partitions.setdefault(partition, DueIndex()).set(task_id, wakeup)
 
     def to_tick(self, now: datetime, clock: float) -> list[int]:
         """The partitions to send a tick to now, marked as having one on its way.
@@ -61,7 +74,10 @@ class Firing:
         ``now`` is the wall clock the tick carries; ``clock`` a monotonic time for resending.
         """
         chosen = []
-        for partition in self.index.due_partitions(now):
+        for partition, index in self.partitions.items():
+            when = index.next_time()
+            if when is None or when > now:
+                continue
             sent = self._in_flight.get(partition)
             if sent is not None:
                 if clock - sent < self.resend_seconds:
@@ -74,11 +90,7 @@ class Firing:
 
     def next_time(self) -> datetime | None:
         """The earliest wakeup of a partition that has no tick on its way."""
-        return self.index.next_time(p for p in self.index.partitions if p not in self._in_flight)
-
-    def oldest_in_flight(self) -> float | None:
-        """When (monotonic) the oldest tick still on its way was sent."""
-        return min(self._in_flight.values(), default=None)
+        return _earliest(index for p, index in self.partitions.items() if p not in self._in_flight)
 
     def take_due(self, partition: int, at: datetime, limit: int = 10_000) -> list[tuple[str, str]]:
         """Apply a tick: the tasks of ``partition`` due at or before ``at`` (task id, tenant), earliest first.
@@ -87,10 +99,17 @@ class Firing:
         """
         self._in_flight.pop(partition, None)
         self.stats.ticks_applied += 1
+        index = self.partitions.get(partition)
+        if index is None:
+            return []
         due = []
-        for task_id, _ in self.index.pop_due(partition, at, limit):
-            tenant = self._tenants.pop(task_id, None)
-            if tenant is not None:
-                due.append((task_id, tenant))
+        for task_id, _ in index.pop_due(at, limit):
+            tenant, _partition = self._home.pop(task_id)
+            due.append((task_id, tenant))
         self.stats.wakes_applied += len(due)
         return due
+
+
+def _earliest(indexes: Iterable[DueIndex]) -> datetime | None:
+    times = [when for index in indexes if (when := index.next_time()) is not None]
+    return min(times, default=None)

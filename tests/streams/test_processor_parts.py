@@ -68,7 +68,7 @@ def test_a_stale_tick_wakes_only_what_was_due_at_its_time() -> None:
     firing.track("a", "acme", 0, at(1))
     firing.track("b", "acme", 0, at(10))
     assert firing.take_due(0, at(5)) == [("a", "acme")]
-    assert firing.index.get("b") == at(10)
+    assert firing.get("b") == at(10)
 
 
 def test_a_task_moving_partition_leaves_the_old_one() -> None:
@@ -210,7 +210,7 @@ async def test_a_tick_fires_every_due_task_of_its_partition_in_one_message() -> 
     dispatched = [e for e in _events(producer) if isinstance(e, ExecutionDispatched)]
     assert sorted(e.task_id for e in dispatched) == sorted(tasks)  # not the task of partition 2
     assert {e.slot for e in dispatched} == {at(10)}
-    assert all(processor.firing.index.get(t) == at(20) for t in tasks)
+    assert all(processor.firing.get(t) == at(20) for t in tasks)
 
     # The same tick again (redelivered), and a stale one: nothing more.
     before = len(producer.sent)
@@ -253,4 +253,4 @@ async def test_a_wake_that_finds_nothing_due_is_looked_at_later_not_every_tick()
     # The index says due at 5 s, the task's own wakeup is 10 s: the wake yields nothing.
     processor.firing.track(task_id, "acme", 0, at(5))
     await processor.apply(b"tick", _tick(0, at(6)), _Source("commands", 0, 1))
-    assert processor.firing.index.get(task_id) == at(11)  # max(wakeup 10 s, 6 s + resend 5 s)
+    assert processor.firing.get(task_id) == at(11)  # max(wakeup 10 s, 6 s + resend 5 s)
