@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     """How long an executor holds an outcome report to batch it with others for the same partition."""
     executor_report_batch_size: int = Field(default=200, ge=1, le=1000)
     """Most reports in one batch; a full batch leaves at once."""
+    executor_commit_interval_seconds: float = Field(default=0.2, gt=0, le=10)
+    """How often an executor commits its dispatch offsets; work finished since the last commit
+    is run again by the next owner after a crash."""
     executor_started_report_after_seconds: float = 0.5
     """Report an execution as running only once it has run this long (0: always, at once)."""
     handler_modules: list[str] = ["streams.handlers"]
