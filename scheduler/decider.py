@@ -103,10 +103,22 @@ _MICROSECOND = timedelta(microseconds=1)
 # =============================================================================================
 
 
-def decide(command: Command, state: TaskState | None) -> list[Event]:
-    """The events that result from ``command`` given the task's current ``state``."""
+@dataclass(frozen=True)
+class Decision:
+    """What a command decides: its events, and the state they lead to.
+
+    ``state`` is ``evolve`` folded over ``events`` from the state the command saw (the decider
+    folds each event as it emits it), so a shell stores it without folding the events again.
+    """
+
+    events: list[Event]
+    state: TaskState | None
+
+
+def decision(command: Command, state: TaskState | None) -> Decision:
+    """The events that result from ``command`` given the task's current ``state``, and the new state."""
     if state is not None and command.command_id in state.recent_command_ids:
-        return []
+        return Decision([], state)
     d = _Decision(
         _Meta(command.task_id, command.tenant, command.actor, command.command_id, command.type, command.at),
         state,
@@ -151,14 +163,24 @@ def tenant_owns(tenant: str, task_id: str) -> bool:
     return not sep or owner == tenant
 
 
-def reject_invalid(error: InvalidCommand, state: TaskState | None) -> list[Event]:
-    """The ``CommandRejected`` event answering a command whose body failed validation."""
+def decide(command: Command, state: TaskState | None) -> list[Event]:
+    """The events that result from ``command`` given the task's current ``state``."""
+    return decision(command, state).events
+
+
+def rejection(error: InvalidCommand, state: TaskState | None) -> Decision:
+    """The ``CommandRejected`` event answering a command whose body failed validation, and the new state."""
     if state is not None and error.command_id in state.recent_command_ids:
-        return []
+        return Decision([], state)
     meta = _Meta(error.task_id, error.tenant, error.actor, error.command_id, error.command_type, error.at)
     d = _Decision(meta, state)
     d.reject(error.reason, error.field)
     return d.finish()
+
+
+def reject_invalid(error: InvalidCommand, state: TaskState | None) -> list[Event]:
+    """The ``CommandRejected`` event answering a command whose body failed validation."""
+    return rejection(error, state).events
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,9 +605,9 @@ class _Decision:
         self.events: list[Event] = []
         self._missed: _MissedRange | None = None
 
-    def finish(self) -> list[Event]:
+    def finish(self) -> Decision:
         self._flush_missed()
-        return self.events
+        return Decision(self.events, self.state)
 
     def require_state(self) -> TaskState:
         assert self.state is not None  # callers only reach here for an existing task

@@ -7,7 +7,9 @@ with a ``CommandRejected`` event).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Literal, cast
 
 import orjson
@@ -16,6 +18,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from schemas import SCHEMA_VERSION
 from schemas._types import UtcDatetime, WireModel
 from schemas.commands import COMMAND_TYPES, Command, CommandBase
+from schemas.control import CONTROL_TENANT, CONTROL_TYPE_PREFIX, CONTROL_TYPES, CommandBatch, Control, Tick
 from schemas.errors import DecodeError, InvalidCommand
 from schemas.events import EVENT_TYPES, Event, EventBase
 
@@ -23,6 +26,7 @@ COMMAND_TYPE_PREFIX = "scheduler.command."
 EVENT_TYPE_PREFIX = "scheduler.event."
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+_CONTROL_ADAPTER: TypeAdapter[Tick | CommandBatch] = TypeAdapter(Control)
 
 
 class Envelope(WireModel):
@@ -87,8 +91,11 @@ def encode(envelope: Envelope) -> bytes:
     return orjson.dumps(envelope.model_dump(mode="json"))
 
 
-def decode_envelope(raw: bytes) -> Envelope:
+def decode_envelope(raw: bytes, *, tolerant: bool = False) -> Envelope:
     """Parse and validate an envelope without interpreting its data.
+
+    ``tolerant``: attributes this version does not know are dropped rather than refused (see
+    :func:`decode_event`).
 
     :raises DecodeError: not JSON, or not a valid envelope.
     """
@@ -96,11 +103,18 @@ def decode_envelope(raw: bytes) -> Envelope:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"not valid JSON: {exc}") from None
+    return _envelope_of(obj, tolerant=tolerant)
+
+
+def _envelope_of(obj: object, *, tolerant: bool = False) -> Envelope:
     if not isinstance(obj, dict):
         raise DecodeError("envelope must be a JSON object")
     try:
         return Envelope.model_validate(obj)
     except ValidationError as exc:
+        known = _without_unknown_fields(exc, obj) if tolerant else None
+        if known is not None:
+            return _envelope_of(known)
         field, reason = _first_error(exc, obj)
         raise DecodeError(f"invalid envelope: {reason}", field) from None
 
@@ -111,7 +125,56 @@ def decode_command(raw: bytes) -> Command:
     :raises InvalidCommand: the envelope is valid but the command body is not.
     :raises DecodeError: anything else is wrong (not JSON, bad envelope, unknown type).
     """
+    return _command_of(decode_envelope(raw))
+
+
+def decode_command_object(obj: object) -> Command:
+    """Decode a command envelope already parsed from JSON (an item of a :class:`CommandBatch`).
+
+    :raises InvalidCommand: the envelope is valid but the command body is not.
+    :raises DecodeError: anything else is wrong.
+    """
+    return _command_of(_envelope_of(obj))
+
+
+def decode_message(raw: bytes) -> Command | Tick | CommandBatch:
+    """Decode anything the task processor reads from ``commands``: a command or a control message.
+
+    :raises InvalidCommand: a command envelope whose body is invalid.
+    :raises DecodeError: anything else is wrong, including an invalid control message.
+    """
     env = decode_envelope(raw)
+    name = _suffix(env.type, CONTROL_TYPE_PREFIX)
+    if name is None:
+        return _command_of(env)
+    if name not in CONTROL_TYPES:
+        raise DecodeError(f"unknown control message type {env.type!r}", "type")
+    data = dict(env.data)
+    data.setdefault("type", name)
+    try:
+        return _CONTROL_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        field, reason = _first_error(exc, data)
+        raise DecodeError(reason, f"data.{field}" if field else "data") from None
+
+
+def control_envelope(message: Tick | CommandBatch, source: str, actor: str, at: datetime) -> Envelope:
+    """Wrap a control message (see :mod:`schemas.control`)."""
+    return Envelope.model_construct(
+        id=message.tick_id if isinstance(message, Tick) else message.batch_id,
+        source=source,
+        type=CONTROL_TYPE_PREFIX + message.type,
+        subject=f"partition/{message.partition}",
+        time=at,
+        tenant=CONTROL_TENANT,
+        actor=actor,
+        causationid=None,
+        correlationid=None,
+        data=message.model_dump(mode="json"),
+    )
+
+
+def _command_of(env: Envelope) -> Command:
     name = _suffix(env.type, COMMAND_TYPE_PREFIX)
     if name is None or name not in COMMAND_TYPES:
         raise DecodeError(f"unknown command type {env.type!r}", "type")
@@ -134,11 +197,17 @@ def decode_command(raw: bytes) -> Command:
 
 
 def decode_event(raw: bytes) -> Event:
-    """Decode an event envelope.
+    """Decode an event envelope, tolerating fields this version does not know.
+
+    Events are read by consumers older than their producer during a rolling upgrade (and by
+    every outside consumer): a field added by a newer version, at any depth, is dropped, and
+    the event is read with the fields this version knows. Anything else wrong is refused.
+    Commands stay strict (:func:`decode_command`): a field the processor does not know is a
+    mistake of the sender.
 
     :raises DecodeError: not JSON, bad envelope, unknown type, or an invalid event body.
     """
-    env = decode_envelope(raw)
+    env = decode_envelope(raw, tolerant=True)
     name = _suffix(env.type, EVENT_TYPE_PREFIX)
     if name is None or name not in EVENT_TYPES:
         raise DecodeError(f"unknown event type {env.type!r}", "type")
@@ -149,8 +218,30 @@ def decode_event(raw: bytes) -> Event:
     try:
         return _EVENT_ADAPTER.validate_python(data)
     except ValidationError as exc:
+        known = _without_unknown_fields(exc, data)
+        if known is not None:
+            with contextlib.suppress(ValidationError):
+                return _EVENT_ADAPTER.validate_python(known)
         field, reason = _first_error(exc, data)
         raise DecodeError(reason, f"data.{field}" if field else "data") from None
+
+
+def _without_unknown_fields(exc: ValidationError, data: dict[str, Any]) -> dict[str, Any] | None:
+    """A copy of ``data`` without the fields ``exc`` calls unknown, if that is all it found wrong."""
+    errors = exc.errors(include_url=False)
+    if not errors or any(err["type"] != "extra_forbidden" for err in errors):
+        return None
+    known = cast("dict[str, Any]", orjson.loads(orjson.dumps(data)))
+    for err in errors:
+        parent: Any = known
+        *path, last = err["loc"]
+        for item in path:
+            if isinstance(parent, Mapping) and isinstance(item, str) and item not in parent:
+                continue  # a union tag in the location, not a field (see error_field)
+            parent = parent[item]
+        if isinstance(parent, dict):
+            parent.pop(str(last), None)
+    return known
 
 
 def error_field(loc: Sequence[int | str], data: object) -> str | None:

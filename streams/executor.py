@@ -10,28 +10,36 @@
   travels with every attempt, so a re-run is recognisable at the target, and the task's owner
   ignores a second outcome for the same attempt.
 - Outcomes go back to the task's owner as commands (``ReportExecutionStarted``,
-  ``ReportExecutionOutcome``): retries, timeouts and overlap stay its decisions.
+  ``ReportExecutionOutcome``): retries, timeouts and overlap stay its decisions. They are
+  batched per partition of ``commands`` for a few milliseconds (``streams.batcher``): one
+  message to the owner carries many reports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import uuid
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata
 
 from schemas.commands import ReportExecutionOutcome, ReportExecutionStarted
-from schemas.envelope import command_envelope, decode_event, encode
+from schemas.envelope import decode_event
 from schemas.errors import DecodeError
 from schemas.events import ExecutionDispatched
 from streams import topics
+from streams.batcher import ReportBatcher
 from streams.deadletter import dead_letter_record
 from streams.fence import TopicFence, fenced_http_client
 from streams.runners import Attempt, Runners
@@ -45,11 +53,19 @@ def _now() -> datetime:
 
 
 class OffsetTracker:
-    """Per partition: which offsets are in flight, so commits never pass unfinished work."""
+    """Per partition: which offsets are in flight, so commits never pass unfinished work.
+
+    Kafka keeps one committed offset per partition, so the oldest unfinished dispatch holds
+    back everything after it: a successor after a crash would run again all the work that
+    finished behind it (hundreds of repeated requests per kill were seen). So each commit
+    also says, in its metadata, which offsets between the committed one and the next were
+    still in flight (:func:`encode_in_flight`); a successor skips the others.
+    """
 
     def __init__(self) -> None:
         self._inflight: dict[TopicPartition, set[int]] = {}
         self._next: dict[TopicPartition, int] = {}
+        self._finished_before: dict[TopicPartition, _Finished] = {}
 
     def started(self, tp: TopicPartition, offset: int) -> None:
         self._inflight.setdefault(tp, set()).add(offset)
@@ -58,14 +74,89 @@ class OffsetTracker:
     def finished(self, tp: TopicPartition, offset: int) -> None:
         self._inflight.get(tp, set()).discard(offset)
 
-    def committable(self) -> dict[TopicPartition, int]:
-        """The offset to commit per partition: the oldest unfinished one, else the next."""
-        return {tp: min(self._inflight.get(tp) or {nxt}) for tp, nxt in self._next.items()}
+    def committable(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The offset to commit per partition (the oldest unfinished one, else the next), and
+        in its metadata the offsets after it still in flight."""
+        result = {}
+        for tp, nxt in self._next.items():
+            inflight = self._inflight.get(tp)
+            if not inflight:
+                result[tp] = OffsetAndMetadata(nxt, "")
+            else:
+                base = min(inflight)
+                result[tp] = OffsetAndMetadata(base, encode_in_flight(base, nxt, inflight))
+        return result
+
+    def resume(self, tp: TopicPartition, committed: OffsetAndMetadata | None) -> None:
+        """Take over ``tp`` from where its last owner committed: remember what it finished."""
+        self.forget([tp])
+        if committed is not None and committed.offset >= 0:
+            finished = decode_in_flight(committed.offset, committed.metadata)
+            if finished is not None:
+                self._finished_before[tp] = finished
+
+    def finished_before(self, tp: TopicPartition, offset: int) -> bool:
+        """Whether the partition's last owner already finished this offset (so it is not run again)."""
+        finished = self._finished_before.get(tp)
+        return finished is not None and finished.contains(offset)
 
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
             self._inflight.pop(tp, None)
             self._next.pop(tp, None)
+            self._finished_before.pop(tp, None)
+
+
+METADATA_LIMIT = 3000
+"""Characters of commit metadata used (brokers accept 4096 by default)."""
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """Offsets in ``[base, limit)`` whose bit is 0 in ``in_flight`` were finished."""
+
+    base: int
+    limit: int
+    in_flight: bytes
+
+    def contains(self, offset: int) -> bool:
+        if not self.base <= offset < self.limit:
+            return False
+        i = offset - self.base
+        return not self.in_flight[i >> 3] & (1 << (i & 7))
+
+
+def encode_in_flight(base: int, nxt: int, inflight: set[int]) -> str:
+    """Commit metadata naming the offsets in ``[base, nxt)`` still in flight: ``v1:<limit>:<bitmap>``.
+
+    A bitmap (zlib, base64) over ``[base, limit)``; when it does not fit :data:`METADATA_LIMIT`,
+    ``limit`` is lowered (offsets from ``limit`` on are then run again, as without metadata).
+    """
+    limit = nxt
+    while limit > base:
+        bits = bytearray((limit - base + 7) // 8)
+        for offset in inflight:
+            if offset < limit:
+                i = offset - base
+                bits[i >> 3] |= 1 << (i & 7)
+        text = f"v1:{limit}:{base64.b64encode(zlib.compress(bytes(bits))).decode()}"
+        if len(text) <= METADATA_LIMIT:
+            return text
+        limit = base + (limit - base) // 2
+    return ""
+
+
+def decode_in_flight(base: int, metadata: str | None) -> _Finished | None:
+    """The finished offsets a commit's metadata names, or None (no or unreadable metadata)."""
+    if not metadata or not metadata.startswith("v1:"):
+        return None
+    try:
+        _, limit, packed = metadata.split(":", 2)
+        bits = zlib.decompress(base64.b64decode(packed, validate=True))
+        finished = _Finished(base, int(limit), bits)
+    except (ValueError, zlib.error):
+        return None
+    return finished if len(bits) * 8 >= finished.limit - base else None
 
 
 class WeightedQueues:
@@ -81,6 +172,12 @@ class WeightedQueues:
 
     def push(self, priority: str, record: ConsumerRecord[bytes, bytes]) -> None:
         self.queues[priority].append(record)
+
+    def drop(self, tps: Iterable[TopicPartition]) -> None:
+        """Forget the queued records of partitions this process no longer owns."""
+        gone = {(tp.topic, tp.partition) for tp in tps}
+        for priority, queue in self.queues.items():
+            self.queues[priority] = deque(r for r in queue if (r.topic, r.partition) not in gone)
 
     def pop(self) -> ConsumerRecord[bytes, bytes] | None:
         for _ in range(len(self._cycle)):
@@ -99,6 +196,8 @@ class ExecutorStats:
     succeeded: int = 0
     failed: int = 0
     duplicates: int = 0
+    skipped_finished: int = 0
+    """Dispatches a previous owner of the partition had finished, not run again."""
     in_flight: int = 0
     peak_in_flight: int = 0
     by_priority: dict[str, int] = field(default_factory=lambda: dict.fromkeys(topics.PRIORITIES, 0))
@@ -122,10 +221,10 @@ class Executor:
 
     async def run(self) -> None:
         """Run until cancelled."""
+        group = topic_name(self.settings, "executors")
         consumer = AIOKafkaConsumer(
-            *self._topic_priority,
             bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=topic_name(self.settings, "executors"),
+            group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=1000,
@@ -137,9 +236,13 @@ class Executor:
             max_connections=self.settings.executor_concurrency,
             max_keepalive_connections=min(self.settings.executor_concurrency, 500),
         )
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        consumer.subscribe(list(self._topic_priority), listener=_Handover(self, consumer, admin, group))
         async with fenced_http_client(self.settings, limits) as http:
+            await admin.start()
             await producer.start()
             await consumer.start()
+            self._batcher = await self._new_batcher(producer)
             runners = Runners(
                 http,
                 producer,
@@ -157,9 +260,29 @@ class Executor:
                 for task in list(self._tasks):
                     task.cancel()
                 with contextlib.suppress(Exception):
+                    await self._batcher.flush()
+                with contextlib.suppress(Exception):
                     await consumer.commit(self._offsets.committable())
                 await consumer.stop()
                 await producer.stop()
+                await admin.close()
+
+    async def _new_batcher(self, producer: AIOKafkaProducer) -> ReportBatcher:
+        partitions = await producer.partitions_for(self._commands)
+
+        async def produce(key: bytes, value: bytes, partition: int) -> asyncio.Future[Any]:
+            delivery: asyncio.Future[Any] = await producer.send(
+                self._commands, key=key, value=value, partition=partition
+            )
+            return delivery
+
+        return ReportBatcher(
+            produce,
+            len(partitions),
+            f"executor/{self.worker_id}",
+            window=self.settings.executor_report_window_seconds,
+            max_size=self.settings.executor_report_batch_size,
+        )
 
     async def _fetch_loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         capacity = self.settings.executor_concurrency
@@ -177,6 +300,10 @@ class Executor:
                 priority = self._topic_priority.get(tp.topic, "normal")
                 for record in records:
                     self._offsets.started(tp, record.offset)
+                    if self._offsets.finished_before(tp, record.offset):
+                        self.stats.skipped_finished += 1
+                        self._offsets.finished(tp, record.offset)
+                        continue
                     self._queues.push(priority, record)
             if batch:
                 self._wakeup.set()
@@ -194,8 +321,9 @@ class Executor:
             task.add_done_callback(self._tasks.discard)
 
     async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
+        # Work finished since the last commit runs again after a crash: commit often.
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.settings.executor_commit_interval_seconds)
             offsets = {tp: o for tp, o in self._offsets.committable().items() if tp in consumer.assignment()}
             if offsets:
                 try:
@@ -215,10 +343,15 @@ class Executor:
         self, record: ConsumerRecord[bytes, bytes], producer: AIOKafkaProducer, runners: Runners
     ) -> None:
         tp = TopicPartition(record.topic, record.partition)
+        cancelled = False
         try:
             await self._execute_record(record, producer, runners)
+        except asyncio.CancelledError:
+            cancelled = True  # stopped, not finished: the offset must not be committed past it
+            raise
         finally:
-            self._offsets.finished(tp, record.offset)
+            if not cancelled:
+                self._offsets.finished(tp, record.offset)
             self._slots.release()
 
     async def _execute_record(
@@ -259,7 +392,8 @@ class Executor:
             delay = self.settings.executor_started_report_after_seconds
             done, _ = await asyncio.wait({run}, timeout=max(delay, 0.0))
             if not done:
-                await self._report(producer, started)
+                # Nothing waits for this one: a lost "running" report only delays the view.
+                (await self._report(producer, started)).add_done_callback(_ignore_failure)
             result = await run
             finished_at = _now()
             delivered = await self._report(
@@ -282,9 +416,43 @@ class Executor:
 
     async def _report(
         self, producer: AIOKafkaProducer, command: ReportExecutionStarted | ReportExecutionOutcome
-    ) -> asyncio.Future[object]:
-        envelope = command_envelope(command, source=f"executor/{self.worker_id}")
-        delivery: asyncio.Future[object] = await producer.send(
-            self._commands, key=command.task_id.encode(), value=encode(envelope)
-        )
-        return delivery
+    ) -> asyncio.Future[None]:
+        return await self._batcher.add(command)
+
+
+class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
+    """Hand dispatch partitions over with what was finished, so the next owner skips it."""
+
+    def __init__(self, executor: Executor, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, group: str) -> None:
+        self.executor = executor
+        self.consumer = consumer
+        self.admin = admin
+        self.group = group
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        offsets = self.executor._offsets
+        gone = set(revoked)
+        mine = {tp: o for tp, o in offsets.committable().items() if tp in gone}
+        if mine:
+            try:
+                await self.consumer.commit(mine)
+            except Exception as exc:  # the next owner then repeats more; never worse than that
+                log.warning("executor: commit on revoke failed: %s", exc)
+        offsets.forget(revoked)
+        self.executor._queues.drop(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        if not assigned:
+            return
+        try:
+            committed = await self.admin.list_consumer_group_offsets(self.group, partitions=list(assigned))
+        except Exception as exc:  # without it everything after the committed offset runs again
+            log.warning("executor: could not read what the last owner finished: %s", exc)
+            committed = {}
+        for tp in assigned:
+            self.executor._offsets.resume(tp, committed.get(tp))
+
+
+def _ignore_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("executor: a report could not be sent: %s", future.exception())

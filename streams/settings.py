@@ -50,8 +50,9 @@ class Settings(BaseSettings):
     about 7 KB; a miss costs about 0.15 ms. Keep it above the number of tasks that fire
     within a few periods of each other: tasks touched in a cycle larger than the cache miss
     every time."""
-    wake_resend_seconds: float = Field(default=5.0, gt=0)
-    """A Wake sent for a task is sent again after this long if the task has not moved on."""
+    tick_resend_seconds: float = Field(default=5.0, gt=0)
+    """A partition's tick not applied after this long is sent again (it was lost, or the
+    partition is that far behind); while one is on its way, none more is sent."""
     firing_tick_seconds: float = Field(default=0.05, gt=0)
     """Longest sleep of the firing loop when nothing is due sooner."""
     batch_size: int = Field(default=500, ge=1)
@@ -65,6 +66,13 @@ class Settings(BaseSettings):
     """Executions in flight at once per executor process."""
     executor_weights: tuple[int, int, int] = (6, 3, 1)
     """Share of free execution slots given to high, normal and low priority when all are waiting."""
+    executor_report_window_seconds: float = Field(default=0.005, ge=0, le=1)
+    """How long an executor holds an outcome report to batch it with others for the same partition."""
+    executor_report_batch_size: int = Field(default=200, ge=1, le=1000)
+    """Most reports in one batch; a full batch leaves at once."""
+    executor_commit_interval_seconds: float = Field(default=0.2, gt=0, le=10)
+    """How often an executor commits its dispatch offsets; work finished since the last commit
+    is run again by the next owner after a crash."""
     executor_started_report_after_seconds: float = 0.5
     """Report an execution as running only once it has run this long (0: always, at once)."""
     handler_modules: list[str] = ["streams.handlers"]

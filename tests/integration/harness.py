@@ -188,6 +188,8 @@ class HttpTarget:
 
     fail_first: int = 0
     delay: float = 0.0
+    slow_paths: dict[str, float] = field(default_factory=dict)
+    """Delay per request path (e.g. ``{"/slow": 8}``), instead of ``delay``."""
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -198,10 +200,12 @@ class HttpTarget:
             "attempt": request.headers.get("X-Scheduler-Attempt"),
             "at": now(),
             "body": await request.text(),
+            "path": request.path,
         }
         self.requests.append(record)
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        delay = self.slow_paths.get(request.path, self.delay)
+        if delay:
+            await asyncio.sleep(delay)
         if len(self.requests) <= self.fail_first:
             return web.json_response({"error": "failing on purpose"}, status=503)
         return web.json_response({"ok": True})
@@ -254,12 +258,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def create_every_second_tasks(bus: Bus, prefix: str, count: int, url: str, anchor: datetime) -> list[str]:
-    """Create ``count`` tasks that POST to ``url`` every second from ``anchor``; every slot must
-    run exactly once, so slots due while something is down run late (catch-up), never dropped."""
+async def create_every_second_tasks(
+    bus: Bus, prefix: str, count: int, url: str, anchor: datetime, every: float = 1.0
+) -> list[str]:
+    """Create ``count`` tasks that POST to ``url`` every second (or ``every``) from ``anchor``; every
+    slot must run exactly once, so slots due while something is down run late (catch-up), never dropped."""
     definition = TaskDefinition(
         name="every second",
-        schedule=IntervalSchedule(every_seconds=1.0, anchor=anchor),
+        schedule=IntervalSchedule(every_seconds=every, anchor=anchor),
         work=HttpWork(method="POST", url=url),
         overlap=OverlapPolicy.ALLOW_ALL,
         catch_up=CatchUpPolicy(mode=CatchUpMode.RUN_ALL, window_seconds=600),

@@ -26,12 +26,16 @@ from tests.integration.harness import (
 pytestmark = [pytest.mark.slow, pytest.mark.failure]
 
 TASKS = 16
+SLOW_TASKS = 4
+SLOW_SECONDS = 6.0
 SESSION_TIMEOUT = "6"
 
 
 async def test_sigkill_one_of_two_workers_loses_and_doubles_nothing(infra: Infra, tmp_path: Path) -> None:
     prefix = f"fo{uuid.uuid4().hex[:8]}"
-    target = await HttpTarget().start()
+    # Slow work holds each dispatch partition's committed offset back for seconds: the fast
+    # work that finished behind it must not run again after the kill.
+    target = await HttpTarget(delay=0.05, slow_paths={"/slow": SLOW_SECONDS}).start()
     bus = await Bus(infra.bootstrap, prefix).start()
     workers = [
         WorkerProc(
@@ -46,6 +50,8 @@ async def test_sigkill_one_of_two_workers_loses_and_doubles_nothing(infra: Infra
     try:
         anchor = now().replace(microsecond=0) + timedelta(seconds=2)
         ids = await create_every_second_tasks(bus, "fo", TASKS, target.url, anchor)
+        slow_url = target.url.replace("/work", "/slow")
+        slow = await create_every_second_tasks(bus, "slow", SLOW_TASKS, slow_url, anchor, every=SLOW_SECONDS / 2)
 
         def writers() -> set[str]:
             return {bus.sources[e.event_id] for e in bus.events(type_="ExecutionDispatched")}
@@ -63,9 +69,9 @@ async def test_sigkill_one_of_two_workers_loses_and_doubles_nothing(infra: Infra
         per_task_after = {t for t in ids if any(e.at > taken_over for e in bus.events(t, "ExecutionCompleted"))}
         assert per_task_after == set(ids), f"tasks not firing after the takeover: {set(ids) - per_task_after}"
         stop_at = now()
-        for task_id in ids:
+        for task_id in [*ids, *slow]:
             await bus.send(DeleteTask(command_id=new_id(), task_id=task_id, tenant="acme", actor="t", at=now()))
-        await bus.wait_for(lambda: len(bus.events(type_="TaskDeleted")) >= TASKS, 30, "deletes")
+        await bus.wait_for(lambda: len(bus.events(type_="TaskDeleted")) >= TASKS + SLOW_TASKS, 30, "deletes")
         await asyncio.sleep(2)  # let in-flight executions report
 
         # Every slot from the anchor until shortly before the stop: exactly one execution,
@@ -77,6 +83,19 @@ async def test_sigkill_one_of_two_workers_loses_and_doubles_nothing(infra: Infra
         keys = Counter(r["key"] for r in target.requests)
         doubled_at_target = {k: n for k, n in keys.items() if n > 1}
         print(f"executions {executions}, repeated requests at the target: {len(doubled_at_target)}")
+        # Only work in flight at the kill runs again: a request still being answered then, or
+        # answered within a commit interval (and its report's few milliseconds) before it.
+        first = {}
+        for r in target.requests:
+            first.setdefault(r["key"], r)
+        margin = timedelta(seconds=1)
+        repeated_too_old = [
+            (r["path"], (killed_at - r["at"]).total_seconds())
+            for key in doubled_at_target
+            if (r := first[key])["at"] + timedelta(seconds=SLOW_SECONDS if r["path"] == "/slow" else 0.05) + margin
+            < killed_at
+        ]
+        assert not repeated_too_old, f"finished long before the kill, yet run again: {repeated_too_old[:10]}"
     finally:
         for w in workers:
             w.stop()

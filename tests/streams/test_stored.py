@@ -10,7 +10,7 @@ import orjson
 from scheduler import decide, evolve, next_wakeup
 from schemas.commands import CreateTask, PauseTask
 from schemas.specs import CronSchedule, HandlerWork, IntervalSchedule, TaskDefinition
-from streams.app import IndexEntry, Stored
+from streams.store import STORED_VERSION, IndexEntry, Stored
 
 AT = datetime(2026, 3, 28, 23, 30, 0, 123456, tzinfo=UTC)
 
@@ -26,7 +26,7 @@ def _stored(definition: TaskDefinition, *more: PauseTask) -> Stored:
         for event in events:
             state = evolve(state, event)
     assert state is not None
-    return Stored(state, list(events), time.time())
+    return Stored(state, list(events), time.time(), 5)
 
 
 def test_entry_matches_the_full_state() -> None:
@@ -42,8 +42,9 @@ def test_entry_matches_the_full_state() -> None:
         entry = IndexEntry.read(doc)
         assert entry.wakeup is not None
         assert entry.wakeup == next_wakeup(stored.state)
-        assert (entry.task_id, entry.tenant, entry.applied_at) == ("t-1", "acme", stored.applied_at)
-        assert Stored.from_doc(doc) == stored
+        assert (entry.task_id, entry.tenant, entry.applied_at, entry.partition) == ("t-1", "acme", stored.applied_at, 5)
+        assert doc["v"] == STORED_VERSION
+        assert Stored.from_doc(doc, partition=0) == stored
 
 
 def test_a_paused_task_has_no_wakeup() -> None:
@@ -57,6 +58,17 @@ def test_records_written_before_the_entry_existed_still_read() -> None:
     definition = TaskDefinition(name="n", schedule=IntervalSchedule(every_seconds=60), work=HandlerWork(name="noop"))
     stored = _stored(definition)
     doc = orjson.loads(stored.dump())
-    del doc["index"]
+    del doc["index"], doc["v"]
     entry = IndexEntry.read(doc)
-    assert entry == IndexEntry("t-1", "acme", next_wakeup(stored.state), stored.applied_at)
+    assert entry == IndexEntry("t-1", "acme", next_wakeup(stored.state), stored.applied_at, None)
+    assert Stored.from_doc(doc, partition=3).partition == 3
+
+
+def test_version_1_records_with_an_entry_but_no_partition_still_read() -> None:
+    definition = TaskDefinition(name="n", schedule=IntervalSchedule(every_seconds=60), work=HandlerWork(name="noop"))
+    stored = _stored(definition)
+    doc = orjson.loads(stored.dump())
+    del doc["v"]
+    doc["index"] = doc["index"][:3]
+    entry = IndexEntry.read(doc)
+    assert entry == IndexEntry("t-1", "acme", next_wakeup(stored.state), stored.applied_at, None)

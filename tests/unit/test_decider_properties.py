@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler import decide, evolve, next_wakeup
+from scheduler import decide, decision, evolve, next_wakeup
 from scheduler.state import TaskState
 from schemas.commands import (
     CancelExecution,
@@ -143,10 +143,14 @@ def test_random_command_sequences(data: Any) -> None:
         command = draw_command(data, state, now, issued)
         repeated = command in issued
         issued.append(command)
-        events = decide(command, state)
+        decided = decision(command, state)
+        events = decided.events
+        assert events == decide(command, state)
         for event in events:
             state = evolve(state, event)
             states.append(state)
+        # The state the decider returns is the fold of its events: a shell stores it as is.
+        assert decided.state == state
         history.extend(events)
         if events:
             assert decide(command, state) == [], "a repeated command must yield nothing"

@@ -32,6 +32,7 @@ SCHEMAS_MAY_IMPORT = {
     "__future__",
     # stdlib
     "collections",
+    "contextlib",
     "dataclasses",
     "datetime",
     "enum",

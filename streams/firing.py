@@ -1,0 +1,115 @@
+"""Firing on time: which partitions need a tick now, and which tasks a tick wakes.
+
+The worker keeps, for the partitions it owns, each task's next wakeup (one due-index per
+partition) and where the task lives (tenant and partition). The firing loop sends at most
+one :class:`~schemas.control.Tick` to a partition with anything due, and none while one is
+on its way (applied, it is marked done; lost, it is sent again after ``resend_seconds``).
+The agent, applying a tick, takes the partition's due tasks and wakes each of them in one
+go. A tick lost or repeated changes nothing: the next one covers everything due, and a stale
+one finds nothing due.
+
+No I/O here: the loop and the agent in ``streams.app`` do the sending and applying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from streams.due_index import DueIndex
+
+
+@dataclass
+class FiringStats:
+    ticks_sent: int = 0
+    ticks_applied: int = 0
+    ticks_resent: int = 0
+    wakes_applied: int = 0
+
+
+class Firing:
+    """The due-indexes of the owned partitions and the ticks on their way."""
+
+    def __init__(self, resend_seconds: float) -> None:
+        self.resend_seconds = resend_seconds
+        self.stats = FiringStats()
+        self.partitions: dict[int, DueIndex] = {}
+        self._home: dict[str, tuple[str, int]] = {}
+        """Task -> (tenant, partition), for the tasks that have a wakeup. The tuples are shared
+        (one per tenant and partition), so a million tasks cost a million dict slots, no more."""
+        self._homes: dict[tuple[str, int], tuple[str, int]] = {}
+        self._in_flight: dict[int, float] = {}
+        """Partition -> when (monotonic seconds) its last tick was sent, until one is applied."""
+
+    def __len__(self) -> int:
+        return len(self._home)
+
+    def clear(self) -> None:
+        """Forget everything (partitions are moving; a rebuild follows)."""
+        self.partitions.clear()
+        self._home.clear()
+        self._homes.clear()
+        self._in_flight.clear()
+
+    def get(self, task_id: str) -> datetime | None:
+        """The wakeup recorded for a task."""
+        home = self._home.get(task_id)
+        return None if home is None else self.partitions[home[1]].get(task_id)
+
+    def track(self, task_id: str, tenant: str, partition: int, wakeup: datetime | None) -> None:
+        """Record where a task lives and when it next needs waking (None: never, or gone)."""
+        home = self._home.get(task_id)
+        if home is not None and (wakeup is None or home[1] != partition):
+            self.partitions[home[1]].set(task_id, None)
+            del self._home[task_id]
+        if wakeup is None:
+            return
+        self._home[task_id] = self._homes.setdefault((tenant, partition), (tenant, partition))
+        self.partitions.setdefault(partition, DueIndex()).set(task_id, wakeup)
+
+    def to_tick(self, now: datetime, clock: float) -> list[int]:
+        """The partitions to send a tick to now, marked as having one on its way.
+
+        ``now`` is the wall clock the tick carries; ``clock`` a monotonic time for resending.
+        """
+        chosen = []
+        for partition, index in self.partitions.items():
+            when = index.next_time()
+            if when is None or when > now:
+                continue
+            sent = self._in_flight.get(partition)
+            if sent is not None:
+                if clock - sent < self.resend_seconds:
+                    continue
+                self.stats.ticks_resent += 1
+            self._in_flight[partition] = clock
+            chosen.append(partition)
+        self.stats.ticks_sent += len(chosen)
+        return chosen
+
+    def next_time(self) -> datetime | None:
+        """The earliest wakeup of a partition that has no tick on its way."""
+        return _earliest(index for p, index in self.partitions.items() if p not in self._in_flight)
+
+    def take_due(self, partition: int, at: datetime, limit: int = 10_000) -> list[tuple[str, str]]:
+        """Apply a tick: the tasks of ``partition`` due at or before ``at`` (task id, tenant), earliest first.
+
+        They leave the index; the agent puts each back with its new wakeup once woken.
+        """
+        self._in_flight.pop(partition, None)
+        self.stats.ticks_applied += 1
+        index = self.partitions.get(partition)
+        if index is None:
+            return []
+        due = []
+        for task_id, _ in index.pop_due(at, limit):
+            tenant, _partition = self._home.pop(task_id)
+            due.append((task_id, tenant))
+        self.stats.wakes_applied += len(due)
+        return due
+
+
+def _earliest(indexes: Iterable[DueIndex]) -> datetime | None:
+    times = [when for index in indexes if (when := index.next_time()) is not None]
+    return min(times, default=None)

@@ -1,0 +1,66 @@
+"""Where the task processor's output goes: events to their topics, bad input to dead-letter.
+
+Every event goes to ``task-events``; ``ExecutionDispatched`` also to ``dispatch.<priority>``,
+``ExecutionCompleted`` also to ``outcomes``. Messages are sent straight through the app's
+producer (see ``streams.app`` for why), keyed by task id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.envelope import encode, event_envelope
+from schemas.events import Event, ExecutionCompleted, ExecutionDispatched
+from streams import topics
+from streams.deadletter import dead_letter_value
+from streams.settings import Settings, topic_name
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Any]]
+"""``send(topic, key, value, partition)``: hand one message to the producer."""
+
+
+@dataclass
+class PublisherStats:
+    events: int = 0
+    rejected: int = 0
+    dead_letters: int = 0
+
+
+class Publisher:
+    """Sends events and dead letters for one deployment."""
+
+    def __init__(self, settings: Settings, send: Send, source: str) -> None:
+        self._send = send
+        self.source = source
+        self.stats = PublisherStats()
+        self.events_topic = topic_name(settings, topics.TASK_EVENTS)
+        self.outcomes_topic = topic_name(settings, topics.OUTCOMES)
+        self.dead_letter_topic = topic_name(settings, topics.DEAD_LETTER)
+        self.dispatch_topics = {p: topic_name(settings, topics.dispatch(p)) for p in topics.PRIORITIES}
+
+    async def events(self, key: bytes, events: Iterable[Event]) -> None:
+        """Send a task's events, each to every topic it belongs on."""
+        for e in events:
+            self.stats.events += 1
+            value = encode(event_envelope(e, source=self.source, correlation_id=None))
+            await self._send(self.events_topic, key, value, None)
+            if isinstance(e, ExecutionDispatched):
+                await self._send(self.dispatch_topics[str(e.priority)], key, value, None)
+            elif isinstance(e, ExecutionCompleted):
+                await self._send(self.outcomes_topic, key, value, None)
+            elif e.type == "CommandRejected":
+                self.stats.rejected += 1
+
+    async def dead_letter(
+        self, *, topic: str, partition: int, offset: int, key: bytes | None, payload: bytes, error: Exception
+    ) -> None:
+        """Send input that could not be decoded or applied to ``dead-letter``, with the reason."""
+        self.stats.dead_letters += 1
+        log.warning("dead-letter: %s[%d]@%d: %s", topic, partition, offset, error)
+        value = dead_letter_value(topic=topic, partition=partition, offset=offset, payload=payload, error=error)
+        await self._send(self.dead_letter_topic, key, value, None)

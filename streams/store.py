@@ -1,0 +1,154 @@
+"""The task processor's state store: each task's state in the Faust table, with a decoded cache.
+
+What the table keeps per task (:class:`Stored`, encoded with orjson, schema version
+:data:`STORED_VERSION`): the state, the events of the last command that changed it (sent
+again after recovery, see ``streams.app``), when it was applied, and a denormalised index
+entry (task, tenant, next wakeup, partition) so the due-index rebuild validates no state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import murmur2
+from pydantic import TypeAdapter
+
+from scheduler import TaskState, next_wakeup
+from schemas.events import Event
+
+STORED_VERSION = 2
+"""Version of the stored document. 1 (no ``v``): no partition in the index entry, or no
+index entry at all (the oldest); 2: ``index`` is ``[task, tenant, wakeup, partition]``."""
+
+_EVENTS = TypeAdapter(list[Event])
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the Java client)."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+@dataclass
+class Stored:
+    """What the table keeps per task: the state, the last command's events, when, and where."""
+
+    state: TaskState
+    last_events: list[Event]
+    applied_at: float
+    partition: int
+
+    def dump(self) -> bytes:
+        wakeup = next_wakeup(self.state)
+        return orjson.dumps(
+            {
+                "v": STORED_VERSION,
+                "state": self.state.model_dump(mode="json"),
+                "last_events": [e.model_dump(mode="json") for e in self.last_events],
+                "applied_at": self.applied_at,
+                # Denormalised for the due-index rebuild, which then validates no state.
+                "index": [
+                    self.state.task_id,
+                    self.state.tenant,
+                    wakeup.isoformat() if wakeup else None,
+                    self.partition,
+                ],
+            }
+        )
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], partition: int) -> Stored:
+        """Decode a stored document; ``partition`` is used when the document does not say."""
+        stored_partition = IndexEntry.read(doc).partition
+        return cls(
+            TaskState.model_validate(doc["state"]),
+            _EVENTS.validate_python(doc["last_events"]),
+            doc["applied_at"],
+            partition if stored_partition is None else stored_partition,
+        )
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """What the due-index needs of a stored task, read without validating its state."""
+
+    task_id: str
+    tenant: str
+    wakeup: datetime | None
+    applied_at: float
+    partition: int | None
+    """None for a version-1 document, which did not record it."""
+
+    @classmethod
+    def read(cls, doc: dict[str, Any]) -> IndexEntry:
+        """The entry of a stored document."""
+        if doc.get("v", 1) >= 2:
+            task_id, tenant, wakeup, stored_partition = doc["index"]
+            when = datetime.fromisoformat(wakeup) if wakeup is not None else None
+            return cls(task_id, tenant, when, doc["applied_at"], stored_partition)
+        if "index" in doc:
+            task_id, tenant, wakeup = doc["index"]
+            when = datetime.fromisoformat(wakeup) if wakeup is not None else None
+            return cls(task_id, tenant, when, doc["applied_at"], None)
+        state = TaskState.model_validate(doc["state"])
+        return cls(state.task_id, state.tenant, next_wakeup(state), doc["applied_at"], None)
+
+
+class StateStore:
+    """Load and save task states in the table, keeping recently used ones decoded.
+
+    Decoding the stored JSON on every command cost more than deciding, so decoded states of
+    recently touched tasks stay in a bounded LRU; the table stays the source of truth. The
+    cache is cleared whenever partitions move.
+    """
+
+    def __init__(self, table: MutableMapping[bytes, bytes], partitions: int, cache_size: int) -> None:
+        self.table = table
+        self.partitions = partitions
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, TaskState] = OrderedDict()
+
+    def load(self, key: bytes) -> TaskState | None:
+        """The task's state, or None if it has none."""
+        state = self._cache.get(key)
+        if state is not None:
+            self._cache.move_to_end(key)
+            return state
+        raw = self.table.get(key)
+        if raw is None:
+            return None
+        # The state alone: validating the last events too doubled the cost of a cache miss.
+        state = TaskState.model_validate(orjson.loads(raw)["state"])
+        self._remember(key, state)
+        return state
+
+    def save(self, key: bytes, state: TaskState | None, events: list[Event], partition: int) -> None:
+        """Store the state a command led to (None deletes it) with the events that led there."""
+        if state is None:
+            self.table.pop(key, None)
+            self._cache.pop(key, None)
+            return
+        self.table[key] = Stored(state, events, time.time(), partition).dump()
+        self._remember(key, state)
+
+    def entries(self) -> Iterator[tuple[bytes, dict[str, Any], IndexEntry, int]]:
+        """Every stored task of the active partitions: key, document, index entry and partition."""
+        for key, raw in self.table.items():
+            doc = orjson.loads(raw)
+            entry = IndexEntry.read(doc)
+            partition = entry.partition if entry.partition is not None else partition_for(key, self.partitions)
+            yield key, doc, entry, partition
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _remember(self, key: bytes, state: TaskState) -> None:
+        self._cache[key] = state
+        self._cache.move_to_end(key)
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)

@@ -1,0 +1,256 @@
+"""The task processor's parts, without a broker: firing, the state store, the report batcher,
+and the agent's apply path (ticks, batches, commands) over a dict table and a recording producer."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.commands import CreateTask, ReportExecutionOutcome
+from schemas.control import CommandBatch, Tick
+from schemas.envelope import command_envelope, control_envelope, decode_event, decode_message, encode
+from schemas.events import Event, ExecutionDispatched
+from schemas.specs import HandlerWork, IntervalSchedule, TaskDefinition
+from streams.app import TaskProcessor, _Source
+from streams.batcher import ReportBatcher
+from streams.firing import Firing
+from streams.publisher import Publisher
+from streams.settings import Settings
+from streams.store import StateStore, partition_for
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+PARTITIONS = 4
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def task_in(partition: int, n: int = 0) -> str:
+    """A task id whose messages land in ``partition``."""
+    found = [f"acme/t{i}" for i in range(1000) if partition_for(f"acme/t{i}".encode(), PARTITIONS) == partition]
+    return found[n]
+
+
+# -- firing -------------------------------------------------------------------------------------
+
+
+def test_one_tick_per_due_partition_and_none_while_it_is_on_its_way() -> None:
+    firing = Firing(resend_seconds=5)
+    firing.track("a", "acme", 0, at(1))
+    firing.track("b", "acme", 0, at(2))
+    firing.track("c", "acme", 1, at(3))
+    firing.track("d", "acme", 2, at(100))
+    assert firing.to_tick(at(0), clock=0) == []
+    assert firing.to_tick(at(5), clock=0) == [0, 1]  # two due tasks in partition 0: one tick
+    assert firing.to_tick(at(6), clock=1) == []  # both still on their way
+    assert firing.next_time() == at(100)  # only partition 2 is free to tick
+    assert firing.take_due(0, at(5)) == [("a", "acme"), ("b", "acme")]
+    assert firing.take_due(0, at(5)) == []  # a repeated tick finds nothing
+    assert firing.stats.ticks_sent == 2 and firing.stats.wakes_applied == 2
+
+
+def test_a_lost_tick_is_sent_again_after_the_resend_time() -> None:
+    firing = Firing(resend_seconds=5)
+    firing.track("a", "acme", 3, at(1))
+    assert firing.to_tick(at(2), clock=10.0) == [3]
+    assert firing.to_tick(at(3), clock=14.9) == []
+    assert firing.to_tick(at(8), clock=15.0) == [3]
+    assert firing.stats.ticks_resent == 1
+
+
+def test_a_stale_tick_wakes_only_what_was_due_at_its_time() -> None:
+    firing = Firing(resend_seconds=5)
+    firing.track("a", "acme", 0, at(1))
+    firing.track("b", "acme", 0, at(10))
+    assert firing.take_due(0, at(5)) == [("a", "acme")]
+    assert firing.get("b") == at(10)
+
+
+def test_a_task_moving_partition_leaves_the_old_one() -> None:
+    firing = Firing(resend_seconds=5)
+    firing.track("a", "acme", 0, at(1))
+    firing.track("a", "acme", 1, at(1))
+    assert firing.take_due(0, at(5)) == []
+    assert firing.take_due(1, at(5)) == [("a", "acme")]
+    firing.track("b", "acme", 1, at(1))
+    firing.track("b", "acme", 1, None)
+    assert len(firing) == 0
+
+
+# -- the state store ----------------------------------------------------------------------------
+
+
+def test_store_saves_loads_and_lists_entries_with_their_partition() -> None:
+    table: dict[bytes, bytes] = {}
+    store = StateStore(table, PARTITIONS, cache_size=1)
+    processor_state = _created_state("acme/x")
+    store.save(b"acme/x", processor_state, [], partition=2)
+    store.clear_cache()
+    assert store.load(b"acme/x") == processor_state
+    [(key, _doc, entry, partition)] = list(store.entries())
+    assert (key, entry.task_id, entry.tenant, partition) == (b"acme/x", "acme/x", "acme", 2)
+    store.save(b"acme/x", None, [], partition=2)
+    assert table == {} and store.load(b"acme/x") is None
+
+
+def _created_state(task_id: str) -> Any:
+    from scheduler import decision
+
+    create = CreateTask(
+        command_id="c", task_id=task_id, tenant="acme", actor="a", at=T0,
+        definition=TaskDefinition(name="n", schedule=IntervalSchedule(every_seconds=10, anchor=T0),
+                                  work=HandlerWork(name="noop")),
+    )  # fmt: skip
+    return decision(create, None).state
+
+
+# -- the report batcher -------------------------------------------------------------------------
+
+
+class Recorder:
+    """A producer that records (topic, key, value, partition) and acknowledges at once (or fails)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes, int | None]] = []
+        self.fail = fail
+
+    async def produce(self, key: bytes, value: bytes, partition: int) -> asyncio.Future[Any]:
+        return await self.send("commands", key, value, partition)
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> asyncio.Future[Any]:
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.sent.append((topic, key, value, partition))
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def _outcome(task_id: str, n: int) -> ReportExecutionOutcome:
+    return ReportExecutionOutcome(
+        command_id=f"o{n}", task_id=task_id, tenant="acme", actor="executor:x", at=at(n), execution_id=f"e{n}",
+        attempt=1, worker="x", status="succeeded", started_at=at(n), finished_at=at(n),
+    )  # fmt: skip
+
+
+async def test_reports_leave_batched_per_partition_within_the_window() -> None:
+    producer = Recorder()
+    batcher = ReportBatcher(producer.produce, PARTITIONS, "executor/x", window=0.01, max_size=100)
+    tasks = [task_in(0, 0), task_in(0, 1), task_in(1, 0)]
+    futures = [await batcher.add(_outcome(t, i)) for i, t in enumerate(tasks)]
+    assert producer.sent == []  # held for the window
+    await asyncio.gather(*futures)
+    by_partition = {}
+    for _topic, key, value, partition in producer.sent:
+        message = decode_message(value)
+        assert key == b"batch" and isinstance(message, CommandBatch) and message.partition == partition
+        by_partition[partition] = [c["subject"] for c in message.commands]
+    assert by_partition == {0: tasks[:2], 1: tasks[2:]}
+
+
+async def test_a_full_batch_leaves_at_once_and_failures_reach_the_waiters() -> None:
+    producer = Recorder()
+    batcher = ReportBatcher(producer.produce, PARTITIONS, "executor/x", window=60, max_size=2)
+    first = await batcher.add(_outcome(task_in(2, 0), 1))
+    second = await batcher.add(_outcome(task_in(2, 1), 2))
+    await asyncio.wait_for(asyncio.gather(first, second), 1)  # not held for 60 s
+    failing = ReportBatcher(Recorder(fail=True).produce, PARTITIONS, "executor/x", window=0)
+    lost = await failing.add(_outcome(task_in(2, 0), 3))
+    with pytest.raises(ConnectionError):
+        await lost
+
+
+# -- the agent's apply path ---------------------------------------------------------------------
+
+
+def _processor() -> tuple[TaskProcessor, Recorder]:
+    settings = Settings(store="memory://", partitions=PARTITIONS, executor_enabled=False, tick_resend_seconds=5)
+    processor = TaskProcessor(settings)
+    producer = Recorder()
+    processor.store = StateStore({}, PARTITIONS, cache_size=100)
+    processor.publisher = Publisher(settings, producer.send, "test")
+    processor._send = producer.send  # type: ignore[method-assign]
+    processor.ready = True
+    return processor, producer
+
+
+def _events(producer: Recorder) -> list[Event]:
+    return [decode_event(value) for topic, _, value, _ in producer.sent if topic.endswith("task-events")]
+
+
+def _create(task_id: str, every: float = 10) -> bytes:
+    command = CreateTask(
+        command_id=f"create-{task_id}", task_id=task_id, tenant="acme", actor="a", at=T0,
+        definition=TaskDefinition(name="n", schedule=IntervalSchedule(every_seconds=every, anchor=at(10)),
+                                  work=HandlerWork(name="noop")),
+    )  # fmt: skip
+    return encode(command_envelope(command, source="test"))
+
+
+def _tick(partition: int, when: datetime, tick_id: str = "tick-1") -> bytes:
+    tick = Tick(tick_id=tick_id, partition=partition, at=when, worker="w")
+    return encode(control_envelope(tick, "test", "system", when))
+
+
+async def test_a_tick_fires_every_due_task_of_its_partition_in_one_message() -> None:
+    processor, producer = _processor()
+    tasks = [task_in(1, n) for n in range(3)]
+    other = task_in(2, 0)
+    for offset, task_id in enumerate([*tasks, other]):
+        source = _Source("commands", partition_for(task_id.encode(), PARTITIONS), offset)
+        await processor.apply(task_id.encode(), _create(task_id), source)
+    assert processor.firing.to_tick(at(10), clock=0) == [1, 2]
+
+    await processor.apply(b"tick", _tick(1, at(10)), _Source("commands", 1, 10))
+    dispatched = [e for e in _events(producer) if isinstance(e, ExecutionDispatched)]
+    assert sorted(e.task_id for e in dispatched) == sorted(tasks)  # not the task of partition 2
+    assert {e.slot for e in dispatched} == {at(10)}
+    assert all(processor.firing.get(t) == at(20) for t in tasks)
+
+    # The same tick again (redelivered), and a stale one: nothing more.
+    before = len(producer.sent)
+    await processor.apply(b"tick", _tick(1, at(10)), _Source("commands", 1, 10))
+    await processor.apply(b"tick", _tick(1, at(9), "tick-0"), _Source("commands", 1, 11))
+    assert len(producer.sent) == before
+
+
+async def test_a_batch_applies_each_report_and_forwards_what_belongs_elsewhere() -> None:
+    processor, producer = _processor()
+    mine, elsewhere = task_in(3, 0), task_in(0, 0)
+    await processor.apply(mine.encode(), _create(mine), _Source("commands", 3, 0))
+    await processor.apply(b"tick", _tick(3, at(10)), _Source("commands", 3, 1))
+    [dispatched] = [e for e in _events(producer) if isinstance(e, ExecutionDispatched)]
+    outcome = ReportExecutionOutcome(
+        command_id="o1", task_id=mine, tenant="acme", actor="executor:x", at=at(11),
+        execution_id=dispatched.execution_id, attempt=1, worker="x", status="succeeded",
+        started_at=at(10), finished_at=at(11),
+    )  # fmt: skip
+    stray = _outcome(elsewhere, 7)
+    batch = CommandBatch(
+        batch_id="b1", partition=3,
+        commands=[command_envelope(c, source="executor/x").model_dump(mode="json") for c in (outcome, stray)],
+    )  # fmt: skip
+    producer.sent.clear()
+    await processor.apply(
+        b"batch", encode(control_envelope(batch, "test", "system", at(11))), _Source("commands", 3, 2)
+    )
+    assert [e.type for e in _events(producer)] == ["ExecutionCompleted"]
+    forwarded = [(key, value) for topic, key, value, _ in producer.sent if topic == "commands"]
+    assert [k for k, _ in forwarded] == [elsewhere.encode()]
+    assert orjson.loads(forwarded[0][1])["subject"] == elsewhere
+    assert processor.stats.forwarded == 1
+
+
+async def test_a_wake_that_finds_nothing_due_is_looked_at_later_not_every_tick() -> None:
+    processor, _producer = _processor()
+    task_id = task_in(0, 0)
+    await processor.apply(task_id.encode(), _create(task_id), _Source("commands", 0, 0))
+    # The index says due at 5 s, the task's own wakeup is 10 s: the wake yields nothing.
+    processor.firing.track(task_id, "acme", 0, at(5))
+    await processor.apply(b"tick", _tick(0, at(6)), _Source("commands", 0, 1))
+    assert processor.firing.get(task_id) == at(11)  # max(wakeup 10 s, 6 s + resend 5 s)
