@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.secrets import Keyring, load_keyring
 
 
 class Settings(BaseSettings):
@@ -72,7 +74,28 @@ class Settings(BaseSettings):
     allowed_handlers: list[str] | None = None
     """Handler names executions may call (None: every registered handler)."""
 
+    secret_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    """Keys that encrypt sensitive task fields (auth headers, sensitive params) at rest: a JSON
+    object of key id -> base64 of 32 random bytes (``scheduler secrets new-key``). The
+    API and the executors need the same keys; without any, the API refuses sensitive values."""
+    secret_keys_file: Path | None = None
+    """A JSON file with more keys in the same form (merged over ``secret_keys``)."""
+    secret_active_key: str | None = None
+    """Id of the key that encrypts new values (needed when several keys are configured); every
+    configured key decrypts, which is how keys rotate."""
+
     log_level: str = "info"
+
+    def secret_keyring(self) -> Keyring | None:
+        """The keys for sensitive fields, or None when none are configured.
+
+        Called once when the API or an executor starts. Not a validator of the settings: a
+        validation error would print the input, keys included.
+
+        :raises KeyConfigError: unreadable key file, bad keys, unknown active key id.
+        """
+        keys = {kid: key.get_secret_value() for kid, key in self.secret_keys.items()}
+        return load_keyring(keys, self.secret_keys_file, self.secret_active_key)
 
 
 def topic_name(settings: Settings, name: str) -> str:
