@@ -34,6 +34,7 @@ from pymongo.errors import PyMongoError
 
 from api.app import create_app
 from api.settings import ApiSettings
+from schemas.secrets import new_key
 from streams.admin import ensure_topics
 from streams.settings import Settings
 from tests.conftest import Infra
@@ -43,6 +44,8 @@ SECRET = "test-secret-with-at-least-32-bytes-of-entropy!"
 AUDIENCE = "scheduler-api"
 ISSUER = "https://issuer.test"
 KID = "test-key-1"
+SECRET_KEYS = {"test-secrets-1": new_key()}
+"""Keys for sensitive task fields, shared by the session's worker (executor) and every API."""
 STARTUP = 90.0
 """A cold worker joins its group and creates its changelog in ~5-15 s; the projector likewise."""
 
@@ -138,7 +141,8 @@ def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     prefix = f"{name}."
     tmp = tmp_path_factory.mktemp("api-stack")
     asyncio.run(ensure_topics(Settings(kafka_bootstrap=infra.bootstrap, topic_prefix=prefix, partitions=4)))
-    worker = WorkerProc(worker_env(infra.bootstrap, infra.mongo_url, name, tmp / "data"), tmp / "worker.log", "api-w1")
+    env = worker_env(infra.bootstrap, infra.mongo_url, name, tmp / "data", SCHED_SECRET_KEYS=json.dumps(SECRET_KEYS))
+    worker = WorkerProc(env, tmp / "worker.log", "api-w1")
     worker.start()
     log = (tmp / "projector.log").open("ab")
     projector = subprocess.Popen(
@@ -181,6 +185,7 @@ def settings_for(stack: Stack, keys: Keys, **overrides: Any) -> ApiSettings:
         "kafka_send_timeout_seconds": 3.0,
         "kafka_connect_timeout_seconds": 3.0,
         "retry_after_seconds": 2,
+        "secret_keys": SECRET_KEYS,
     }
     values.update(overrides)
     return ApiSettings(**values)

@@ -185,6 +185,8 @@ class HttpTarget:
 
     fail_first: int = 0
     delay: float = 0.0
+    echo_headers: bool = False
+    """Answer with the request's headers (as some real services do), e.g. to test scrubbing."""
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -195,12 +197,15 @@ class HttpTarget:
             "attempt": request.headers.get("X-Scheduler-Attempt"),
             "at": now(),
             "body": await request.text(),
+            "headers": dict(request.headers),
         }
         self.requests.append(record)
         if self.delay:
             await asyncio.sleep(self.delay)
         if len(self.requests) <= self.fail_first:
             return web.json_response({"error": "failing on purpose"}, status=503)
+        if self.echo_headers:
+            return web.json_response({"ok": True, "headers": dict(request.headers)})
         return web.json_response({"ok": True})
 
     async def start(self) -> HttpTarget:
