@@ -38,8 +38,9 @@ from typing import Any
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import BaseModel
 
-from schemas.specs import TaskDefinition, Work
+from schemas.specs import HttpWork, TaskDefinition, Work
 
 TOKEN_PREFIX = "enc:v1:"
 """Start of every token (version 1: AES-256-GCM, 96-bit random nonce, JSON plaintext)."""
@@ -380,19 +381,19 @@ def open_work(
 
     :raises SecretError: a token that does not decrypt here, no keyring, or a clear auth header.
     """
-    doc: dict[str, Any] = {"work": work.model_dump(mode="python"), "params": dict(params)}
-    for base in HEADER_PLACES:
-        found, headers = _get(doc, base)
-        if found and isinstance(headers, dict):
-            for name, value in headers.items():
+    if isinstance(work, HttpWork):
+        places = zip(HEADER_PLACES, (work, work.poll, work.cancel), strict=True)
+        for base, holder in places:
+            for name, value in (holder.headers if holder is not None else {}).items():
                 if name.lower() in SENSITIVE_HEADERS and not is_token(value):
                     raise SecretError(
                         f"{base}/{escape(name)}",
                         "sensitive header sent in clear; encrypt it (schemas.secrets) before producing the command",
                     )
+    if not _any_token(work) and not _any_token(params):
+        return work, dict(params), []  # the common case, without dumping the work
+    doc: dict[str, Any] = {"work": work.model_dump(mode="python"), "params": dict(params)}
     found_tokens = tokens(doc)
-    if not found_tokens:
-        return work, dict(params), []
     if keyring is None:
         raise SecretError(next(iter(found_tokens)), "this executor has no secret keys (SCHED_SECRET_KEYS)")
     clears: list[str] = []
@@ -402,6 +403,18 @@ def open_work(
         clears.extend(_clear_strings(value))
     opened = type(work).model_validate(doc["work"])
     return opened, doc["params"], clears
+
+
+def _any_token(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.startswith(TOKEN_PREFIX)
+    if isinstance(value, BaseModel):
+        return any(_any_token(v) for _, v in value)
+    if isinstance(value, Mapping):
+        return any(_any_token(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_any_token(v) for v in value)
+    return False
 
 
 def _clear_strings(value: Any) -> list[str]:
