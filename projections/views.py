@@ -47,7 +47,7 @@ from schemas.events import (
     TaskResumed,
     TaskUpdated,
 )
-from schemas.secrets import secret_ids
+from schemas.secrets import mask_clear, secret_ids
 from schemas.specs import TaskDefinition
 
 Doc = dict[str, Any]
@@ -214,7 +214,7 @@ def task_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
                 "name": d.name,
                 "type": d.work.kind,
                 "tags": list(d.tags),
-                "definition": d.model_dump(mode="python"),
+                "definition": mask_clear(d.model_dump(mode="python")),
                 "secrets": _secrets_field(d),
                 "revision": event.revision,
                 "status": status,
@@ -311,7 +311,7 @@ def _task_created_doc(event: TaskCreated) -> Doc:
         "type": d.work.kind,
         "tags": list(d.tags),
         "status": "active",
-        "definition": d.model_dump(mode="python"),
+        "definition": mask_clear(d.model_dump(mode="python")),
         "secrets": _secrets_field(d),
         "revision": event.revision,
         "version": event.sequence,
@@ -539,13 +539,22 @@ def audit_ops(event: Event, partition: int, offset: int, prior: TaskFacts | None
         "sequence": event.sequence,
         "partition": partition,
         "offset": offset,
-        "body": event.model_dump(mode="python"),
+        "body": _audit_body(event),
     }
     if isinstance(event, TaskCreated | TaskUpdated):
         changes = secret_changes(event, prior)
         if changes:
             doc["secrets"] = changes
     return [InsertOne(doc)]
+
+
+def _audit_body(event: Event) -> Doc:
+    body = event.model_dump(mode="python")
+    if isinstance(event, TaskCreated | TaskUpdated):
+        body["definition"] = mask_clear(body["definition"])
+    elif isinstance(event, ExecutionDispatched):
+        body = mask_clear(body)  # its work's headers (its params' sensitivity is not on the event)
+    return body
 
 
 def secret_changes(event: TaskCreated | TaskUpdated, prior: TaskFacts | None) -> list[Doc]:

@@ -288,6 +288,19 @@ def sensitive_places(doc: Mapping[str, Any]) -> list[str]:
     return places
 
 
+def mask_clear(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` (a definition, or an event body with ``work``) with any clear value at a
+    sensitive place replaced by :data:`MARKER`; tokens stay.
+
+    The API never sends clear values, but a service producing commands straight to Kafka
+    might: the views then hold the marker, not the value (the executor refuses such work).
+    """
+    for pointer in sensitive_places(doc):
+        if not is_token(_get(doc, pointer)[1]):
+            _set(doc, pointer, MARKER)
+    return doc
+
+
 # ---------------------------------------------------------------------------------------------
 # Sealing (API, or any service producing commands) and opening (executors)
 # ---------------------------------------------------------------------------------------------

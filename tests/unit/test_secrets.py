@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from projections.views import TaskFacts, secret_changes
+from projections.views import TaskFacts, audit_ops, secret_changes, task_ops
 from schemas.events import TaskCreated, TaskUpdated
 from schemas.secrets import (
     MARKER,
@@ -304,3 +304,17 @@ def test_secret_changes_tell_set_changed_kept_and_removed(ring: Keyring) -> None
     ]
     ahead = TaskFacts(TENANT, "active", "http", 5, ())
     assert secret_changes(updated, ahead)[0]["change"] == "unknown"
+
+
+def test_views_and_audit_mask_a_clear_value_sent_straight_to_kafka(ring: Keyring) -> None:
+    common = {"task_id": TASK, "tenant": TENANT, "at": T0, "causation_id": "c", "actor": "a", "revision": 1}
+    sealed = seal_definition(http_definition(headers={"Cookie": "c"}), keyring=ring, tenant=TENANT, task_id=TASK)
+    mixed = sealed.model_copy(
+        update={"work": sealed.work.model_copy(update={"headers": {**sealed.work.headers, "Authorization": "clear"}})}
+    )
+    created = TaskCreated(event_id="e1", sequence=1, definition=mixed, **common)
+    (audit,) = audit_ops(created, 0, 0)
+    (_, task) = task_ops(created, None)
+    for definition in (audit._doc["body"]["definition"], task._doc["$set"]["definition"]):
+        assert definition["work"]["headers"]["Authorization"] == MARKER
+        assert is_token(definition["work"]["headers"]["Cookie"])
