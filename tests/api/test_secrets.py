@@ -163,6 +163,8 @@ async def test_a_secret_reaches_the_target_and_nothing_else(api: Running, warm: 
         # The scans see the task (so they would see the secret): its id is in the topics and views.
         assert task_id.encode() in topics[f"{warm.prefix}commands"]
         assert task_id.encode() in topics[f"{warm.prefix}task-events"]
+        changelogs = [t for t in topics if t.endswith("-changelog")]
+        assert changelogs and any(task_id.encode() in topics[t] for t in changelogs), sorted(topics)
         assert any(d["_id"].endswith(task_id) for d in docs["tasks"])
         assert [t for t, data in topics.items() if mark.encode() in data] == []
     finally:
