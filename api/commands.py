@@ -22,7 +22,7 @@ from api.errors import FieldError, ServiceUnavailable, Unprocessable, rejection_
 from api.models import CommandResult, ExecutionPublic, TaskPublic
 from api.views import Doc, public_task_id
 from schemas.commands import CommandBase
-from schemas.secrets import SecretError, redact
+from schemas.secrets import SecretError, mask_clear, redact
 
 API_NAMESPACE = uuid.UUID("0b7e4a8c-2f61-5d3e-8c49-6a1f0e2d7b35")
 """Namespace of the ids derived from ``Idempotency-Key`` headers."""
@@ -113,8 +113,11 @@ def _unstorable(value: Any, path: tuple[str, ...] = ()) -> tuple[tuple[str, ...]
 
 
 def task_public(doc: Doc, tenant: str) -> TaskPublic:
-    """The public form of a task document; secrets show as ``***``."""
-    return TaskPublic.model_validate(redact({**doc, "id": public_task_id(tenant, doc["_id"])}))
+    """The public form of a task document; secrets show as ``***``, even ones held in clear."""
+    public = redact({**doc, "id": public_task_id(tenant, doc["_id"])})
+    if isinstance(public.get("definition"), dict):
+        mask_clear(public["definition"])  # projected before secrets were encrypted
+    return TaskPublic.model_validate(public)
 
 
 def execution_public(doc: Doc, tenant: str) -> ExecutionPublic:

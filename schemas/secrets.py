@@ -385,16 +385,23 @@ def seal_params(
 
 
 def open_work(
-    work: Work, params: Mapping[str, Any], *, keyring: Keyring | None, tenant: str, task_id: str
+    work: Work,
+    params: Mapping[str, Any],
+    *,
+    keyring: Keyring | None,
+    tenant: str,
+    task_id: str,
+    accept_clear: bool = False,
 ) -> tuple[Work, dict[str, Any], list[str]]:
     """Decrypt every token in a dispatched ``work`` and ``params``: ``(work, params, clear values)``.
 
     The clear values are returned so that they can be scrubbed from results and errors. A
-    default-sensitive header held in clear is refused: it was produced without encryption.
+    default-sensitive header held in clear is refused (it was produced without encryption)
+    unless ``accept_clear`` (a migration of tasks created before encryption).
 
     :raises SecretError: a token that does not decrypt here, no keyring, or a clear auth header.
     """
-    if isinstance(work, HttpWork):
+    if isinstance(work, HttpWork) and not accept_clear:
         places = zip(HEADER_PLACES, (work, work.poll, work.cancel), strict=True)
         for base, holder in places:
             for name, value in (holder.headers if holder is not None else {}).items():

@@ -278,7 +278,12 @@ class Executor:
         """Run the attempt with its secrets decrypted, here and only here; none leaks into the outcome."""
         try:
             work, params, clears = open_work(
-                event.work, event.params, keyring=self._keyring, tenant=event.tenant, task_id=event.task_id
+                event.work,
+                event.params,
+                keyring=self._keyring,
+                tenant=event.tenant,
+                task_id=event.task_id,
+                accept_clear=self.settings.secret_accept_clear_headers,
             )
         except SecretError as exc:
             return RunResult("failed", error=f"secret at {exc}")

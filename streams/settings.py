@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     """Id of the key that encrypts new values (needed when several keys are configured); every
     configured key decrypts, which is how keys rotate."""
 
+    secret_accept_clear_headers: bool = False
+    """Let executors send ``Authorization``-like headers held in clear (tasks created before
+    secrets were encrypted, or by a producer that does not encrypt). Off: such attempts fail
+    saying so. Only for a migration: re-submit those tasks, then turn it off."""
+
     log_level: str = "info"
 
     def secret_keyring(self) -> Keyring | None:

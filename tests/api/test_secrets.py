@@ -14,6 +14,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymongo import AsyncMongoClient
 
+from api.commands import task_public
 from api.routes.events import public_event
 from schemas.secrets import MARKER
 from tests.api.conftest import Running, Stack, _running, auth, new_tenant, settings_for
@@ -212,3 +213,18 @@ async def test_invalid_requests_do_not_echo_a_secret(api: Running) -> None:
 def test_the_event_stream_shows_secrets_as_the_marker() -> None:
     data = {"tenant": "t", "task_id": "t/1", "work": {"headers": {"Authorization": "enc:v1:k:AAAA"}}}
     assert public_event(data, "t") == {"task_id": "1", "work": {"headers": {"Authorization": MARKER}}}
+    clear = {"task_id": "t/1", "definition": {"work": {"headers": {"cookie": "c", "X": "x"}}}}
+    assert public_event(clear, "t")["definition"]["work"]["headers"] == {"cookie": MARKER, "X": "x"}
+
+
+def test_a_task_view_holding_a_clear_secret_is_shown_masked() -> None:
+    doc = {
+        "_id": "t/1",
+        "name": "n",
+        "type": "http",
+        "status": "active",
+        "revision": 1,
+        "version": 1,
+        "definition": {"name": "n", "work": {"kind": "http", "url": "https://x.test/", "headers": {"X-Api-Key": "k"}}},
+    }
+    assert task_public(doc, "t").definition.work.headers == {"X-Api-Key": MARKER}  # type: ignore[union-attr]

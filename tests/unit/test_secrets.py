@@ -262,6 +262,9 @@ def test_the_executor_refuses_what_it_cannot_open(ring: Keyring) -> None:
     clear = http_definition(headers={"Authorization": "Bearer in-clear"})
     with pytest.raises(SecretError, match="sent in clear"):
         open_work(clear.work, {}, keyring=ring, tenant=TENANT, task_id=TASK)
+    # Migration of tasks created before encryption: accepted when the operator says so.
+    work, _, clears = open_work(clear.work, {}, keyring=ring, tenant=TENANT, task_id=TASK, accept_clear=True)
+    assert work == clear.work and clears == []
 
 
 def test_scrub_and_redact() -> None:
