@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from schemas.specs import HttpWork, TaskDefinition, Work
 
@@ -421,7 +421,11 @@ def open_work(
         value = keyring.decrypt(tok, tenant=tenant, task_id=task_id, pointer=pointer)
         _set(doc, pointer, value)
         clears.extend(_clear_strings(value))
-    opened = type(work).model_validate(doc["work"])
+    try:
+        opened = type(work).model_validate(doc["work"])
+    except ValidationError:
+        # Not the validation message: it would quote the clear value.
+        raise SecretError("/work", "a decrypted value does not fit its field") from None
     return opened, doc["params"], clears
 
 

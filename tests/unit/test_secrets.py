@@ -321,3 +321,12 @@ def test_views_and_audit_mask_a_clear_value_sent_straight_to_kafka(ring: Keyring
     for definition in (audit._doc["body"]["definition"], task._doc["$set"]["definition"]):
         assert definition["work"]["headers"]["Authorization"] == MARKER
         assert is_token(definition["work"]["headers"]["Cookie"])
+
+
+def test_a_decrypted_value_that_does_not_fit_fails_without_quoting_it(ring: Keyring) -> None:
+    # A producer encrypted a JSON object where a header (a string) belongs.
+    token = ring.encrypt({"nested": "v4lue-secret"}, **where())
+    work = http_definition(headers={"Authorization": token}).work
+    with pytest.raises(SecretError, match="does not fit") as caught:
+        open_work(work, {}, keyring=ring, tenant=TENANT, task_id=TASK)
+    assert "v4lue-secret" not in str(caught.value)
