@@ -34,10 +34,11 @@ tenant's tasks and executions are simply not found. Errors are RFC 9457 problem 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Build the API. Kafka and MongoDB clients are opened by the lifespan and closed after it.
 
-    :raises ValueError: no way to verify tokens is configured.
+    :raises ValueError: no way to verify tokens is configured, or the secret keys are unusable.
     """
     settings = settings or ApiSettings()
     verifier = TokenVerifier(settings)  # fail at start, not at the first request
+    keyring = settings.secret_keyring()  # likewise for unusable secret keys
     metrics = Metrics()
 
     @asynccontextmanager
@@ -53,7 +54,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         bus = CommandBus(settings)
         await bus.start()  # Kafka may be down: the API still starts, commands answer 503
         views = Views(mongo[settings.mongo_database], cache_seconds=settings.views_cache_seconds)
-        state = ApiState(settings, verifier, bus, views, metrics, mongo)
+        state = ApiState(settings, verifier, bus, views, metrics, mongo, keyring=keyring)
         app.state.api = state
         try:
             yield

@@ -22,6 +22,7 @@ from api.errors import FieldError, ServiceUnavailable, Unprocessable, rejection_
 from api.models import CommandResult, ExecutionPublic, TaskPublic
 from api.views import Doc, public_task_id
 from schemas.commands import CommandBase
+from schemas.secrets import SecretError, mask_clear, redact
 
 API_NAMESPACE = uuid.UUID("0b7e4a8c-2f61-5d3e-8c49-6a1f0e2d7b35")
 """Namespace of the ids derived from ``Idempotency-Key`` headers."""
@@ -112,14 +113,30 @@ def _unstorable(value: Any, path: tuple[str, ...] = ()) -> tuple[tuple[str, ...]
 
 
 def task_public(doc: Doc, tenant: str) -> TaskPublic:
-    """The public form of a task document."""
-    return TaskPublic.model_validate({**doc, "id": public_task_id(tenant, doc["_id"])})
+    """The public form of a task document; secrets show as ``***``, even ones held in clear."""
+    public = redact({**doc, "id": public_task_id(tenant, doc["_id"])})
+    if isinstance(public.get("definition"), dict):
+        mask_clear(public["definition"])  # projected before secrets were encrypted
+    return TaskPublic.model_validate(public)
 
 
 def execution_public(doc: Doc, tenant: str) -> ExecutionPublic:
-    """The public form of an execution document."""
+    """The public form of an execution document; secrets (in params) show as ``***``."""
     return ExecutionPublic.model_validate(
-        {**doc, "id": doc["_id"], "task_id": public_task_id(tenant, str(doc.get("task_id", "")))}
+        redact({**doc, "id": doc["_id"], "task_id": public_task_id(tenant, str(doc.get("task_id", "")))})
+    )
+
+
+def secret_error(exc: SecretError, prefix: str | None) -> Unprocessable:
+    """The 422 of a sensitive value that cannot be stored, naming its field.
+
+    ``exc.pointer`` points into the request body; ``prefix`` (``definition``) names the body.
+    """
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in exc.pointer.split("/")[1:]]
+    field = ".".join(p for p in (prefix, *parts) if p)
+    return Unprocessable(
+        f"{field}: {exc.message}",
+        errors=[FieldError(field=field, message=exc.message, pointer="#/" + "/".join(parts))],
     )
 
 

@@ -17,6 +17,7 @@ from api.errors import Unauthorized
 from api.metrics import Metrics
 from api.settings import ApiSettings
 from api.views import Views
+from schemas.secrets import Keyring
 
 
 @dataclass
@@ -29,6 +30,8 @@ class ApiState:
     views: Views
     metrics: Metrics
     mongo: AsyncMongoClient[dict[str, Any]]
+    keyring: Keyring | None = None
+    """Keys that encrypt sensitive fields of commands; None when the deployment has none."""
     open_streams: int = 0
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 

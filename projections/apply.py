@@ -90,13 +90,19 @@ async def guards_on_server(db: AsyncDatabase[Any]) -> bool:
     return known
 
 
-_FACTS = {"tenant": 1, "status": 1, "type": 1, "version": 1}
+_FACTS = {"tenant": 1, "status": 1, "type": 1, "version": 1, "secrets": 1}
 """The fields of a ``tasks`` document that make its :class:`TaskFacts`."""
 
 
 def _facts(docs: Iterable[Doc | None]) -> dict[str, TaskFacts]:
     return {
-        doc["_id"]: TaskFacts(doc["tenant"], doc["status"], doc["type"], doc["version"])
+        doc["_id"]: TaskFacts(
+            doc["tenant"],
+            doc["status"],
+            doc["type"],
+            doc["version"],
+            tuple((s["field"], s["id"]) for s in doc.get("secrets") or ()),
+        )
         for doc in docs
         if doc is not None and "status" in doc
     }

@@ -47,6 +47,8 @@ from schemas.events import (
     TaskResumed,
     TaskUpdated,
 )
+from schemas.secrets import mask_clear, secret_ids
+from schemas.specs import TaskDefinition
 
 Doc = dict[str, Any]
 WriteOp = InsertOne[Doc] | UpdateOne
@@ -109,18 +111,23 @@ class TaskFacts:
     """The work kind (``http``, ``kafka``, ``handler``)."""
     version: int
     """Sequence of the last event folded in."""
+    secrets: tuple[tuple[str, str], ...] = ()
+    """``(pointer, token id)`` of each secret in the definition: the audit tells a changed
+    secret from a kept one by its token (a new value has a new token, even if equal in clear)."""
 
 
 def evolve_facts(prior: TaskFacts | None, event: Event) -> TaskFacts | None:
     """The task's facts after ``event``; None while the task does not exist."""
     if isinstance(event, TaskCreated):
-        return TaskFacts(event.tenant, "active", event.definition.work.kind, event.sequence)
+        secrets = tuple(secret_ids(event.definition).items())
+        return TaskFacts(event.tenant, "active", event.definition.work.kind, event.sequence, secrets)
     if prior is None:
         return None
     match event:
         case TaskUpdated():
             status: TaskStatus = "paused" if prior.status == "paused" else "active"
-            return replace(prior, status=status, type=event.definition.work.kind, version=event.sequence)
+            kind, secrets = event.definition.work.kind, tuple(secret_ids(event.definition).items())
+            return replace(prior, status=status, type=kind, version=event.sequence, secrets=secrets)
         case TaskPaused():
             return replace(prior, status="paused", version=event.sequence)
         case TaskResumed():
@@ -160,7 +167,7 @@ def view_ops(event: Event, partition: int, offset: int, prior: TaskFacts | None)
     return ViewOps(
         tasks=task_ops(event, prior),
         executions=execution_ops(event, prior),
-        audit=audit_ops(event, partition, offset),
+        audit=audit_ops(event, partition, offset, prior),
         stats=stats_ops(event, partition, offset, prior),
     )
 
@@ -207,7 +214,8 @@ def task_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
                 "name": d.name,
                 "type": d.work.kind,
                 "tags": list(d.tags),
-                "definition": d.model_dump(mode="python"),
+                "definition": mask_clear(d.model_dump(mode="python")),
+                "secrets": _secrets_field(d),
                 "revision": event.revision,
                 "status": status,
                 "updated_at": event.at,
@@ -303,7 +311,8 @@ def _task_created_doc(event: TaskCreated) -> Doc:
         "type": d.work.kind,
         "tags": list(d.tags),
         "status": "active",
-        "definition": d.model_dump(mode="python"),
+        "definition": mask_clear(d.model_dump(mode="python")),
+        "secrets": _secrets_field(d),
         "revision": event.revision,
         "version": event.sequence,
         "created_at": event.at,
@@ -323,6 +332,11 @@ def _task_created_doc(event: TaskCreated) -> Doc:
         "counters": empty_task_counters(),
         "duration": empty_histogram(),
     }
+
+
+def _secrets_field(definition: TaskDefinition) -> list[Doc]:
+    """The ``secrets`` of a task document: where its definition holds a secret, and its token id."""
+    return [{"field": pointer, "id": tid} for pointer, tid in secret_ids(definition).items()]
 
 
 def _next_run(next_slot: datetime | None, next_fire_at: datetime | None) -> Doc:
@@ -508,9 +522,13 @@ def _guarded_execution(execution_id: str, seq: int, update: Doc) -> UpdateOne:
 # ---------------------------------------------------------------------------------------------
 
 
-def audit_ops(event: Event, partition: int, offset: int) -> list[WriteOp]:
-    """The ``audit`` document of an event (``_id`` = event id); insert-only."""
-    doc = {
+def audit_ops(event: Event, partition: int, offset: int, prior: TaskFacts | None = None) -> list[WriteOp]:
+    """The ``audit`` document of an event (``_id`` = event id); insert-only.
+
+    Secrets stay encrypted in ``body`` (the API shows them as ``***``); for a task created or
+    updated, ``secrets`` says which were set, changed, kept or removed (see :func:`secret_changes`).
+    """
+    doc: Doc = {
         "_id": event.event_id,
         "type": event.type,
         "task_id": event.task_id,
@@ -521,9 +539,40 @@ def audit_ops(event: Event, partition: int, offset: int) -> list[WriteOp]:
         "sequence": event.sequence,
         "partition": partition,
         "offset": offset,
-        "body": event.model_dump(mode="python"),
+        "body": _audit_body(event),
     }
+    if isinstance(event, TaskCreated | TaskUpdated):
+        changes = secret_changes(event, prior)
+        if changes:
+            doc["secrets"] = changes
     return [InsertOne(doc)]
+
+
+def _audit_body(event: Event) -> Doc:
+    body = event.model_dump(mode="python")
+    if isinstance(event, TaskCreated | TaskUpdated):
+        body["definition"] = mask_clear(body["definition"])
+    elif isinstance(event, ExecutionDispatched):
+        body = mask_clear(body)  # its work's headers (its params' sensitivity is not on the event)
+    return body
+
+
+def secret_changes(event: TaskCreated | TaskUpdated, prior: TaskFacts | None) -> list[Doc]:
+    """What happened to each secret of the task's definition: ``set`` (new place), ``changed``
+    (a new value was sent), ``kept`` (``***`` was sent back), ``removed``; ``unknown`` when
+    ``prior`` is already past the event (a redelivery whose audit write was lost)."""
+    after = secret_ids(event.definition)
+    if isinstance(event, TaskCreated) or prior is None or prior.tenant != event.tenant:
+        return [{"field": p, "change": "set"} for p in after]
+    if prior.version >= event.sequence:
+        return [{"field": p, "change": "unknown"} for p in after]
+    before = dict(prior.secrets)
+    out: list[Doc] = []
+    for pointer, tid in after.items():
+        old = before.get(pointer)
+        out.append({"field": pointer, "change": "set" if old is None else "kept" if old == tid else "changed"})
+    out.extend({"field": p, "change": "removed"} for p in before if p not in after)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -300,6 +300,10 @@ class HttpWork(WireModel):
     """Poll an external job until it finishes; None means the response ends the execution."""
     cancel: HttpRequestSpec | None = None
     """Request sent to cancel the external job when the execution is cancelled or times out."""
+    sensitive_headers: list[str] = Field(default_factory=list, max_length=50)
+    """Further header names (any case) whose values are secrets, in ``headers``, ``poll.headers``
+    and ``cancel.headers``; ``Authorization``, ``Proxy-Authorization``, ``Cookie`` and
+    ``X-Api-Key`` always are. Secrets are encrypted at rest and shown as ``***``."""
 
     @field_validator("url")
     @classmethod
@@ -373,6 +377,18 @@ class TaskDefinition(WireModel):
     tags: list[str] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
     """Parameters passed to the work; a trigger may override them per execution."""
+    sensitive_params: list[str] = Field(default_factory=list, max_length=50)
+    """JSON pointers (RFC 6901) of params whose values are secrets, e.g. ``/api_token``: in
+    ``params``, in a handler's ``work.params`` and in a trigger's overrides, they are encrypted
+    at rest and shown as ``***`` (send ``***`` back in an update to keep the stored value)."""
+
+    @field_validator("sensitive_params")
+    @classmethod
+    def _param_pointers(cls, value: list[str]) -> list[str]:
+        for pointer in value:
+            if not pointer.startswith("/") or len(pointer) > 1000:
+                raise ValueError(f"{pointer!r} must be a JSON pointer into params starting with '/', e.g. '/api_token'")
+        return value
 
     @field_validator("end_at")
     @classmethod

@@ -1,4 +1,4 @@
-"""Command-line entry point: ``scheduler worker | executor | projector | api | topics``.
+"""Command-line entry point: ``scheduler worker | executor | projector | api | topics | secrets``.
 
 Configuration comes from ``SCHED_*`` environment variables (see ``streams.settings``);
 flags override the most common ones.
@@ -97,6 +97,38 @@ def topics() -> None:
 
     created = asyncio.run(ensure_topics(_settings()))
     click.echo(f"created {len(created)} topics" + (f": {', '.join(created)}" if created else ""))
+
+
+@main.group()
+def secrets() -> None:
+    """Keys and encrypted values for sensitive task fields (see schemas/secrets.py)."""
+
+
+@secrets.command("new-key")
+def secrets_new_key() -> None:
+    """Print a new random key (base64 of 32 bytes) for SCHED_SECRET_KEYS."""
+    from schemas.secrets import new_key
+
+    click.echo(new_key())
+
+
+@secrets.command("encrypt")
+@click.option("--tenant", required=True, help="the task's tenant")
+@click.option("--task-id", required=True, help="the task's id on the wire, <tenant>/<id>")
+@click.option("--pointer", required=True, help="where the value goes, e.g. /work/headers/Authorization")
+@click.option("--json", "as_json", is_flag=True, help="stdin is a JSON value rather than a string")
+def secrets_encrypt(tenant: str, task_id: str, pointer: str, as_json: bool) -> None:
+    """Encrypt stdin with the active key, for a command produced straight to Kafka."""
+    import json
+
+    from schemas.secrets import NO_KEY
+
+    keyring = _settings().secret_keyring()
+    if keyring is None:
+        raise click.ClickException(NO_KEY)
+    text = sys.stdin.read()
+    value = json.loads(text) if as_json else text
+    click.echo(keyring.encrypt(value, tenant=tenant, task_id=task_id, pointer=pointer))
 
 
 if __name__ == "__main__":

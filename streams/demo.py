@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from aiokafka import AIOKafkaConsumer
 
 from schemas.envelope import decode_event
 from schemas.events import ExecutionCompleted
+from schemas.secrets import new_key
 from streams.admin import ensure_topics
 from streams.settings import Settings, topic_name
 
@@ -44,6 +46,21 @@ def _say(message: str) -> None:
 def _token(secret: str) -> str:
     claims = {"sub": "make-run", "tenant": TENANT, "roles": ["admin"], "exp": datetime.now(UTC) + timedelta(hours=8)}
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _dev_secret_keys() -> None:
+    """Use a development key for sensitive fields unless keys are configured: written once under
+    the stack's directory (owner-only), so secrets stored by an earlier run still decrypt."""
+    if os.environ.get("SCHED_SECRET_KEYS") or os.environ.get("SCHED_SECRET_KEYS_FILE"):
+        return
+    path = Path(os.environ.get("SCHED_STACK_DIR", REPO / ".stack")) / "dev-secret-keys.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({"dev-1": new_key()}, out)
+        _say(f"wrote a development key for secrets to {path} (not for production)")
+    os.environ["SCHED_SECRET_KEYS_FILE"] = str(path)
 
 
 def _start(name: str, *args: str) -> subprocess.Popen[bytes]:
@@ -126,7 +143,8 @@ async def _run(
         body = {
             "name": "sample heartbeat",
             "schedule": {"kind": "interval", "every_seconds": 5},
-            "work": {"kind": "handler", "name": "echo", "params": {"hello": "world"}},
+            "work": {"kind": "handler", "name": "echo", "params": {"hello": "world", "api_token": "demo-token"}},
+            "sensitive_params": ["/api_token"],  # stored encrypted, shown as ***
             "tags": ["demo"],
         }
         created = await http.post("/v1/tasks", json=body, params={"wait": 10})
@@ -182,6 +200,7 @@ def main(seconds: float | None, prefix: str) -> None:
     os.environ.setdefault("SCHED_MONGO_DATABASE", f"scheduler_{prefix.strip('.')}")
     os.environ.setdefault("SCHED_DATA_DIR", str(REPO / ".stack" / "worker" / prefix.strip(".")))
     os.environ.setdefault("SCHED_JWT_HS256_SECRET", DEV_SECRET)
+    _dev_secret_keys()
     settings = Settings()
     asyncio.run(ensure_topics(settings))
     port = os.environ.setdefault("SCHED_API_PORT", "8000")

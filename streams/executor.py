@@ -38,11 +38,12 @@ from schemas.commands import ReportExecutionOutcome, ReportExecutionStarted
 from schemas.envelope import decode_event
 from schemas.errors import DecodeError
 from schemas.events import ExecutionDispatched
+from schemas.secrets import SecretError, open_work, scrub
 from streams import topics
 from streams.batcher import ReportBatcher
 from streams.deadletter import dead_letter_record
 from streams.fence import TopicFence, fenced_http_client
-from streams.runners import Attempt, Runners
+from streams.runners import Attempt, Runners, RunResult
 from streams.settings import Settings, topic_name
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,7 @@ class Executor:
         self._wakeup = asyncio.Event()
         self._topic_priority = {topic_name(settings, topics.dispatch(p)): p for p in topics.PRIORITIES}
         self._commands = topic_name(settings, topics.COMMANDS)
+        self._keyring = settings.secret_keyring()  # a bad key configuration stops the start
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -383,9 +385,8 @@ class Executor:
                 actor=f"executor:{self.worker_id}", at=started_at, execution_id=event.execution_id,
                 attempt=event.attempt, worker=self.worker_id, started_at=started_at,
             )  # fmt: skip
-            attempt = Attempt(event.task_id, event.tenant, event.execution_id, event.attempt, dict(event.params))
             budget = (event.deadline - _now()).total_seconds()
-            run = asyncio.ensure_future(runners.run(event.work, attempt, budget))
+            run = asyncio.ensure_future(self._run(event, runners, budget))
             # "Running" is reported only for work that is still running after a short while:
             # the outcome carries started_at anyway, and for quick work the extra command
             # would be a third of the task owner's load.
@@ -413,6 +414,26 @@ class Executor:
                 stats.failed += 1
         finally:
             stats.in_flight -= 1
+
+    async def _run(self, event: ExecutionDispatched, runners: Runners, budget: float) -> RunResult:
+        """Run the attempt with its secrets decrypted, here and only here; none leaks into the outcome."""
+        try:
+            work, params, clears = open_work(
+                event.work,
+                event.params,
+                keyring=self._keyring,
+                tenant=event.tenant,
+                task_id=event.task_id,
+                accept_clear=self.settings.secret_accept_clear_headers,
+            )
+        except SecretError as exc:
+            return RunResult("failed", error=f"secret at {exc}")
+        attempt = Attempt(event.task_id, event.tenant, event.execution_id, event.attempt, params)
+        result = await runners.run(work, attempt, budget)
+        if not clears:
+            return result
+        # The target may echo a credential (in a body, or an error quoting a header).
+        return RunResult(result.status, scrub(result.result, clears), scrub(result.error, clears))
 
     async def _report(
         self, producer: AIOKafkaProducer, command: ReportExecutionStarted | ReportExecutionOutcome

@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field, IPvAnyNetwork, field_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.secrets import Keyring, load_keyring
 
 
 class Settings(BaseSettings):
@@ -91,6 +93,21 @@ class Settings(BaseSettings):
     """Most bytes of an HTTP work response read (to find a job id or status); the rest is not
     read, and the execution's result keeps only the first few kilobytes."""
 
+    secret_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    """Keys that encrypt sensitive task fields (auth headers, sensitive params) at rest: a JSON
+    object of key id -> base64 of 32 random bytes (``scheduler secrets new-key``). The
+    API and the executors need the same keys; without any, the API refuses sensitive values."""
+    secret_keys_file: Path | None = None
+    """A JSON file with more keys in the same form (merged over ``secret_keys``)."""
+    secret_active_key: str | None = None
+    """Id of the key that encrypts new values (needed when several keys are configured); every
+    configured key decrypts, which is how keys rotate."""
+
+    secret_accept_clear_headers: bool = False
+    """Let executors send ``Authorization``-like headers held in clear (tasks created before
+    secrets were encrypted, or by a producer that does not encrypt). Off: such attempts fail
+    saying so. Only for a migration: re-submit those tasks, then turn it off."""
+
     log_level: str = "info"
 
     @field_validator("kafka_work_topics")
@@ -103,6 +120,17 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return value
+
+    def secret_keyring(self) -> Keyring | None:
+        """The keys for sensitive fields, or None when none are configured.
+
+        Called once when the API or an executor starts. Not a validator of the settings: a
+        validation error would print the input, keys included.
+
+        :raises KeyConfigError: unreadable key file, bad keys, unknown active key id.
+        """
+        keys = {kid: key.get_secret_value() for kid, key in self.secret_keys.items()}
+        return load_keyring(keys, self.secret_keys_file, self.secret_active_key)
 
 
 def topic_name(settings: Settings, name: str) -> str:

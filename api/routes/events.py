@@ -20,6 +20,7 @@ from api.errors import ERROR_RESPONSES, ServiceUnavailable
 from api.views import public_task_id
 from schemas.envelope import decode_envelope
 from schemas.errors import DecodeError
+from schemas.secrets import mask_clear, redact
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=ERROR_RESPONSES)
 
@@ -78,8 +79,13 @@ async def _start_consumer(state: ApiState) -> AIOKafkaConsumer:
 
 
 def public_event(data: dict[str, Any], tenant: str) -> dict[str, Any]:
-    """An event as a client of ``tenant`` sees it: its own task ids, no tenant field."""
-    out = {k: v for k, v in data.items() if k != "tenant"}
+    """An event as a client of ``tenant`` sees it: its own task ids, no tenant field, no secrets."""
+    out = {k: redact(v) for k, v in data.items() if k != "tenant"}
+    # Clear values at sensitive places too (a producer that did not encrypt).
+    if isinstance(out.get("definition"), dict):
+        mask_clear(out["definition"])
+    if isinstance(out.get("work"), dict):
+        mask_clear(out)
     if isinstance(out.get("task_id"), str):
         out["task_id"] = public_task_id(tenant, out["task_id"])
     return out

@@ -14,6 +14,7 @@ from api.commands import (
     new_task_ids,
     now,
     parse_if_match,
+    secret_error,
     submit,
     task_public,
 )
@@ -35,6 +36,7 @@ from api.settings import ApiSettings
 from api.views import Doc, TaskSort, Views, internal_task_id
 from scheduler.schedule import anchor_for, fire_at, next_slot
 from schemas.commands import CreateTask, DeleteTask, PauseTask, ResumeTask, TriggerTask, UpdateTask
+from schemas.secrets import SecretError, seal_definition, seal_params
 from schemas.specs import HandlerWork, HttpWork, KafkaWork, TaskDefinition
 from streams.fence import TopicFence, literal_url_refusal
 
@@ -113,13 +115,14 @@ async def create_task(
     key = check_idempotency_key(idempotency_key)
     check_work_fence(definition, principal.tenant, state.settings)
     public_id, command_id = new_task_ids(principal.tenant, key)
+    task_id = internal_task_id(principal.tenant, public_id)
     command = CreateTask(
         command_id=command_id,
-        task_id=internal_task_id(principal.tenant, public_id),
+        task_id=task_id,
         tenant=principal.tenant,
         actor=principal.actor,
         at=now(),
-        definition=definition,
+        definition=_sealed(state, principal, task_id, definition, None),
     )
     return await submit(state, principal, command, response, wait=wait)
 
@@ -188,6 +191,8 @@ async def update_task(
 ) -> CommandResult:
     """Replace the definition; the schedule restarts now. Needs the admin role.
 
+    Secrets show as `***` when read; `***` sent back in the same place keeps the stored secret.
+
     With `If-Match`, the change applies only if the task is still at that revision: a stale
     revision is a 409 (at once when the views already show a newer one, else with `?wait`).
     """
@@ -205,7 +210,7 @@ async def update_task(
         tenant=principal.tenant,
         actor=principal.actor,
         at=now(),
-        definition=definition,
+        definition=_sealed(state, principal, doc["_id"], definition, doc.get("definition")),
         expected_revision=expected,
     )
     return await submit(state, principal, command, response, wait=wait)
@@ -315,6 +320,13 @@ async def trigger_task(
     doc = await _live_task(state.views, principal.tenant, task_id)
     command_id = command_id_for(principal.tenant, "trigger", task_id, key)
     body = body or TriggerRequest()
+    params = body.params
+    if params is not None:
+        sensitive = (doc.get("definition") or {}).get("sensitive_params") or []
+        try:
+            params = seal_params(params, sensitive, keyring=state.keyring, tenant=principal.tenant, task_id=doc["_id"])
+        except SecretError as exc:
+            raise secret_error(exc, None) from None
     command = TriggerTask(
         command_id=command_id,
         task_id=doc["_id"],
@@ -322,10 +334,22 @@ async def trigger_task(
         actor=principal.actor,
         at=now(),
         trigger_id=body.trigger_id or command_id,
-        params=body.params,
+        params=params,
         priority=body.priority,
     )
     return await submit(state, principal, command, response, wait=wait)
+
+
+def _sealed(
+    state: ApiState, principal: Principal, task_id: str, definition: TaskDefinition, stored: Doc | None
+) -> TaskDefinition:
+    """``definition`` with its secrets encrypted for the task (422 naming a field that cannot be)."""
+    try:
+        return seal_definition(
+            definition, keyring=state.keyring, tenant=principal.tenant, task_id=task_id, stored=stored
+        )
+    except SecretError as exc:
+        raise secret_error(exc, "definition") from None
 
 
 @router.get("/{task_id}/next-fire-times", summary="Preview the next fire times", responses=problem_responses(404))

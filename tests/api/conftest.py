@@ -34,6 +34,7 @@ from pymongo.errors import PyMongoError
 
 from api.app import create_app
 from api.settings import ApiSettings
+from schemas.secrets import new_key
 from streams.admin import ensure_topics
 from streams.settings import Settings
 from tests.conftest import Infra
@@ -43,6 +44,8 @@ SECRET = "test-secret-with-at-least-32-bytes-of-entropy!"
 AUDIENCE = "scheduler-api"
 ISSUER = "https://issuer.test"
 KID = "test-key-1"
+SECRET_KEYS = {"test-secrets-1": new_key()}
+"""Keys for sensitive task fields, shared by the session's worker (executor) and every API."""
 STARTUP = 90.0
 """A cold worker joins its group and creates its changelog in ~5-15 s; the projector likewise."""
 
@@ -140,7 +143,10 @@ def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     asyncio.run(ensure_topics(Settings(kafka_bootstrap=infra.bootstrap, topic_prefix=prefix, partitions=4)))
     # The widest Kafka allow-list an operator could set: the tests prove the deployment's own
     # topics stay refused whatever is allowed.
-    env = worker_env(infra.bootstrap, infra.mongo_url, name, tmp / "data", SCHED_KAFKA_WORK_TOPICS='["**"]')
+    env = worker_env(
+        infra.bootstrap, infra.mongo_url, name, tmp / "data",
+        SCHED_KAFKA_WORK_TOPICS='["**"]', SCHED_SECRET_KEYS=json.dumps(SECRET_KEYS),
+    )  # fmt: skip
     worker = WorkerProc(env, tmp / "worker.log", "api-w1")
     worker.start()
     log = (tmp / "projector.log").open("ab")
@@ -187,6 +193,7 @@ def settings_for(stack: Stack, keys: Keys, **overrides: Any) -> ApiSettings:
         # Tests name HTTP targets on this machine (the default fences loopback off).
         "http_allow_networks": ["127.0.0.0/8", "::1/128"],
         "kafka_work_topics": ["**"],  # as the session's worker (see ``stack``)
+        "secret_keys": SECRET_KEYS,
     }
     values.update(overrides)
     return ApiSettings(**values)

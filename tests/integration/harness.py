@@ -190,6 +190,8 @@ class HttpTarget:
     delay: float = 0.0
     slow_paths: dict[str, float] = field(default_factory=dict)
     """Delay per request path (e.g. ``{"/slow": 8}``), instead of ``delay``."""
+    echo_headers: bool = False
+    """Answer with the request's headers (as some real services do), e.g. to test scrubbing."""
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -201,6 +203,7 @@ class HttpTarget:
             "at": now(),
             "body": await request.text(),
             "path": request.path,
+            "headers": dict(request.headers),
         }
         self.requests.append(record)
         delay = self.slow_paths.get(request.path, self.delay)
@@ -208,6 +211,8 @@ class HttpTarget:
             await asyncio.sleep(delay)
         if len(self.requests) <= self.fail_first:
             return web.json_response({"error": "failing on purpose"}, status=503)
+        if self.echo_headers:
+            return web.json_response({"ok": True, "headers": dict(request.headers)})
         return web.json_response({"ok": True})
 
     async def start(self) -> HttpTarget:

@@ -1,15 +1,28 @@
-"""Executor shells: weighted priority queues and the commit tracker (no broker needed)."""
+"""Executor shells: weighted priority queues, the commit tracker, secrets (no broker needed)."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from streams.executor import METADATA_LIMIT, OffsetTracker, WeightedQueues, decode_in_flight, encode_in_flight
+from schemas.events import ExecutionDispatched
+from schemas.secrets import new_key, seal_definition, seal_params
+from schemas.specs import Priority, TaskDefinition
+from streams.executor import (
+    METADATA_LIMIT,
+    Executor,
+    OffsetTracker,
+    WeightedQueues,
+    decode_in_flight,
+    encode_in_flight,
+)
+from streams.runners import RunResult
+from streams.settings import Settings
 
 
 def test_weighted_queues_share_slots_6_3_1_without_starving_low() -> None:
@@ -87,3 +100,49 @@ def test_missing_or_foreign_metadata_skips_nothing() -> None:
         tracker.resume(tp, OffsetAndMetadata(10, metadata))
         assert not any(tracker.finished_before(tp, offset) for offset in range(0, 200)), metadata
     assert decode_in_flight(10, encode_in_flight(10, 12, {10})) is not None
+
+
+class _EchoRunners:
+    """A fake of the runners: records what it was given and echoes the headers back."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    async def run(self, work: Any, attempt: Any, budget: float) -> RunResult:
+        self.seen.append((work, attempt))
+        headers = getattr(work, "headers", {})
+        return RunResult("failed", {"echo": headers, "params": attempt.params}, f"HTTP 500; sent {headers}")
+
+
+def _dispatched(definition: TaskDefinition, params: dict[str, Any]) -> ExecutionDispatched:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    return ExecutionDispatched(
+        event_id="e", task_id="acme/t1", tenant="acme", sequence=2, at=t0, causation_id="c", actor="a",
+        execution_id="x", attempt=1, reason="manual", priority=Priority.NORMAL, work=definition.work,
+        params=params, scheduled_for=t0, deadline=t0 + timedelta(hours=1),
+    )  # fmt: skip
+
+
+async def test_the_executor_runs_work_with_secrets_opened_and_reports_none_of_them() -> None:
+    keys = {"k": new_key()}
+    executor = Executor(Settings(secret_keys=keys))
+    ring = Settings(secret_keys=keys).secret_keyring()
+    plain = TaskDefinition.model_validate(
+        {"name": "t", "work": {"kind": "http", "url": "https://x.test/", "headers": {"Authorization": "Bearer s3cr3t"}}}
+    )
+    sealed = seal_definition(plain, keyring=ring, tenant="acme", task_id="acme/t1")
+    params = seal_params({"p": "param-s3cr3t"}, ["/p"], keyring=ring, tenant="acme", task_id="acme/t1")
+    runners = _EchoRunners()
+    result = await executor._run(_dispatched(sealed, params), runners, 10.0)  # type: ignore[arg-type]
+    work, attempt = runners.seen[0]
+    assert work.headers == {"Authorization": "Bearer s3cr3t"} and attempt.params == {"p": "param-s3cr3t"}
+    assert "s3cr3t" not in str(result.result) + str(result.error)
+    assert result.result == {"echo": {"Authorization": "***"}, "params": {"p": "***"}}
+
+    # Work it cannot open fails with the reason, and is never run.
+    other_tenant = seal_definition(plain, keyring=ring, tenant="evil", task_id="evil/t1")
+    result = await executor._run(_dispatched(other_tenant, {}), runners, 10.0)  # type: ignore[arg-type]
+    assert result.status == "failed" and "another tenant" in str(result.error)
+    result = await executor._run(_dispatched(plain, {}), runners, 10.0)  # type: ignore[arg-type]
+    assert result.status == "failed" and "sent in clear" in str(result.error)
+    assert len(runners.seen) == 1

@@ -28,9 +28,13 @@ SCHEMAS_MAY_IMPORT = {
     "orjson",
     "croniter",
     "zoneinfo",
+    "cryptography",  # schemas/secrets.py: the AEAD of sensitive fields
     "schemas",
     "__future__",
     # stdlib
+    "base64",
+    "binascii",
+    "os",  # os.urandom: the nonces of schemas/secrets.py
     "collections",
     "contextlib",
     "dataclasses",
