@@ -22,6 +22,7 @@ from api.errors import FieldError, ServiceUnavailable, Unprocessable, rejection_
 from api.models import CommandResult, ExecutionPublic, TaskPublic
 from api.views import Doc, public_task_id
 from schemas.commands import CommandBase
+from schemas.specs import TOLERANT
 
 API_NAMESPACE = uuid.UUID("0b7e4a8c-2f61-5d3e-8c49-6a1f0e2d7b35")
 """Namespace of the ids derived from ``Idempotency-Key`` headers."""
@@ -113,7 +114,8 @@ def _unstorable(value: Any, path: tuple[str, ...] = ()) -> tuple[tuple[str, ...]
 
 def task_public(doc: Doc, tenant: str) -> TaskPublic:
     """The public form of a task document."""
-    return TaskPublic.model_validate({**doc, "id": public_task_id(tenant, doc["_id"])})
+    # TOLERANT: a stored definition accepted under older rules must still be shown.
+    return TaskPublic.model_validate({**doc, "id": public_task_id(tenant, doc["_id"])}, context=TOLERANT)
 
 
 def execution_public(doc: Doc, tenant: str) -> ExecutionPublic:

@@ -44,6 +44,7 @@ from schemas.commands import Command, Wake
 from schemas.envelope import command_envelope, decode_command, encode, event_envelope
 from schemas.errors import DecodeError, InvalidCommand
 from schemas.events import Event, ExecutionCompleted, ExecutionDispatched
+from schemas.specs import TOLERANT
 from streams import faust_tuning, topics
 from streams.deadletter import dead_letter_value
 from streams.due_index import DueIndex
@@ -85,8 +86,8 @@ class Stored:
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Stored:
         return cls(
-            TaskState.model_validate(doc["state"]),
-            _EVENTS.validate_python(doc["last_events"]),
+            TaskState.model_validate(doc["state"], context=TOLERANT),
+            _EVENTS.validate_python(doc["last_events"], context=TOLERANT),
             doc["applied_at"],
         )
 
@@ -250,7 +251,7 @@ class TaskProcessor:
         if raw is None:
             return None
         # The state alone: validating the last events too doubled the cost of a cache miss.
-        state = TaskState.model_validate(orjson.loads(raw)["state"])
+        state = TaskState.model_validate(orjson.loads(raw)["state"], context=TOLERANT)
         self._remember(key, state)
         return state
 
