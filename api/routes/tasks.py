@@ -32,9 +32,10 @@ from api.models import (
     TriggerRequest,
 )
 from api.views import Doc, TaskSort, Views, internal_task_id
+from projections.views import from_micros
 from scheduler.schedule import anchor_for, fire_at, next_slot
 from schemas.commands import CreateTask, DeleteTask, PauseTask, ResumeTask, TriggerTask, UpdateTask
-from schemas.specs import TaskDefinition
+from schemas.specs import TOLERANT, TaskDefinition
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
 
@@ -301,7 +302,8 @@ async def next_fire_times(
     deleted tasks. A paused task shows the slots it would fire once resumed.
     """
     doc = await _live_task(state.views, principal.tenant, task_id)
-    definition = TaskDefinition.model_validate(doc["definition"])
+    # TOLERANT: a definition accepted under older rules (e.g. a jitter above the gap) still previews.
+    definition = TaskDefinition.model_validate(doc["definition"], context=TOLERANT)
     times: list[FireTime] = []
     if definition.schedule is not None and doc.get("status") in ("active", "paused"):
         runs = 0
@@ -312,8 +314,15 @@ async def next_fire_times(
 
 
 def _preview(doc: Doc, definition: TaskDefinition, n: int, runs: int) -> list[FireTime]:
-    """Up to ``n`` slots strictly after now (and after the last slot handled)."""
-    created_at = doc.get("created_at") or now()
+    """Up to ``n`` slots strictly after now (and after the last slot handled).
+
+    Interval schedules without an anchor of their own are anchored where the decider anchors
+    them: at the task's creation instant to the microsecond (``created_at_us``; ``created_at``
+    is a millisecond BSON date, so a slot from it could be off by up to a millisecond and its
+    jitter, a hash of the slot, by many seconds).
+    """
+    micros = doc.get("created_at_us")
+    created_at = from_micros(micros) if isinstance(micros, int) else doc.get("created_at") or now()
     anchor = anchor_for(definition, created_at)
     after = now()
     last_slot = doc.get("last_slot")
