@@ -298,8 +298,11 @@ async def next_fire_times(
 ) -> NextFireTimes:
     """The task's next `n` slots after now, computed from its stored definition.
 
-    Honours `start_at`, `end_at` and `max_runs`; empty for unscheduled, completed or
-    deleted tasks. A paused task shows the slots it would fire once resumed.
+    Exactly what the worker fires: the same slot rules (cron day-of-month/day-of-week and
+    daylight saving as described under `CronSchedule`, interval anchors to the microsecond)
+    and the same deterministic jitter in `fire_at`. Honours `start_at`, `end_at` and
+    `max_runs`; empty for unscheduled, completed or deleted tasks. A paused task shows the
+    slots it would fire once resumed.
     """
     doc = await _live_task(state.views, principal.tenant, task_id)
     # TOLERANT: a definition accepted under older rules (e.g. a jitter above the gap) still previews.

@@ -274,3 +274,13 @@ def test_what_was_accepted_before_still_decodes() -> None:
     assert state is not None and load_state(dump_state(state)) == state
     # Under the current rule it never fires: the task simply has no next slot.
     assert next_fire(definition.schedule, datetime(2026, 1, 1, tzinfo=UTC), anchor=event.at) is None  # type: ignore[arg-type]
+
+
+def test_the_schedule_rules_are_in_the_openapi_descriptions() -> None:
+    """What FastAPI shows for the schedule: the day rule, the field ranges and the DST rules."""
+    schema = TaskDefinition.model_json_schema()
+    cron = schema["$defs"]["CronSchedule"]
+    for fragment in ("Vixie", "minute", "0-59", "Daylight saving", "first occurrence", "shifted forward", "24 on"):
+        assert fragment in cron["description"], fragment
+    assert "starts with ``*``" in cron["properties"]["expression"]["description"]
+    assert "shortest gap" in schema["properties"]["jitter_seconds"]["description"]
