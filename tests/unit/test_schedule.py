@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.schedule import fire_times, jitter_offset, next_fire, next_slot
+from schemas.cron import shortest_gap
 from schemas.specs import CronSchedule, IntervalSchedule, OnceSchedule, TaskDefinition
 
 NY = "America/New_York"
@@ -403,3 +404,31 @@ def test_validator_and_scheduler_agree_with_a_brute_force_day_rule(dom: str, mon
     assert any_day, expression
     got = fire_times(schedule, utc("2026-01-01T00:00") - timedelta(seconds=1), 366, anchor=ANCHOR)
     assert [s.replace(tzinfo=None) for s in got if s.year < 2027] == expected, expression
+
+
+# ---------------------------------------------------------------------------------------------
+# The jitter bound: the validator's shortest gap is the scheduler's (issue 11, item 9)
+# ---------------------------------------------------------------------------------------------
+
+gap_seconds = st.sampled_from(["0", "30", "0,10", "*/20", "5,55"])
+gap_minutes = st.sampled_from(["0", "*/15", "0,59", "30", "5-10", "*/7"])
+gap_hours = st.sampled_from(["*", "0", "23", "0,23", "1-3", "*/5", "9,17"])
+gap_weekdays = st.sampled_from(["*", "1", "1-5", "0,1", "5,1"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(gap_seconds, gap_minutes, gap_hours, gap_weekdays)
+def test_shortest_gap_is_the_smallest_step_between_slots(second: str, minute: str, hour: str, dow: str) -> None:
+    """Over eight days in UTC (every weekday pattern, Sunday to Monday too), the smallest step between the
+    scheduler's consecutive slots is what the validator computes; a jitter below it keeps the
+    jittered fire times in slot order."""
+    expression = f"{second} {minute} {hour} * * {dow}"
+    slots = fire_times(cron(expression), utc("2026-01-05T00:00") - timedelta(seconds=1), 1200, anchor=ANCHOR)
+    slots = [s for s in slots if s < utc("2026-01-13T00:00")]
+    brute = min((b - a).total_seconds() for a, b in itertools.pairwise(slots))
+    limit = 86_400.0
+    gap = shortest_gap(expression, limit)
+    assert gap == brute if brute <= limit else gap > limit
+    jitter = min(gap, limit) * 0.999
+    fires = [s + jitter_offset("t", s, jitter) for s in slots]
+    assert fires == sorted(fires)
