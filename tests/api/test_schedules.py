@@ -14,15 +14,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from api.views import internal_task_id
 from scheduler.schedule import fire_at
-from schemas.envelope import decode_event, encode, event_envelope
-from schemas.events import TaskCreated
+from schemas.commands import CreateTask
+from schemas.envelope import command_envelope, decode_event, encode, event_envelope
+from schemas.events import CommandRejected, Event, TaskCreated
 from schemas.ids import event_id
 from schemas.specs import TOLERANT, TaskDefinition
 from tests.api.conftest import Running, Stack, auth, new_tenant
 
 
-async def _task_created(stack: Stack, task_id: str, within: float = 20) -> TaskCreated:
-    """The TaskCreated event of ``task_id`` as the worker wrote it (the decider's own values)."""
+async def _first_event(stack: Stack, task_id: str, within: float = 20) -> Event:
+    """The first event of ``task_id`` as the worker wrote it (the decider's own values)."""
     consumer = AIOKafkaConsumer(
         f"{stack.prefix}task-events", bootstrap_servers=stack.infra.bootstrap, group_id=None,
         auto_offset_reset="earliest", enable_auto_commit=False,
@@ -35,9 +36,9 @@ async def _task_created(stack: Stack, task_id: str, within: float = 20) -> TaskC
             for records in batches.values():
                 for record in records:
                     event = decode_event(record.value or b"")
-                    if event.task_id == task_id and isinstance(event, TaskCreated):
+                    if event.task_id == task_id:
                         return event
-        raise AssertionError(f"no TaskCreated for {task_id} within {within}s")
+        raise AssertionError(f"no event of {task_id} within {within}s")
     finally:
         await consumer.stop()
 
@@ -56,7 +57,8 @@ async def test_preview_fires_what_the_decider_fires(api: Running, warm: Stack) -
     r = await http.post("/v1/tasks?wait=20", json=body, headers=auth(tenant, ["admin"]))
     assert r.status_code == 200, r.text
     public_id = r.json()["task_id"]
-    created = await _task_created(warm, internal_task_id(tenant, public_id))
+    created = await _first_event(warm, internal_task_id(tenant, public_id))
+    assert isinstance(created, TaskCreated)
 
     r = await http.get(f"/v1/tasks/{public_id}/next-fire-times?n=3", headers=auth(tenant, ["viewer"]))
     assert r.status_code == 200, r.text
@@ -143,3 +145,27 @@ async def test_a_definition_accepted_before_stays_readable(api: Running, warm: S
     r = await api.http.get(f"/v1/tasks/{public_id}/next-fire-times?n=3", headers=viewer)
     assert r.status_code == 200, r.text
     assert len(r.json()["fire_times"]) == 3
+
+
+async def test_a_big_jitter_produced_straight_to_kafka_is_rejected_naming_the_field(warm: Stack) -> None:
+    """Commands from other services skip the API: the worker answers CommandRejected."""
+    task_id = internal_task_id(new_tenant(), "from-kafka")
+    good = CreateTask(
+        command_id=f"{task_id}-create", task_id=task_id, tenant=task_id.split("/")[0], actor="svc",
+        at=datetime.now(UTC), definition=TaskDefinition(name="t", work={"kind": "handler", "name": "noop"}),
+    )  # fmt: skip
+    raw = (
+        encode(command_envelope(good, "/other-service"))
+        .replace(b'"schedule":null', b'"schedule":{"kind":"cron","expression":"* * * * *","timezone":"UTC"}')
+        .replace(b'"jitter_seconds":0.0', b'"jitter_seconds":150.0')
+    )
+    assert b'"jitter_seconds":150.0' in raw and b"* * * * *" in raw
+    producer = AIOKafkaProducer(bootstrap_servers=warm.infra.bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(f"{warm.prefix}commands", key=task_id.encode(), value=raw)
+    finally:
+        await producer.stop()
+    rejected = await _first_event(warm, task_id)
+    assert isinstance(rejected, CommandRejected), rejected
+    assert rejected.field == "definition.jitter_seconds" and "smaller than the shortest gap" in rejected.reason
