@@ -23,6 +23,7 @@ from api.models import CommandResult, ExecutionPublic, TaskPublic
 from api.views import Doc, public_task_id
 from schemas.commands import CommandBase
 from schemas.secrets import SecretError, mask_clear, redact
+from schemas.specs import TOLERANT
 
 API_NAMESPACE = uuid.UUID("0b7e4a8c-2f61-5d3e-8c49-6a1f0e2d7b35")
 """Namespace of the ids derived from ``Idempotency-Key`` headers."""
@@ -117,7 +118,8 @@ def task_public(doc: Doc, tenant: str) -> TaskPublic:
     public = redact({**doc, "id": public_task_id(tenant, doc["_id"])})
     if isinstance(public.get("definition"), dict):
         mask_clear(public["definition"])  # projected before secrets were encrypted
-    return TaskPublic.model_validate(public)
+    # TOLERANT: a stored definition accepted under older rules must still be shown.
+    return TaskPublic.model_validate(public, context=TOLERANT)
 
 
 def execution_public(doc: Doc, tenant: str) -> ExecutionPublic:

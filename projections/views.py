@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, assert_never
 
 from pymongo.operations import InsertOne, UpdateOne
@@ -65,6 +65,8 @@ DURATION_BUCKETS_MS: tuple[int, ...] = (10, 50, 100, 500, 1000, 5000, 30_000, 60
 """Upper bounds (inclusive, ms) of the duration histogram; a last bucket ``inf`` takes the rest."""
 BUCKET_NAMES: tuple[str, ...] = (*(f"le_{b}" for b in DURATION_BUCKETS_MS), "inf")
 """Field names of the histogram buckets, in order."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 UNKNOWN_TYPE = "unknown"
 """Work kind used in statistics when the task's kind is not known (its creation was not seen)."""
@@ -316,6 +318,9 @@ def _task_created_doc(event: TaskCreated) -> Doc:
         "revision": event.revision,
         "version": event.sequence,
         "created_at": event.at,
+        # BSON dates keep milliseconds; the decider anchors interval schedules at the exact
+        # creation instant, so the preview needs it to the microsecond (see created_at_us).
+        "created_at_us": micros_since_epoch(event.at),
         "updated_at": event.at,
         "last_event_at": event.at,
         "created_by": event.actor,
@@ -337,6 +342,16 @@ def _task_created_doc(event: TaskCreated) -> Doc:
 def _secrets_field(definition: TaskDefinition) -> list[Doc]:
     """The ``secrets`` of a task document: where its definition holds a secret, and its token id."""
     return [{"field": pointer, "id": tid} for pointer, tid in secret_ids(definition).items()]
+
+
+def micros_since_epoch(instant: datetime) -> int:
+    """An instant as integer microseconds since the epoch: exact, unlike a BSON date."""
+    return (instant - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    """Inverse of :func:`micros_since_epoch` (an aware UTC datetime)."""
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def _next_run(next_slot: datetime | None, next_fire_at: datetime | None) -> Doc:

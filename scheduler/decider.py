@@ -37,6 +37,9 @@ Decisions where the brief left room (documented once, here):
   Recent command and trigger ids carry over, so redelivered commands stay harmless.
 * **Deleting** a task cancels everything in flight or buffered (``ExecutionCompleted``
   ``cancelled``) so every execution still gets its one final event.
+* **Jitter and order**: slots fire in order. A slot whose jittered time is before an earlier
+  slot's waits for it and is not counted late for that wait (only possible when the jitter is
+  not below the gap between slots, which new definitions may not have).
 * **Long outages**: one ``Wake`` handles at most :data:`MAX_SLOTS_PER_DECISION` due slots;
   the oldest are recorded as missed and the task stays due, so the firing loop wakes it again
   at once and the rest are handled in the next batch.
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import accumulate
 from typing import Any, Literal, TypeVar, assert_never, cast
 
 from scheduler.retry import backoff, should_retry
@@ -460,7 +464,12 @@ def _catch_up_plan(
     grace = timedelta(seconds=definition.misfire_grace_seconds)
     window = timedelta(seconds=definition.catch_up.window_seconds)
     mode = definition.catch_up.mode
-    lateness = [at - fire_at(task_id, definition, s) for s in slots]
+    # Slots are handled in order, so a slot cannot fire before every earlier slot has. When a
+    # jitter is not below the gap between slots (a definition accepted before that was checked,
+    # or a spring-forward change shortening a gap) a slot waits for an earlier one with a larger
+    # offset; that wait is not lateness, so lateness counts from the latest fire time so far.
+    due = list(accumulate((fire_at(task_id, definition, s) for s in slots), max))
+    lateness = [at - d for d in due]
     late = [i for i, lag in enumerate(lateness) if lag > grace]
 
     runnable: set[int] = set()

@@ -13,12 +13,16 @@ UTC with these daylight-saving rules:
 * **Repeated wall time** (fall-back overlap): the slot fires **once, at its first
   occurrence** (the earlier, daylight-time instant). ``30 1 * * *`` in America/New_York on
   2026-11-01 fires at 01:30 EDT (05:30Z) only; ``0 * * * *`` fires at 01:00 EDT and not again
-  at 01:00 EST, so that day has 23 hourly slots.
+  at 01:00 EST, so that 25-hour day has 24 hourly slots (and the 23-hour spring-forward day
+  has 23: 02:00 becomes 03:00, which fires once).
 * Everything else is a plain wall-clock match. Zones with 30-minute shifts
   (Australia/Lord_Howe) follow the same rules with a 30-minute gap or overlap.
 
 In short: every matching wall time ``w`` maps to ``w`` interpreted with ``fold=0`` (the
-pre-transition offset), and duplicates collapse. Interval schedules are in absolute time and
+pre-transition offset), and duplicates collapse. Which wall times match (the day-of-month /
+day-of-week rule included) is decided by :func:`schemas.cron.wall_times`, the same helper the
+wire model validates with. The user-facing copy of these rules is the ``CronSchedule``
+docstring (the OpenAPI description) and the README's "Schedules" section. Interval schedules are in absolute time and
 unaffected by daylight saving. One-shot schedules have a single slot.
 
 :func:`next_fire` knows only the raw schedule. :func:`next_slot` applies the task-level bounds
@@ -32,17 +36,9 @@ from datetime import UTC, datetime, timedelta
 from typing import assert_never
 from zoneinfo import ZoneInfo
 
-from croniter import CroniterBadDateError, croniter
-
 from schemas._types import LATEST
-from schemas.specs import (
-    CronSchedule,
-    IntervalSchedule,
-    OnceSchedule,
-    Schedule,
-    TaskDefinition,
-    cron_has_seconds,
-)
+from schemas.cron import wall_times
+from schemas.specs import CronSchedule, IntervalSchedule, OnceSchedule, Schedule, TaskDefinition
 
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -149,12 +145,9 @@ def _cron_next(schedule: CronSchedule, after: datetime) -> datetime | None:
     zone = ZoneInfo(schedule.timezone)
     wall_after = after.astimezone(zone).replace(tzinfo=None, fold=0)
     start = wall_after - _gap_lookback(zone, after)
+    best: datetime | None = None
     try:
-        seconds = cron_has_seconds(schedule.expression)
-        walls = croniter(schedule.expression, start, second_at_beginning=seconds)
-        best: datetime | None = None
-        while True:
-            wall: datetime = walls.get_next(datetime)
+        for wall in wall_times(schedule.expression, start):
             instant, exists = _to_utc(wall, zone)
             if instant > after:
                 best = instant if best is None or instant < best else best
@@ -164,8 +157,9 @@ def _cron_next(schedule: CronSchedule, after: datetime) -> datetime | None:
                     return best
             if wall.year > HORIZON.year:
                 return best
-    except (CroniterBadDateError, OverflowError):
+    except OverflowError:
         return None
+    return best
 
 
 def _to_utc(wall: datetime, zone: ZoneInfo) -> tuple[datetime, bool]:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas._types import UtcDatetime
 from schemas.events import DispatchReason
-from schemas.specs import Priority, TaskDefinition, Work
+from schemas.specs import TOLERANT, Priority, TaskDefinition, Work
 
 TaskStatus = Literal["absent", "active", "paused", "completed", "deleted"]
 """Lifecycle of a task.
@@ -151,7 +151,7 @@ def dump_state(state: TaskState) -> bytes:
 
 def load_state(raw: bytes) -> TaskState:
     """Inverse of :func:`dump_state`."""
-    return TaskState.model_validate_json(raw)
+    return TaskState.model_validate_json(raw, context=TOLERANT)
 
 
 def remember(ids: tuple[str, ...], new: str) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from schemas.commands import COMMAND_TYPES, Command, CommandBase
 from schemas.control import CONTROL_TENANT, CONTROL_TYPE_PREFIX, CONTROL_TYPES, CommandBatch, Control, Tick
 from schemas.errors import DecodeError, InvalidCommand
 from schemas.events import EVENT_TYPES, Event, EventBase
+from schemas.specs import TOLERANT
 
 COMMAND_TYPE_PREFIX = "scheduler.command."
 EVENT_TYPE_PREFIX = "scheduler.event."
@@ -216,12 +217,13 @@ def decode_event(raw: bytes) -> Event:
     if data["type"] != name:
         raise DecodeError(f"data.type {data['type']!r} does not match envelope type {name!r}", "data.type")
     try:
-        return _EVENT_ADAPTER.validate_python(data)
+        # An event is a fact: rules added since it was written must not make it unreadable.
+        return _EVENT_ADAPTER.validate_python(data, context=TOLERANT)
     except ValidationError as exc:
         known = _without_unknown_fields(exc, data)
         if known is not None:
             with contextlib.suppress(ValidationError):
-                return _EVENT_ADAPTER.validate_python(known)
+                return _EVENT_ADAPTER.validate_python(known, context=TOLERANT)
         field, reason = _first_error(exc, data)
         raise DecodeError(reason, f"data.{field}" if field else "data") from None
 

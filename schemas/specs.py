@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from pydantic import Field, ValidationInfo, field_validator
 
 from schemas._types import UtcDatetime, WireModel
+from schemas.cron import cron_fields, field_problem, never_matches, shortest_gap
 
 # croniter's "H" (hashed) and "R" (random) fields are not deterministic functions of the
 # expression alone, which would break the pure core's guarantee that a slot is computable.
@@ -24,15 +24,17 @@ _YEAR = 366 * _DAY
 
 _NON_DETERMINISTIC_FIELD = re.compile(r"(?<![A-Za-z])[HhRr](?![A-Za-z])")
 
+TOLERANT: dict[str, Any] = {"tolerant": True}
+"""Validation context for reading what was accepted before (events, stored state, views).
 
-def cron_fields(expression: str) -> list[str]:
-    """Split a cron expression into its whitespace-separated fields."""
-    return expression.split()
+Rules added later (a jitter bounded by the period, a cron expression that must match some day
+under the current day rule) check new commands only: an event or a stored state that passed
+the rules of its day must always decode. Pass it as ``model_validate(..., context=TOLERANT)``.
+"""
 
 
-def cron_has_seconds(expression: str) -> bool:
-    """True when the expression has 6 fields, the first being seconds."""
-    return len(cron_fields(expression)) == 6
+def _tolerant(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("tolerant"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -43,21 +45,44 @@ def cron_has_seconds(expression: str) -> bool:
 class CronSchedule(WireModel):
     """Fire on the wall-clock times matched by a cron expression in an IANA time zone.
 
-    The expression has 5 fields (``minute hour day-of-month month day-of-week``) or 6 fields
-    with **seconds first** (``second minute hour day-of-month month day-of-week``, croniter's
-    ``second_at_beginning``). Day-of-month and day-of-week combine with OR when both are
-    restricted (Vixie cron). See :mod:`scheduler.schedule` for the daylight-saving rules.
+    **Fields.** 5 fields, ``minute hour day-of-month month day-of-week``, or 6 with **seconds
+    first** (``second minute hour day-of-month month day-of-week``). Ranges: second and minute
+    0-59, hour 0-23, day-of-month 1-31 (or ``L``, the last day), month 1-12 (or ``jan``-``dec``),
+    day-of-week 0-7 (0 and 7 are Sunday; or ``sun``-``sat``; ``n#k`` is the k-th weekday n of
+    the month). Each field is a value, a range ``a-b`` (``a > b`` wraps around: hour ``22-2``
+    is 22, 23, 0, 1, 2), a step ``*/n`` or ``a-b/n``, or a comma-separated list of those.
+    Hashed (``H``) and random (``R``) fields are not supported.
+
+    **Day-of-month and day-of-week** (Vixie/ISC cron): when either field starts with ``*``,
+    a day must match both; when both are restricted, a day matching either fires.
+    ``0 0 */2 * 1`` fires on Mondays that are odd days of the month; ``0 0 31 2 1`` fires on
+    every Monday of February.
+
+    **Daylight saving.** Times are matched on the zone's wall clock, then:
+    a wall time that does not exist (spring forward) fires shifted forward by the length of
+    the gap (``30 2 * * *`` in America/New_York on 2026-03-08 fires at 03:30 EDT), and once
+    only if that coincides with another slot; a wall time that happens twice (fall back) fires
+    once, at its first occurrence (``30 1 * * *`` on 2026-11-01 fires at 01:30 EDT only).
+    So ``0 * * * *`` has 23 slots on the spring-forward day (02:00 becomes 03:00, which fires
+    once) and 24 on the fall-back day (the repeated 01:00 fires once); ``* * * * *`` has 1,380
+    (02:00-02:59 become 03:00-03:59, each firing once) and 1,440 (nothing fires during the
+    repeated 01:00-01:59). Interval schedules run in absolute time and ignore daylight saving.
     """
 
     kind: Literal["cron"] = "cron"
     expression: str = Field(min_length=1, max_length=200)
-    """The cron expression; 5 fields, or 6 with seconds first."""
+    """The cron expression: 5 fields (minute hour day-of-month month day-of-week), or 6 with
+    seconds first. Day-of-month and day-of-week combine with OR only when both are restricted
+    (neither starts with ``*``); otherwise a day must match both (Vixie cron). An invalid field
+    is reported with its allowed range, e.g. "minute must be 0-59"."""
     timezone: str = "UTC"
-    """IANA time zone name the wall-clock times are in, e.g. ``Europe/London``."""
+    """IANA time zone name the wall-clock times are in, e.g. ``Europe/London``. A time skipped
+    by a daylight-saving change fires shifted forward by the gap; a repeated time fires once, at
+    its first occurrence."""
 
     @field_validator("expression")
     @classmethod
-    def _valid_cron(cls, value: str) -> str:
+    def _valid_cron(cls, value: str, info: ValidationInfo) -> str:
         fields = cron_fields(value)
         if len(fields) not in (5, 6):
             raise ValueError(
@@ -66,16 +91,18 @@ class CronSchedule(WireModel):
             )
         if any(_NON_DETERMINISTIC_FIELD.search(f) for f in fields):
             raise ValueError("hashed (H) and random (R) cron fields are not supported")
+        if (problem := field_problem(fields)) is not None:
+            raise ValueError(problem)
         normalised = " ".join(fields)
-        seconds = len(fields) == 6
-        if not croniter.is_valid(normalised, second_at_beginning=seconds):
-            raise ValueError(f"invalid cron expression {value!r}")
+        # An expression accepted before under another day rule stays readable (TOLERANT).
+        if _tolerant(info):
+            return normalised
         try:
-            croniter(normalised, datetime(2000, 1, 1), second_at_beginning=seconds).get_next(datetime)
-        except CroniterBadDateError:
-            raise ValueError(f"cron expression {value!r} never matches any date") from None
-        except (CroniterBadCronError, ValueError, KeyError, IndexError, TypeError) as exc:
+            never = never_matches(normalised)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:  # croniter errors are ValueErrors
             raise ValueError(f"invalid cron expression {value!r}: {exc}") from None
+        if never:
+            raise ValueError(f"cron expression {value!r} never matches any date")
         return normalised
 
     @field_validator("timezone")
@@ -373,7 +400,10 @@ class TaskDefinition(WireModel):
     end_at: UtcDatetime | None = None
     """No slot after this instant (inclusive bound)."""
     jitter_seconds: float = Field(default=0.0, ge=0, le=_DAY)
-    """Each slot fires a deterministic offset in [0, jitter_seconds) after its nominal time."""
+    """Each slot fires a deterministic offset in [0, jitter_seconds) after its nominal time.
+    Must be smaller than the shortest gap between two slots of the schedule (for an interval,
+    ``every_seconds``; for cron, the shortest wall-clock gap between matches; any value for a
+    one-shot), so slots always fire in order and a jitter never makes a slot late."""
     tags: list[str] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
     """Parameters passed to the work; a trigger may override them per execution."""
@@ -388,6 +418,26 @@ class TaskDefinition(WireModel):
         for pointer in value:
             if not pointer.startswith("/") or len(pointer) > 1000:
                 raise ValueError(f"{pointer!r} must be a JSON pointer into params starting with '/', e.g. '/api_token'")
+        return value
+
+    @field_validator("jitter_seconds")
+    @classmethod
+    def _jitter_below_gap(cls, value: float, info: ValidationInfo) -> float:
+        # A jitter as long as the gap lets a slot fire after the next one; slots are handled
+        # in order, so the next one would wait and count as late. Stored definitions accepted
+        # before this rule stay readable (TOLERANT), and the decider tolerates them.
+        schedule = info.data.get("schedule")
+        if value <= 0 or _tolerant(info) or schedule is None:
+            return value
+        if isinstance(schedule, IntervalSchedule) and value >= schedule.every_seconds:
+            raise ValueError(
+                f"jitter_seconds must be smaller than the interval's every_seconds ({schedule.every_seconds:g})"
+            )
+        if isinstance(schedule, CronSchedule) and (gap := shortest_gap(schedule.expression, value)) <= value:
+            raise ValueError(
+                f"jitter_seconds must be smaller than the shortest gap between two slots of the cron "
+                f"schedule ({gap:g} s), or a slot could fire after the next one"
+            )
         return value
 
     @field_validator("end_at")

@@ -21,6 +21,7 @@ from pydantic import TypeAdapter
 
 from scheduler import TaskState, next_wakeup
 from schemas.events import Event
+from schemas.specs import TOLERANT
 
 STORED_VERSION = 2
 """Version of the stored document. 1 (no ``v``): no partition in the index entry, or no
@@ -66,8 +67,8 @@ class Stored:
         """Decode a stored document; ``partition`` is used when the document does not say."""
         stored_partition = IndexEntry.read(doc).partition
         return cls(
-            TaskState.model_validate(doc["state"]),
-            _EVENTS.validate_python(doc["last_events"]),
+            TaskState.model_validate(doc["state"], context=TOLERANT),
+            _EVENTS.validate_python(doc["last_events"], context=TOLERANT),
             doc["applied_at"],
             partition if stored_partition is None else stored_partition,
         )
@@ -95,7 +96,7 @@ class IndexEntry:
             task_id, tenant, wakeup = doc["index"]
             when = datetime.fromisoformat(wakeup) if wakeup is not None else None
             return cls(task_id, tenant, when, doc["applied_at"], None)
-        state = TaskState.model_validate(doc["state"])
+        state = TaskState.model_validate(doc["state"], context=TOLERANT)
         return cls(state.task_id, state.tenant, next_wakeup(state), doc["applied_at"], None)
 
 
@@ -123,7 +124,8 @@ class StateStore:
         if raw is None:
             return None
         # The state alone: validating the last events too doubled the cost of a cache miss.
-        state = TaskState.model_validate(orjson.loads(raw)["state"])
+        # TOLERANT: a state accepted under older rules is read, never refused.
+        state = TaskState.model_validate(orjson.loads(raw)["state"], context=TOLERANT)
         self._remember(key, state)
         return state
 

@@ -34,10 +34,11 @@ from api.models import (
 )
 from api.settings import ApiSettings
 from api.views import Doc, TaskSort, Views, internal_task_id
+from projections.views import from_micros
 from scheduler.schedule import anchor_for, fire_at, next_slot
 from schemas.commands import CreateTask, DeleteTask, PauseTask, ResumeTask, TriggerTask, UpdateTask
 from schemas.secrets import SecretError, seal_definition, seal_params
-from schemas.specs import HandlerWork, HttpWork, KafkaWork, TaskDefinition
+from schemas.specs import TOLERANT, HandlerWork, HttpWork, KafkaWork, TaskDefinition
 from streams.fence import TopicFence, literal_url_refusal
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
@@ -361,11 +362,15 @@ async def next_fire_times(
 ) -> NextFireTimes:
     """The task's next `n` slots after now, computed from its stored definition.
 
-    Honours `start_at`, `end_at` and `max_runs`; empty for unscheduled, completed or
-    deleted tasks. A paused task shows the slots it would fire once resumed.
+    Exactly what the worker fires: the same slot rules (cron day-of-month/day-of-week and
+    daylight saving as described under `CronSchedule`, interval anchors to the microsecond)
+    and the same deterministic jitter in `fire_at`. Honours `start_at`, `end_at` and
+    `max_runs`; empty for unscheduled, completed or deleted tasks. A paused task shows the
+    slots it would fire once resumed.
     """
     doc = await _live_task(state.views, principal.tenant, task_id)
-    definition = TaskDefinition.model_validate(doc["definition"])
+    # TOLERANT: a definition accepted under older rules (e.g. a jitter above the gap) still previews.
+    definition = TaskDefinition.model_validate(doc["definition"], context=TOLERANT)
     times: list[FireTime] = []
     if definition.schedule is not None and doc.get("status") in ("active", "paused"):
         runs = 0
@@ -376,8 +381,15 @@ async def next_fire_times(
 
 
 def _preview(doc: Doc, definition: TaskDefinition, n: int, runs: int) -> list[FireTime]:
-    """Up to ``n`` slots strictly after now (and after the last slot handled)."""
-    created_at = doc.get("created_at") or now()
+    """Up to ``n`` slots strictly after now (and after the last slot handled).
+
+    Interval schedules without an anchor of their own are anchored where the decider anchors
+    them: at the task's creation instant to the microsecond (``created_at_us``; ``created_at``
+    is a millisecond BSON date, so a slot from it could be off by up to a millisecond and its
+    jitter, a hash of the slot, by many seconds).
+    """
+    micros = doc.get("created_at_us")
+    created_at = from_micros(micros) if isinstance(micros, int) else doc.get("created_at") or now()
     anchor = anchor_for(definition, created_at)
     after = now()
     last_slot = doc.get("last_slot")

@@ -30,7 +30,7 @@ from schemas.events import (
     TaskPaused,
 )
 from schemas.ids import event_id, execution_id_for_slot, execution_id_for_trigger
-from schemas.specs import RetryPolicy, TaskDefinition
+from schemas.specs import TOLERANT, RetryPolicy, TaskDefinition
 from tests.unit.unit_support import T0, TASK, TENANT, assert_then, at, cmd, definition, e, fold, when
 
 DEF = definition()
@@ -885,3 +885,35 @@ def test_evolve_ignores_events_for_unknown_executions() -> None:
     stray = history[0].model_copy(update={"sequence": 2})
     assert evolve(state, stray) is not None
     assert evolve(None, history[0].model_copy(update={})) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Jitter not below the gap (issue 11, item 9)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_jitter_above_the_gap_accepted_before_never_counts_a_slot_late() -> None:
+    """Every-minute cron with a 150 s jitter (accepted before jitter was bounded; it still comes
+    back from stored state): woken exactly when the state says, as the firing loop does, every
+    slot of an hour runs and none is recorded as missed."""
+    big = TaskDefinition.model_validate(
+        definition(
+            schedule={"kind": "cron", "expression": "* * * * *"},
+            jitter_seconds=150,
+            overlap="allow_all",
+            catch_up={"mode": "skip"},
+        ),
+        context=TOLERANT,
+    )
+    events, state = when([], cmd(CreateTask, T0, definition=big))
+    history = list(events)
+    while state is not None and state.next_fire_at is not None and state.next_fire_at <= at(60):
+        new = decide(cmd(Wake, state.next_fire_at), state)
+        for event in new:
+            state = evolve(state, event)
+        history.extend(new)
+    missed = [ev for ev in history if ev.type == "SlotsMissed"]
+    slots = [ev.slot for ev in history if ev.type == "ExecutionDispatched"]
+    assert missed == []
+    assert slots == sorted(slots) and len(slots) >= 57
+    assert slots == [at(m) for m in range(1, len(slots) + 1)]

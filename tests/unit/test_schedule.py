@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.schedule import fire_times, jitter_offset, next_fire, next_slot
+from schemas.cron import shortest_gap
 from schemas.specs import CronSchedule, IntervalSchedule, OnceSchedule, TaskDefinition
 
 NY = "America/New_York"
@@ -284,3 +285,150 @@ def test_interval_slots_are_anchor_plus_k_every(every: float, anchor: datetime, 
         assert slot == anchor + k * period
     assert slots[0] > after >= slots[0] - period
     assert all(b - a == period for a, b in itertools.pairwise(slots))
+
+
+# ---------------------------------------------------------------------------------------------
+# DST: slots per local day, as the CronSchedule description and README state (issue 11, item 13)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "day", "count"),
+    [
+        ("0 * * * *", "2026-03-08", 23),  # 23-hour day: 02:00 becomes 03:00, which fires once
+        ("0 * * * *", "2026-11-01", 24),  # 25-hour day: the repeated 01:00 fires once
+        ("0 * * * *", "2026-06-15", 24),
+        ("* * * * *", "2026-03-08", 23 * 60),
+        ("* * * * *", "2026-11-01", 24 * 60),  # the second 01:xx fires nothing
+        ("30 2 * * *", "2026-03-08", 1),  # shifted to 03:30
+        ("30 1 * * *", "2026-11-01", 1),  # first occurrence only
+    ],
+)
+def test_slots_per_local_day_around_dst(expression: str, day: str, count: int) -> None:
+    start = local(f"{day}T00:00", NY)
+    end = local((datetime.fromisoformat(day) + timedelta(days=1)).isoformat(), NY)
+    slots = fire_times(cron(expression, NY), start - timedelta(microseconds=1), 2000, anchor=ANCHOR)
+    assert len([s for s in slots if s < end]) == count
+
+
+def test_every_minute_is_silent_through_the_repeated_hour() -> None:
+    slots = fire_times(cron("* * * * *", NY), utc("2026-11-01T05:58"), 3, anchor=ANCHOR)
+    # 01:58 EDT, 01:59 EDT, then 02:00 EST: 01:00-01:59 EST (06:00Z-06:59Z) fire nothing.
+    assert slots == [utc("2026-11-01T05:59"), utc("2026-11-01T07:00"), utc("2026-11-01T07:01")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Day-of-month / day-of-week: the Vixie rule (issue 11, item 11)
+# ---------------------------------------------------------------------------------------------
+
+DAY_RULE_CASES = [
+    # Day-of-month starts with '*': AND. Mondays in January 2026 are 5, 12, 19, 26.
+    pytest.param("0 0 */2 * 1", ["2026-01-05", "2026-01-19", "2026-02-09", "2026-02-23"], id="odd-mondays"),
+    # Both restricted: OR. 31 February never comes, so every Monday of February.
+    pytest.param(
+        "0 0 31 2 1",
+        ["2026-02-02", "2026-02-09", "2026-02-16", "2026-02-23", "2027-02-01"],
+        id="feb-31-or-monday",
+    ),
+    # Both restricted: OR. The 13th or any Friday (2026-01-02 is a Friday).
+    pytest.param("0 0 13 * 5", ["2026-01-02", "2026-01-09", "2026-01-13", "2026-01-16"], id="13th-or-friday"),
+    # Day-of-week starts with '*': AND. Days 1-7 that are Sundays: the first Sunday.
+    pytest.param("0 0 1-7 * */7", ["2026-01-04", "2026-02-01", "2026-03-01", "2026-04-05"], id="first-sunday"),
+    # The same days with a plain 0: OR, days 1-7 or any Sunday.
+    pytest.param("0 0 1-7 * 0", ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"], id="or"),
+    pytest.param("0 0 * * 1", ["2026-01-05", "2026-01-12"], id="plain-weekday"),
+    pytest.param("0 0 L 2 *", ["2026-02-28", "2027-02-28", "2028-02-29"], id="last-day"),
+]
+
+
+@pytest.mark.parametrize(("expression", "days"), DAY_RULE_CASES)
+def test_day_of_month_and_day_of_week_follow_vixie(expression: str, days: list[str]) -> None:
+    got = fire_times(cron(expression), utc("2026-01-01T00:00") - timedelta(seconds=1), len(days), anchor=ANCHOR)
+    assert got == [utc(f"{d}T00:00") for d in days]
+
+
+def _field_values(field: str, low: int, high: int) -> set[int]:
+    """An independent reading of one numeric cron field: lists of values, ranges and steps."""
+    values: set[int] = set()
+    for part in field.split(","):
+        body, _, step = part.partition("/")
+        if body in ("*", "?"):
+            first, last = low, high
+        elif "-" in body:
+            first, last = (int(x) for x in body.split("-"))
+        else:
+            first = last = int(body)
+            if step:
+                last = high
+        values.update(range(first, last + 1, int(step or 1)))
+    return values
+
+
+def _vixie_day(dom: str, month: str, dow: str) -> Callable[[datetime], bool]:
+    """Brute-force day matcher written from the rule, not from croniter."""
+    doms, months = _field_values(dom, 1, 31), _field_values(month, 1, 12)
+    dows = {d % 7 for d in _field_values(dow, 0, 7)}
+    either_star = dom.startswith(("*", "?")) or dow.startswith(("*", "?"))
+
+    def matches(day: datetime) -> bool:
+        if day.month not in months:
+            return False
+        dom_ok, dow_ok = day.day in doms, (day.weekday() + 1) % 7 in dows
+        return (dom_ok and dow_ok) if either_star else (dom_ok or dow_ok)
+
+    return matches
+
+
+day_fields = st.sampled_from(["*", "*/2", "*/3", "1", "13", "31", "1-7", "10-20/5", "29,30,31", "?"])
+month_fields = st.sampled_from(["*", "2", "*/2", "1-3", "2,11"])
+weekday_fields = st.sampled_from(["*", "*/2", "1", "5", "0", "1-5", "6,7", "*/7", "?"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(day_fields, month_fields, weekday_fields)
+def test_validator_and_scheduler_agree_with_a_brute_force_day_rule(dom: str, month: str, dow: str) -> None:
+    """Over a year: the scheduler fires on exactly the days the rule gives, and the validator
+    calls an expression "never matches" exactly when the rule finds no day in 28 years."""
+    if dom == "?" and dow == "?":
+        return
+    expression = f"0 0 {dom} {month} {dow}"
+    matches = _vixie_day(dom, month, dow)
+    start = datetime(2026, 1, 1)
+    expected = [start + timedelta(days=i) for i in range(365) if matches(start + timedelta(days=i))]
+    any_day = expected or [1 for i in range(28 * 366) if matches(start + timedelta(days=i))]
+    try:
+        schedule = cron(expression)
+    except ValueError:
+        assert not any_day, expression
+        return
+    assert any_day, expression
+    got = fire_times(schedule, utc("2026-01-01T00:00") - timedelta(seconds=1), 366, anchor=ANCHOR)
+    assert [s.replace(tzinfo=None) for s in got if s.year < 2027] == expected, expression
+
+
+# ---------------------------------------------------------------------------------------------
+# The jitter bound: the validator's shortest gap is the scheduler's (issue 11, item 9)
+# ---------------------------------------------------------------------------------------------
+
+gap_seconds = st.sampled_from(["0", "30", "0,10", "*/20", "5,55"])
+gap_minutes = st.sampled_from(["0", "*/15", "0,59", "30", "5-10", "*/7"])
+gap_hours = st.sampled_from(["*", "0", "23", "0,23", "1-3", "*/5", "9,17"])
+gap_weekdays = st.sampled_from(["*", "1", "1-5", "0,1", "5,1"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(gap_seconds, gap_minutes, gap_hours, gap_weekdays)
+def test_shortest_gap_is_the_smallest_step_between_slots(second: str, minute: str, hour: str, dow: str) -> None:
+    """Over eight days in UTC (every weekday pattern, Sunday to Monday too), the smallest step between the
+    scheduler's consecutive slots is what the validator computes; a jitter below it keeps the
+    jittered fire times in slot order."""
+    expression = f"{second} {minute} {hour} * * {dow}"
+    slots = fire_times(cron(expression), utc("2026-01-05T00:00") - timedelta(seconds=1), 1200, anchor=ANCHOR)
+    slots = [s for s in slots if s < utc("2026-01-13T00:00")]
+    brute = min((b - a).total_seconds() for a, b in itertools.pairwise(slots))
+    limit = 86_400.0
+    gap = shortest_gap(expression, limit)
+    assert gap == brute if brute <= limit else gap > limit
+    jitter = min(gap, limit) * 0.999
+    fires = [s + jitter_offset("t", s, jitter) for s in slots]
+    assert fires == sorted(fires)
