@@ -5,7 +5,8 @@ N recurring tasks every P seconds with no-op work (slots anchor + k*P, with ``sp
 task offset by i*P/N), measured over a window after a warm-up:
 
 - slot -> dispatch: when db-scheduler's handler began, minus the slot (the execution's scheduled
-  time). db-scheduler runs the work in the thread that picked it, so start is the same instant;
+  time). db-scheduler hands each execution it locked to its thread pool, which runs the work at
+  once (no dispatch step of its own), so start is the same instant;
 - slots missed (never run in the window) and doubled (run more than once);
 - the JVM's resident memory, sampled every 0.5 s as for the other rows (the database server's
   is not counted, as Kafka's and FerretDB's are not for this scheduler).

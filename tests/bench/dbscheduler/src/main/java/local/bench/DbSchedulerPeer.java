@@ -41,8 +41,8 @@ import java.util.concurrent.ConcurrentLinkedQueue;
  * slots anchor + k*P, with --spread the i-th offset by i*P/N. The scheduler polls with
  * lock-and-fetch (SELECT ... FOR UPDATE SKIP LOCKED) on a fixed pool of --threads. For each
  * execution the handler records its slot (the execution's scheduled time) and when it began
- * ("dispatch": db-scheduler runs the work in the thread that picked it, so dispatch and start are
- * the same instant). Only slots inside the window [anchor + W, anchor + W + S) count: expected =
+ * ("dispatch": db-scheduler hands each execution it locked to its thread pool, which runs the work
+ * at once, with no dispatch step of its own, so dispatch and start are one instant). Only slots inside the window [anchor + W, anchor + W + S) count: expected =
  * floor(S/P) * N; missed = expected slots never run; doubled = a slot run more than once.
  * Percentiles are nearest rank, as tests/bench/common.py pct. Prints one JSON line on stdout.
  */
