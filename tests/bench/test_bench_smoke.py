@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import socket
+
 import pytest
 
-from tests.bench import inflight, lateness, peer_apscheduler, scale, throughput
+from tests.bench import compare, inflight, lateness, peer_apscheduler, peer_dbscheduler, scale, throughput
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.slow
@@ -20,6 +23,30 @@ async def test_lateness_runner_counts_every_slot_once(infra: Infra) -> None:
 async def test_apscheduler_peer_runner_counts_every_slot_once() -> None:
     result = await peer_apscheduler.run("sqlite", 20, 1.0, 4.0, 2.0, True)
     assert (result.expected, result.missed, result.doubled) == (80, 0, 0)
+
+
+async def test_dbscheduler_peer_runner_counts_every_slot_once() -> None:
+    # Builds the Java peer with Maven on first use and installs PostgreSQL where it may (CI).
+    result = await peer_dbscheduler.run(20, 1.0, 4.0, 2.0, True)
+    assert (result.expected, result.missed, result.doubled) == (80, 0, 0)
+    assert result.dispatched == 80
+    assert result.rss_peak_mb > 0
+
+
+def test_postgres_cluster_is_stopped_and_removed_also_on_failure() -> None:
+    with pytest.raises(RuntimeError, match="the run failed"), peer_dbscheduler.postgres_cluster() as cluster:
+        with socket.create_connection(("127.0.0.1", cluster.port), timeout=5):
+            pass  # it answers while the run lasts
+        raise RuntimeError("the run failed")
+    assert not cluster.directory.exists()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", cluster.port), timeout=5).close()
+
+
+def test_compare_runs_the_chosen_peers_in_table_order() -> None:
+    assert compare._peers("dbscheduler, ours") == ["ours", "dbscheduler"]
+    with pytest.raises(argparse.ArgumentTypeError, match="choose from"):
+        compare._peers("quartz")
 
 
 async def test_scale_runner_restarts_over_every_task(infra: Infra) -> None:
