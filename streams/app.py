@@ -20,7 +20,8 @@ or none; a tick applied again finds nothing due, or wakes with the same command 
 from the tick id) what it did not get to. The one gap left, a changelog write that reached
 the broker while the command's events did not, is closed by keeping each task's last events
 in its stored state and sending them again, after recovery, for tasks touched in the last
-``RESEND_WINDOW`` seconds; every consumer deduplicates by event id or sequence.
+``RESEND_WINDOW`` seconds whose events are not on ``task-events`` (``streams.resend``); every
+consumer deduplicates by event id or sequence.
 """
 
 from __future__ import annotations
@@ -47,13 +48,17 @@ from streams import faust_tuning, topics
 from streams.executor import Executor
 from streams.firing import Firing
 from streams.publisher import Publisher
+from streams.resend import published_event_ids
 from streams.settings import Settings, topic_name
 from streams.store import IndexEntry, StateStore, Stored, partition_for
 
 log = logging.getLogger(__name__)
 
 RESEND_WINDOW = 60.0
-"""Seconds: after recovery, the last events of tasks applied this recently are sent again."""
+"""Seconds: after recovery, the last events of tasks applied this recently are sent again if
+they are not on ``task-events``."""
+RESEND_CLOCK_MARGIN = 5.0
+"""Seconds read before the window too: a record's timestamp is its producer's clock."""
 
 WAKE_NAMESPACE = uuid.UUID("3b0f8a2e-6c1d-5e47-9a13-5d7c2b9e4f61")
 """Namespace of the ids of the ``Wake`` commands a tick applies (derived from tick and task)."""
@@ -289,15 +294,28 @@ class TaskProcessor:
             if entry.applied_at >= cutoff and doc["last_events"]:
                 resend.append((key, Stored.from_doc(doc, partition)))
         read = time.perf_counter() - started
+        # Only what never reached task-events (a crash between changelog and events): the
+        # rest is there already, and a dispatch sent twice can reach two executors.
+        published = await published_event_ids(
+            self.settings.kafka_bootstrap,
+            self.publisher.events_topic,
+            {stored.partition for _, stored in resend},
+            int((cutoff - RESEND_CLOCK_MARGIN) * 1000),
+        )
+        missing = 0
         for key, stored in resend:
-            self.stats.resent_events += len(stored.last_events)
-            await self.publisher.events(key, stored.last_events)
+            events = [e for e in stored.last_events if published is None or e.event_id not in published]
+            if events:
+                missing += 1
+                self.stats.resent_events += len(events)
+                await self.publisher.events(key, events)
         self.stats.index_rebuilds += 1
         self.stats.tasks_owned = len(self.firing)
         self.stats.last_rebuild_seconds = time.perf_counter() - started
         log.info(
-            "due-index rebuilt: %d tasks in %.3fs (table read %.3fs), %d tasks' last events resent",
-            len(self.firing), self.stats.last_rebuild_seconds, read, len(resend),
+            "due-index rebuilt: %d tasks in %.3fs (table read %.3fs); of %d tasks touched in the last %.0fs, "
+            "%d had events missing from task-events, resent",
+            len(self.firing), self.stats.last_rebuild_seconds, read, len(resend), RESEND_WINDOW, missing,
         )  # fmt: skip
         self.ready = True
         self._fire_now.set()

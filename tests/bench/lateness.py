@@ -83,7 +83,15 @@ async def run(
     # With --separate-executor, the deployment that scales: the task processor's event loop
     # does nothing else. Several workers share the partitions (and so the tasks).
     command = ("worker", "--no-executor") if separate_executor else ("worker",)
-    group = [WorkerProc(env, tmp / f"worker-{n}.log", f"bench-worker-{n}", command).start() for n in range(workers)]
+    # Each worker its own state directory, as on separate machines: workers sharing one waited
+    # on each other's RocksDB locks whenever a partition moved (the multi-second stalls seen
+    # with two workers).
+    group = [
+        WorkerProc(
+            {**env, "SCHED_DATA_DIR": str(tmp / f"data-{n}")}, tmp / f"worker-{n}.log", f"bench-worker-{n}", command
+        ).start()
+        for n in range(workers)
+    ]
     executor = None
     if separate_executor:
         executor = WorkerProc(env, tmp / "executor.log", "bench-executor", ("executor",)).start()
