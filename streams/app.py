@@ -50,7 +50,7 @@ from streams.firing import Firing
 from streams.publisher import Publisher
 from streams.resend import published_event_ids
 from streams.settings import Settings, topic_name
-from streams.store import IndexEntry, StateStore, Stored, partition_for
+from streams.store import IndexEntry, StateStore, Stored, claim_data_dir, partition_for
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ class TaskProcessor:
         self.ready = False
         self.source = f"scheduler/worker/{settings.worker_id}"
         self._fire_now = asyncio.Event()
+        if settings.store.startswith("rocksdb"):
+            self._data_dir_lock = claim_data_dir(settings.data_dir)
         faust_tuning.install(settings.fetch_max_wait_ms)
         self.app = faust.App(
             topic_name(settings, settings.app_id),

@@ -8,11 +8,14 @@ entry (task, tenant, next wakeup, partition) so the due-index rebuild validates 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -154,3 +157,31 @@ class StateStore:
         self._cache.move_to_end(key)
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+
+class DataDirInUse(RuntimeError):
+    """Another worker holds this state directory."""
+
+
+def claim_data_dir(path: Path) -> int:
+    """Lock ``path`` for this process (the lock lasts as long as the returned descriptor is open).
+
+    Two workers on one state directory wait on each other's RocksDB locks whenever a partition
+    moves between them, stall for seconds and can crash; each worker needs its own.
+
+    :raises DataDirInUse: another process holds it, naming that process.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / "worker.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DataDirInUse(
+            f"the state directory {path} is in use by another worker (pid {holder}); "
+            "give each worker its own SCHED_DATA_DIR"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd

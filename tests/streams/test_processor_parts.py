@@ -4,7 +4,9 @@ and the agent's apply path (ticks, batches, commands) over a dict table and a re
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,7 +22,7 @@ from streams.batcher import ReportBatcher
 from streams.firing import Firing
 from streams.publisher import Publisher
 from streams.settings import Settings
-from streams.store import StateStore, partition_for
+from streams.store import DataDirInUse, StateStore, claim_data_dir, partition_for
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PARTITIONS = 4
@@ -254,3 +256,11 @@ async def test_a_wake_that_finds_nothing_due_is_looked_at_later_not_every_tick()
     processor.firing.track(task_id, "acme", 0, at(5))
     await processor.apply(b"tick", _tick(0, at(6)), _Source("commands", 0, 1))
     assert processor.firing.get(task_id) == at(11)  # max(wakeup 10 s, 6 s + resend 5 s)
+
+
+def test_a_state_directory_serves_one_worker_at_a_time(tmp_path: Path) -> None:
+    fd = claim_data_dir(tmp_path / "data")
+    with pytest.raises(DataDirInUse, match=rf"in use by another worker \(pid {os.getpid()}\).*SCHED_DATA_DIR"):
+        claim_data_dir(tmp_path / "data")
+    os.close(fd)
+    os.close(claim_data_dir(tmp_path / "data"))  # free again once the first worker is gone
