@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
@@ -234,13 +233,9 @@ class Executor:
             heartbeat_interval_ms=int(self.settings.session_timeout_seconds * 250),
         )
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=1)
-        limits = httpx.Limits(
-            max_connections=self.settings.executor_concurrency,
-            max_keepalive_connections=min(self.settings.executor_concurrency, 500),
-        )
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
         consumer.subscribe(list(self._topic_priority), listener=_Handover(self, consumer, admin, group))
-        async with fenced_http_client(self.settings, limits) as http:
+        async with fenced_http_client(self.settings, self.settings.executor_concurrency) as http:
             await admin.start()
             await producer.start()
             await consumer.start()

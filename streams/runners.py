@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
@@ -108,7 +108,7 @@ class Runners:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         producer: AIOKafkaProducer | None,
         allowed: list[str] | None,
         topics: TopicFence,
@@ -138,9 +138,9 @@ class Runners:
                         return await self._handler(work, at)
         except TimeoutError:
             return RunResult("failed", error=f"timed out after {budget:.1f}s")
-        except httpx.ConnectError as exc:
-            if isinstance(exc.__cause__, AddressRefused):
-                return RunResult("failed", error=str(exc.__cause__))
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, AddressRefused):
+                return RunResult("failed", error=str(exc.os_error))
             return RunResult("failed", error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # the work's failure, reported, never raised
             return RunResult("failed", error=f"{type(exc).__name__}: {exc}")
@@ -160,32 +160,40 @@ class Runners:
         method: str,
         url: str,
         headers: dict[str, str],
-        timeout: float,  # noqa: ASYNC109 (httpx's per-request timeout)
-        **kwargs: Any,
+        timeout: float,  # noqa: ASYNC109 (the request's own timeout)
+        data: bytes | str | None = None,
     ) -> Fetched:
         """Send a request and read at most ``read_limit`` bytes of the answer (streamed, so a
-        huge response is never held whole in memory)."""
-        async with self.http.stream(method, url, headers=headers, timeout=timeout, **kwargs) as response:
+        huge response is never held whole in memory). Redirects are answers, not followed."""
+        async with self.http.request(
+            method,
+            url,
+            headers=headers,
+            data=data,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
+        ) as response:
             body = bytearray()
             truncated = False
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.content.iter_chunked(65536):
                 body += chunk
                 if len(body) > self.read_limit:
                     del body[self.read_limit :]
                     truncated = True
                     break
-            return Fetched(response.status_code, bytes(body), response.encoding, truncated)
+            return Fetched(response.status, bytes(body), response.charset, truncated)
 
     async def _http(self, work: HttpWork, at: Attempt, budget: float) -> RunResult:
         body = work.body
-        kwargs: dict[str, Any] = {}
+        headers = self._headers(work.headers, at)
+        data: bytes | str | None = None
         if isinstance(body, str | bytes):
-            kwargs["content"] = body
+            data = body
         elif body is not None:
-            kwargs["json"] = body
-        response = await self._fetch(
-            work.method, work.url, self._headers(work.headers, at), min(work.timeout_seconds, budget), **kwargs
-        )
+            data = orjson.dumps(body)
+            if not any(name.lower() == "content-type" for name in headers):
+                headers["Content-Type"] = "application/json"
+        response = await self._fetch(work.method, work.url, headers, min(work.timeout_seconds, budget), data)
         if response.status_code not in work.accepted_statuses:
             return RunResult("failed", response.result(), f"HTTP {response.status_code} from {work.url}")
         if work.poll is None:
