@@ -67,9 +67,9 @@ class ApiSettings(Settings):
     @property
     def commands_topic(self) -> str:
         """The deployment's ``commands`` topic."""
-        return f"{self.topic_prefix}commands"
+        return self.topics.commands
 
     @property
     def events_topic(self) -> str:
         """The deployment's ``task-events`` topic."""
-        return f"{self.topic_prefix}task-events"
+        return self.topics.task_events

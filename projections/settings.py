@@ -20,9 +20,9 @@ class ProjectionSettings(Settings):
     @property
     def events_topic(self) -> str:
         """The ``task-events`` topic of the deployment."""
-        return f"{self.topic_prefix}task-events"
+        return self.topics.task_events
 
     @property
     def group_id(self) -> str:
         """The projector's consumer group."""
-        return f"{self.topic_prefix}{self.projector_group}"
+        return self.topics.name(self.projector_group)

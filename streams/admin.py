@@ -7,8 +7,8 @@ import contextlib
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streams import topics
-from streams.settings import Settings, topic_name
+from schemas.topics import PRIORITIES
+from streams.settings import Settings
 
 FOREVER = {"retention.ms": "-1"}
 
@@ -16,16 +16,17 @@ FOREVER = {"retention.ms": "-1"}
 def topic_specs(settings: Settings) -> list[NewTopic]:
     """Every topic of the deployment with its partitions and configuration."""
     n = settings.partitions
+    names = settings.topics
     specs = [
         # Co-partitioned with the state table: the same count, keyed by task id.
-        NewTopic(topic_name(settings, topics.COMMANDS), n, 1),
+        NewTopic(names.commands, n, 1),
         # The source of truth and the audit trail: kept forever, never rewritten.
-        NewTopic(topic_name(settings, topics.TASK_EVENTS), n, 1, topic_configs=FOREVER),
-        NewTopic(topic_name(settings, topics.OUTCOMES), n, 1, topic_configs=FOREVER),
-        NewTopic(topic_name(settings, topics.TRIGGERS), n, 1),
-        NewTopic(topic_name(settings, topics.DEAD_LETTER), 1, 1, topic_configs=FOREVER),
+        NewTopic(names.task_events, n, 1, topic_configs=FOREVER),
+        NewTopic(names.outcomes, n, 1, topic_configs=FOREVER),
+        NewTopic(names.triggers, n, 1),
+        NewTopic(names.dead_letter, 1, 1, topic_configs=FOREVER),
     ]
-    specs += [NewTopic(topic_name(settings, topics.dispatch(p)), n, 1) for p in topics.PRIORITIES]
+    specs += [NewTopic(names.dispatch(p), n, 1) for p in PRIORITIES]
     return specs
 
 

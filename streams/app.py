@@ -44,7 +44,7 @@ from schemas.commands import Command, Wake
 from schemas.control import CommandBatch, Tick
 from schemas.envelope import control_envelope, decode_command_object, decode_message, encode
 from schemas.errors import DecodeError, InvalidCommand
-from streams import faust_tuning, topics
+from streams import faust_tuning
 from streams.executor import Executor
 from streams.firing import Firing
 from streams.publisher import Publisher
@@ -132,7 +132,7 @@ class TaskProcessor:
             value_serializer="raw",
         )
         self.commands = self.app.topic(
-            topic_name(settings, topics.COMMANDS),
+            settings.topics.commands,
             partitions=settings.partitions,
             key_type=bytes,
             value_type=bytes,

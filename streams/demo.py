@@ -31,7 +31,7 @@ from schemas.envelope import decode_event
 from schemas.events import ExecutionCompleted
 from schemas.secrets import new_key
 from streams.admin import ensure_topics
-from streams.settings import Settings, topic_name
+from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 LOGS = REPO / ".stack" / "logs"
@@ -135,9 +135,7 @@ async def _run(
                 raise click.ClickException(f"the API did not become ready; see {LOGS / 'api.log'}")
             await asyncio.sleep(0.5)
 
-        consumer = AIOKafkaConsumer(
-            topic_name(settings, "outcomes"), bootstrap_servers=settings.kafka_bootstrap, group_id=None
-        )
+        consumer = AIOKafkaConsumer(settings.topics.outcomes, bootstrap_servers=settings.kafka_bootstrap, group_id=None)
         await consumer.start()
         await consumer.seek_to_end()
         body = {

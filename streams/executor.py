@@ -38,7 +38,7 @@ from schemas.envelope import decode_event
 from schemas.errors import DecodeError
 from schemas.events import ExecutionDispatched
 from schemas.secrets import SecretError, open_work, scrub
-from streams import topics
+from schemas.topics import PRIORITIES
 from streams.batcher import ReportBatcher
 from streams.deadletter import dead_letter_record
 from streams.fence import TopicFence, fenced_http_client
@@ -163,8 +163,8 @@ class WeightedQueues:
     """One FIFO per priority class; ``pop`` serves them by weighted round robin."""
 
     def __init__(self, weights: tuple[int, int, int]) -> None:
-        self.queues: dict[str, deque[ConsumerRecord[bytes, bytes]]] = {p: deque() for p in topics.PRIORITIES}
-        self._cycle = [p for p, w in zip(topics.PRIORITIES, weights, strict=True) for _ in range(max(w, 1))]
+        self.queues: dict[str, deque[ConsumerRecord[bytes, bytes]]] = {p: deque() for p in PRIORITIES}
+        self._cycle = [p for p, w in zip(PRIORITIES, weights, strict=True) for _ in range(max(w, 1))]
         self._pos = 0
 
     def __len__(self) -> int:
@@ -200,7 +200,7 @@ class ExecutorStats:
     """Dispatches a previous owner of the partition had finished, not run again."""
     in_flight: int = 0
     peak_in_flight: int = 0
-    by_priority: dict[str, int] = field(default_factory=lambda: dict.fromkeys(topics.PRIORITIES, 0))
+    by_priority: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PRIORITIES, 0))
 
 
 class Executor:
@@ -216,8 +216,8 @@ class Executor:
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
-        self._topic_priority = {topic_name(settings, topics.dispatch(p)): p for p in topics.PRIORITIES}
-        self._commands = topic_name(settings, topics.COMMANDS)
+        self._topic_priority = {settings.topics.dispatch(p): p for p in PRIORITIES}
+        self._commands = settings.topics.commands
         self._keyring = settings.secret_keyring()  # a bad key configuration stops the start
 
     async def run(self) -> None:
@@ -357,11 +357,11 @@ class Executor:
         try:
             event = decode_event(record.value or b"")
         except DecodeError as exc:
-            await producer.send(topic_name(self.settings, topics.DEAD_LETTER), **dead_letter_record(record, exc))
+            await producer.send(self.settings.topics.dead_letter, **dead_letter_record(record, exc))
             return
         if not isinstance(event, ExecutionDispatched):
             await producer.send(
-                topic_name(self.settings, topics.DEAD_LETTER),
+                self.settings.topics.dead_letter,
                 **dead_letter_record(record, DecodeError(f"expected ExecutionDispatched, got {event.type}")),
             )
             return

@@ -34,21 +34,14 @@ import aiohttp
 from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import ResolveResult
 
-from streams import topics
+from schemas import topics
 from streams.settings import Settings, topic_name
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Names of a scheduler deployment's topics (after its prefix), to refuse them under any prefix.
-_SCHEDULER_TOPICS = (
-    topics.COMMANDS,
-    topics.TASK_EVENTS,
-    topics.OUTCOMES,
-    topics.TRIGGERS,
-    topics.DEAD_LETTER,
-    *(topics.dispatch(p) for p in topics.PRIORITIES),
-)
+_SCHEDULER_TOPICS = topics.NAMES
 _PREFIX_SEPARATORS = ".-_"
 # Faust names its table changelogs "<app id>-<table>-changelog" and its assignor topic
 # "<app id>-__assignor-__leader"; repartition topics end in "-repartition".
@@ -119,10 +112,9 @@ class TopicFence:
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicFence:
         """The fence of the deployment ``settings`` describe."""
-        own = {topic_name(settings, name) for name in _SCHEDULER_TOPICS}
         return cls(
             patterns=tuple(settings.kafka_work_topics),
-            own_topics=frozenset(own),
+            own_topics=frozenset(settings.topics.all),
             own_prefixes=(topic_name(settings, settings.app_id),),
         )
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from schemas.envelope import encode, event_envelope
 from schemas.events import Event, ExecutionCompleted, ExecutionDispatched
-from streams import topics
+from schemas.topics import PRIORITIES
 from streams.deadletter import dead_letter_value
-from streams.settings import Settings, topic_name
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,11 @@ class Publisher:
         self._send = send
         self.source = source
         self.stats = PublisherStats()
-        self.events_topic = topic_name(settings, topics.TASK_EVENTS)
-        self.outcomes_topic = topic_name(settings, topics.OUTCOMES)
-        self.dead_letter_topic = topic_name(settings, topics.DEAD_LETTER)
-        self.dispatch_topics = {p: topic_name(settings, topics.dispatch(p)) for p in topics.PRIORITIES}
+        names = settings.topics
+        self.events_topic = names.task_events
+        self.outcomes_topic = names.outcomes
+        self.dead_letter_topic = names.dead_letter
+        self.dispatch_topics = {p: names.dispatch(p) for p in PRIORITIES}
 
     async def events(self, key: bytes, events: Iterable[Event]) -> None:
         """Send a task's events, each to every topic it belongs on."""

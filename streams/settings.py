@@ -9,6 +9,7 @@ from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.secrets import Keyring, load_keyring
+from schemas.topics import Topics
 
 
 class Settings(BaseSettings):
@@ -132,7 +133,12 @@ class Settings(BaseSettings):
         keys = {kid: key.get_secret_value() for kid, key in self.secret_keys.items()}
         return load_keyring(keys, self.secret_keys_file, self.secret_active_key)
 
+    @property
+    def topics(self) -> Topics:
+        """The names of this deployment's topics."""
+        return Topics(self.topic_prefix)
+
 
 def topic_name(settings: Settings, name: str) -> str:
-    """The full name of a topic for this deployment."""
-    return f"{settings.topic_prefix}{name}"
+    """The full name of a topic (or consumer group) for this deployment."""
+    return settings.topics.name(name)
