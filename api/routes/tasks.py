@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response
 
@@ -39,7 +39,12 @@ from schemas.specs import TaskDefinition
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
 
 TaskId = Annotated[str, Path(description="The task's id (as returned on create).", max_length=200)]
-STATUSES = ("active", "paused", "completed", "deleted")
+TaskStatus = Literal["active", "paused", "completed", "deleted"]
+WorkType = Literal["http", "kafka", "handler"]
+ExecutionStatus = Literal[
+    "buffered", "scheduled", "running", "retrying", "succeeded", "failed", "timed_out", "cancelled", "skipped"
+]
+# Enumerations rather than `pattern="^...$"`: nothing to get wrong about what `$` matches.
 
 
 async def _live_task(views: Views, tenant: str, task_id: str) -> Doc:
@@ -82,20 +87,15 @@ async def create_task(
         at=now(),
         definition=definition,
     )
-    return await submit(state, principal, command, response, wait=wait)
+    return await submit(state, principal, command, response, wait=wait, idempotency_key=key)
 
 
 @router.get("", summary="List tasks")
 async def list_tasks(
     state: State,
     principal: Viewer,
-    status: Annotated[
-        str | None,
-        Query(
-            pattern="^(active|paused|completed|deleted)$", description="Only this status (default: all but deleted)."
-        ),
-    ] = None,
-    type: Annotated[str | None, Query(pattern="^(http|kafka|handler)$", description="Only this kind of work.")] = None,
+    status: Annotated[TaskStatus | None, Query(description="Only this status (default: all but deleted).")] = None,
+    type: Annotated[WorkType | None, Query(description="Only this kind of work.")] = None,
     tag: Annotated[str | None, Query(max_length=200, description="Only tasks with this tag.")] = None,
     sort: Annotated[
         TaskSort, Query(description="`created_at` (newest first), `name`, or `next_run` (soonest first).")
@@ -168,7 +168,7 @@ async def update_task(
         definition=definition,
         expected_revision=expected,
     )
-    return await submit(state, principal, command, response, wait=wait)
+    return await submit(state, principal, command, response, wait=wait, idempotency_key=key)
 
 
 @router.delete(
@@ -285,7 +285,7 @@ async def trigger_task(
         params=body.params,
         priority=body.priority,
     )
-    return await submit(state, principal, command, response, wait=wait)
+    return await submit(state, principal, command, response, wait=wait, idempotency_key=key)
 
 
 @router.get("/{task_id}/next-fire-times", summary="Preview the next fire times", responses=problem_responses(404))
@@ -334,13 +334,7 @@ async def list_executions(
     state: State,
     principal: Viewer,
     task_id: TaskId,
-    status: Annotated[
-        str | None,
-        Query(
-            pattern="^(buffered|scheduled|running|retrying|succeeded|failed|timed_out|cancelled|skipped)$",
-            description="Only this status.",
-        ),
-    ] = None,
+    status: Annotated[ExecutionStatus | None, Query(description="Only this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=2000, description="`next_cursor` of the previous page.")] = None,
 ) -> ExecutionPage:
@@ -376,4 +370,4 @@ async def _task_command(
         at=now(),
         **fields,
     )
-    return await submit(state, principal, command, response, wait=wait)
+    return await submit(state, principal, command, response, wait=wait, idempotency_key=key)
