@@ -29,6 +29,7 @@ API_NAMESPACE = uuid.UUID("0b7e4a8c-2f61-5d3e-8c49-6a1f0e2d7b35")
 
 _KEY = re.compile(r"[\x21-\x7e]{1,200}")
 """Matched in full (``$`` would also match before a trailing newline)."""
+_REVISION = re.compile(r"[0-9]{1,16}")
 _INT64 = range(-(2**63), 2**63)
 _MAX_DEPTH = 64
 """Deepest nesting of a command: well within what BSON (100 levels), pydantic and orjson (255) carry."""
@@ -71,7 +72,9 @@ def parse_if_match(value: str | None) -> int | None:
     if value is None or value.strip() == "*":
         return None
     tag = value.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit() or not 0 < int(tag) < 2**53:
+    # ASCII digits only, and few of them: str.isdigit() also takes "²" (which int() refuses) and
+    # int() refuses more than 4300 digits; either answered 500.
+    if not _REVISION.fullmatch(tag) or not 0 < int(tag) < 2**53:
         raise Unprocessable(
             'If-Match: expected a task revision as an entity tag, e.g. "3"',
             errors=[FieldError(field="If-Match", message='expected a task revision as an entity tag, e.g. "3"')],

@@ -376,3 +376,14 @@ async def test_malformed_ids_and_keys_are_refused_in_full(bad: str) -> None:
     with pytest.raises(Unprocessable) as caught:
         check_idempotency_key("key" + bad)
     assert caught.value.errors and caught.value.errors[0].field == "Idempotency-Key"
+
+
+async def test_headers_with_odd_digits_are_not_a_500(http: Any) -> None:
+    """If-Match with a non-ASCII digit or thousands of digits, Content-Length with thousands: 500 before."""
+    headers = auth(new_tenant())
+    for tag in ('"\xb2"'.encode("latin-1"), b'"' + b"1" * 5000 + b'"', b'W/"\xd9\xa1"'):
+        r = await http.put(f"/v1/tasks/{TASK_ID}", json=GOOD, headers={**headers, "If-Match": tag})  # type: ignore[dict-item]
+        assert r.status_code == 422, (tag[:20], r.text)
+        assert [e["field"] for e in r.json()["errors"]] == ["If-Match"], r.text
+    r = await http.post("/v1/tasks", json=GOOD, headers={**headers, "Content-Length": "9" * 5000})
+    assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json", r.text
