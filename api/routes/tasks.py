@@ -61,7 +61,7 @@ async def _live_task(views: Views, tenant: str, task_id: str) -> Doc:
     summary="Create a task",
     responses={
         200: {"model": CommandResult, "description": "Applied (with `?wait`)"},
-        **problem_responses(400, 409, 413),
+        **problem_responses(400, 409, 413, 429),
     },
 )
 async def create_task(
@@ -243,7 +243,7 @@ async def resume_task(
     summary="Run a task now",
     responses={
         200: {"model": CommandResult, "description": "Applied (with `?wait`)"},
-        **problem_responses(400, 404, 409),
+        **problem_responses(400, 404, 409, 429),
     },
 )
 async def trigger_task(
