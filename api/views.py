@@ -24,6 +24,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from api.errors import FieldError, Unprocessable
 from projections.read import CollectionNames, active_collections, tenant_stats
+from projections.views import stats_id
 
 Doc = dict[str, Any]
 PUBLIC_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
@@ -230,6 +231,25 @@ class Views:
         return await self.db[names.executions].count_documents(query)
 
     # -- audit and stats ---------------------------------------------------------------------
+
+    async def live_tasks(self, tenant: str, partitions: int) -> int:
+        """The tenant's tasks that are not deleted, from its statistics documents.
+
+        One document per partition of ``task-events`` (``partitions`` of them), each read by
+        ``_id``: the one lookup FerretDB answers without scanning the collection.
+        """
+        stats = self.db[(await self.names()).stats]
+        found = await asyncio.gather(
+            *(stats.find_one({"_id": stats_id(tenant, p)}, {"tasks": 1}) for p in range(partitions))
+        )
+        by_status = [doc.get("tasks") or {} for doc in found if doc is not None]
+        return max(0, sum(int(n) for counts in by_status for status, n in counts.items() if status != "deleted"))
+
+    async def shown(self, internal_ids: list[str]) -> list[str]:
+        """Those of ``internal_ids`` the tasks view holds (in any status), each looked up by ``_id``."""
+        tasks = self.db[(await self.names()).tasks]
+        found = await asyncio.gather(*(tasks.find_one({"_id": task_id}, {"_id": 1}) for task_id in internal_ids))
+        return [task_id for task_id, doc in zip(internal_ids, found, strict=True) if doc is not None]
 
     async def caused_by(self, tenant: str, internal_id: str, command_id: str) -> list[Doc]:
         """The audit documents of the events a command caused, in task order."""

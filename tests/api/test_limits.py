@@ -156,6 +156,13 @@ async def test_task_quota_holds_over_a_burst_of_creates_in_two_processes(warm: S
         assert r.status_code == 202, r.text
         assert (await one.post("/v1/tasks", json=NOOP, headers=keyed)).json()["task_id"] == r.json()["task_id"]
         _quota_exceeded(await one.post("/v1/tasks", json=NOOP, headers=headers))
+        # Once the views caught up, they hold exactly the quota's worth of live tasks.
+        deadline = time.monotonic() + 20
+        while len(live := (await one.get("/v1/tasks", headers=headers)).json()["items"]) < 3:
+            assert time.monotonic() < deadline, live
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+        assert len((await two.get("/v1/tasks", headers=headers)).json()["items"]) == 3
 
 
 async def test_trigger_quota_per_minute_is_shared_by_processes(warm: Stack, keys: Keys) -> None:
