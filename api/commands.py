@@ -7,6 +7,7 @@ wait for the projection to show what the command caused.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import uuid
@@ -16,13 +17,17 @@ from typing import Any
 
 from fastapi import Response
 from pydantic import BaseModel
+from pymongo.errors import ConnectionFailure, ExecutionTimeout
 
 from api.auth import Principal, utf8_encodable
 from api.deps import ApiState
 from api.errors import FieldError, ServiceUnavailable, Unprocessable, rejection_error
 from api.models import CommandResult, ExecutionPublic, TaskPublic
+from api.quotas import Refund
 from api.views import Doc, public_task_id
 from schemas.commands import CommandBase
+
+log = logging.getLogger(__name__)
 
 API_NAMESPACE = uuid.UUID("0b7e4a8c-2f61-5d3e-8c49-6a1f0e2d7b35")
 """Namespace of the ids derived from ``Idempotency-Key`` headers."""
@@ -140,6 +145,30 @@ def execution_public(doc: Doc, tenant: str) -> ExecutionPublic:
     )
 
 
+async def _limits(state: ApiState, command: CommandBase, kind: str, idempotency_key: str | None) -> Refund:
+    """Check the ``Idempotency-Key`` binding and take the tenant's quotas; the quotas' refund.
+
+    A create needs nothing else of MongoDB, and commands are accepted while the views are down
+    (they catch up from the log): so unless ``limits_fail_open`` is off, a MongoDB outage lets
+    the command through unchecked (counted in ``scheduler_api_limits_unchecked``) rather than
+    refusing it.
+    """
+    try:
+        if idempotency_key is not None:
+            await state.idempotency.remember(command)
+        return await state.quotas.admit(command)
+    except (ConnectionFailure, ExecutionTimeout) as exc:
+        if not state.settings.limits_fail_open:
+            raise
+        log.warning("%s accepted without the quota and Idempotency-Key checks: %r", kind, exc)
+        state.metrics.limits_unchecked.labels(command=kind).inc()
+        return _unchecked
+
+
+async def _unchecked() -> None:
+    return None
+
+
 async def submit(
     state: ApiState,
     principal: Principal,
@@ -166,9 +195,7 @@ async def submit(
     if unstorable is not None:
         path, reason = unstorable
         raise rejection_error(reason, ".".join(path))
-    if idempotency_key is not None:
-        await state.idempotency.remember(command)
-    refund = await state.quotas.admit(command)
+    refund = await _limits(state, command, kind, idempotency_key)
     try:
         await state.bus.send(command)
     except ServiceUnavailable:

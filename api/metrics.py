@@ -57,6 +57,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.limits_unchecked = Counter(
+            "scheduler_api_limits_unchecked",
+            "Commands accepted without the quota and Idempotency-Key checks, MongoDB being unreachable.",
+            ["command"],
+            registry=self.registry,
+        )
+
     def command(self, command: str, outcome: str) -> None:
         """Count one command outcome."""
         self.commands.labels(command=command, outcome=outcome).inc()

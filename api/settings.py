@@ -82,6 +82,10 @@ class ApiSettings(Settings):
     """How long an accepted create counts as pending while the tasks view does not show it yet;
     a projector stalled for longer lets creates made before the stall be counted once fewer."""
 
+    limits_fail_open: bool = True
+    """With MongoDB unreachable, a create is still accepted (the views catch up from the log),
+    without the quota and ``Idempotency-Key`` checks; False answers 503 instead."""
+
     metrics_path: str = "/metrics"
     """Where Prometheus metrics are served; empty: not served at all."""
     metrics_token: SecretStr | None = None
