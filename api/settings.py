@@ -73,7 +73,8 @@ class ApiSettings(Settings):
     another request is refused with 422 meanwhile); after it the key may be used afresh."""
 
     quota_max_tasks: int = Field(default=10_000, ge=0)
-    """Tasks (not deleted) one tenant may have; a create beyond it is answered 429."""
+    """Tasks (not deleted) one tenant may have; a create beyond it is answered 429. Counted from the
+    statistics view, one document per partition: ``SCHED_PARTITIONS`` must be the deployment's."""
     quota_triggers_per_minute: int = Field(default=600, ge=0)
     """Manual runs one tenant may trigger per calendar minute, over all API processes; beyond it 429."""
     quota_overrides: dict[str, TenantQuota] = Field(default_factory=dict)
