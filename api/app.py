@@ -13,8 +13,10 @@ from api import errors
 from api.auth import TokenVerifier
 from api.bus import CommandBus
 from api.deps import ApiState
+from api.idempotency import IdempotencyKeys
 from api.metrics import Metrics, MetricsMiddleware
 from api.middleware import BodyLimitMiddleware
+from api.quotas import Quotas
 from api.routes import events, executions, health, stats, tasks
 from api.settings import ApiSettings
 from api.views import Views
@@ -54,7 +56,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         bus = CommandBus(settings)
         await bus.start()  # Kafka may be down: the API still starts, commands answer 503
         views = Views(mongo[settings.mongo_database], cache_seconds=settings.views_cache_seconds)
-        state = ApiState(settings, verifier, bus, views, metrics, mongo, keyring=keyring)
+        idempotency = IdempotencyKeys(views.db, settings.idempotency_key_ttl_seconds)
+        state = ApiState(
+            settings, verifier, bus, views, metrics, mongo, idempotency, Quotas(views, settings), keyring=keyring
+        )
         app.state.api = state
         try:
             yield
@@ -82,4 +87,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s too
     for router in (tasks.router, executions.router, stats.router, events.router, health.router):
         app.include_router(router)
+    app.include_router(health.metrics_router(settings))
     return app

@@ -22,8 +22,9 @@ from jwt.algorithms import RSAAlgorithm
 from api.errors import Forbidden, Unauthorized
 from api.settings import ApiSettings
 
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-"""Tenants are short and never contain ``/``: internal task ids are ``<tenant>/<id>``."""
+TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""Tenants are short and never contain ``/``: internal task ids are ``<tenant>/<id>``. Matched in
+full: ``$`` would also match before a trailing newline and let ``"acme\n"`` be another tenant."""
 ACTOR_MAX = 200
 
 
@@ -137,14 +138,27 @@ class TokenVerifier:
 
 def _principal(claims: dict[str, Any]) -> Principal:
     actor, tenant, roles = claims.get("sub"), claims.get("tenant"), claims.get("roles", [])
-    if not isinstance(actor, str) or not 0 < len(actor) <= ACTOR_MAX:
-        raise Unauthorized("the 'sub' claim must be a non-empty string")
-    if not isinstance(tenant, str) or not TENANT_PATTERN.match(tenant):
+    if not isinstance(actor, str) or not 0 < len(actor) <= ACTOR_MAX or not utf8_encodable(actor):
+        raise Unauthorized("the 'sub' claim must be a non-empty string of valid Unicode")
+    if not isinstance(tenant, str) or not TENANT_PATTERN.fullmatch(tenant):
         raise Unauthorized("the 'tenant' claim must match " + TENANT_PATTERN.pattern)
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise Unauthorized("the 'roles' claim must be a list of strings")
     granted = [_ROLE_NAMES[r] for r in roles if r in _ROLE_NAMES]
     return Principal(actor=actor, tenant=tenant, role=max(granted) if granted else None)
+
+
+def utf8_encodable(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (JSON on Kafka, BSON in the views, a problem document).
+
+    JSON text, a token's claims included, may spell a lone surrogate (``"\\ud800"``) that Python's
+    JSON reader turns into a string no UTF-8 encoder accepts.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def bearer_token(authorization: str | None) -> str:

@@ -7,6 +7,8 @@ wait for the projection to show what the command caused.
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -15,20 +17,26 @@ from typing import Any
 
 from fastapi import Response
 from pydantic import BaseModel
+from pymongo.errors import ConnectionFailure, ExecutionTimeout
 
-from api.auth import Principal
+from api.auth import Principal, utf8_encodable
 from api.deps import ApiState
 from api.errors import FieldError, ServiceUnavailable, Unprocessable, rejection_error
 from api.models import CommandResult, ExecutionPublic, TaskPublic
+from api.quotas import Refund
 from api.views import Doc, public_task_id
 from schemas.commands import CommandBase
 from schemas.secrets import SecretError, mask_clear, redact
 from schemas.specs import TOLERANT
 
+log = logging.getLogger(__name__)
+
 API_NAMESPACE = uuid.UUID("0b7e4a8c-2f61-5d3e-8c49-6a1f0e2d7b35")
 """Namespace of the ids derived from ``Idempotency-Key`` headers."""
 
-_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+"""Matched in full (``$`` would also match before a trailing newline)."""
+_REVISION = re.compile(r"[0-9]{1,16}")
 _INT64 = range(-(2**63), 2**63)
 _MAX_DEPTH = 64
 """Deepest nesting of a command: well within what BSON (100 levels), pydantic and orjson (255) carry."""
@@ -41,7 +49,7 @@ def now() -> datetime:
 
 def check_idempotency_key(key: str | None) -> str | None:
     """The key if well formed (1-200 visible ASCII characters); 422 naming the header otherwise."""
-    if key is not None and not _KEY.match(key):
+    if key is not None and not _KEY.fullmatch(key):
         raise Unprocessable(
             "Idempotency-Key: must be 1-200 visible ASCII characters",
             errors=[FieldError(field="Idempotency-Key", message="must be 1-200 visible ASCII characters")],
@@ -71,7 +79,9 @@ def parse_if_match(value: str | None) -> int | None:
     if value is None or value.strip() == "*":
         return None
     tag = value.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit() or not 0 < int(tag) < 2**53:
+    # ASCII digits only, and few of them: str.isdigit() also takes "²" (which int() refuses) and
+    # int() refuses more than 4300 digits; either answered 500.
+    if not _REVISION.fullmatch(tag) or not 0 < int(tag) < 2**53:
         raise Unprocessable(
             'If-Match: expected a task revision as an entity tag, e.g. "3"',
             errors=[FieldError(field="If-Match", message='expected a task revision as an entity tag, e.g. "3"')],
@@ -83,7 +93,9 @@ def _unstorable(value: Any, path: tuple[str, ...] = ()) -> tuple[tuple[str, ...]
     """Where and why ``value`` (a command) cannot reach the views, or None if it can.
 
     The views are BSON documents embedding the command's JSON (definitions, params): integers must
-    fit in a signed 64 bits (orjson, on the commands topic, is bound likewise); and as FerretDB
+    fit in a signed 64 bits (orjson, on the commands topic, is bound likewise); strings and keys
+    must be encodable as UTF-8 (Python's JSON reader accepts a lone surrogate escape such as
+    ``"\\ud800"``, which neither orjson nor BSON can write); numbers must be finite; and as FerretDB
     refuses the write, keys must not start with ``$`` or hold ``.`` or NUL, and an array must not
     hold an array directly. Nesting is bounded too; so the command is walked as it is, not dumped
     first (dumping one nested too deep fails).
@@ -92,10 +104,17 @@ def _unstorable(value: Any, path: tuple[str, ...] = ()) -> tuple[tuple[str, ...]
         return path[:_MAX_DEPTH], f"nested more than {_MAX_DEPTH} levels deep"
     if isinstance(value, int) and not isinstance(value, bool):
         return None if value in _INT64 else (path, "integer out of range (must fit in 64 bits)")
+    if isinstance(value, float):
+        # Python's JSON reader takes NaN and Infinity; orjson would write them as null.
+        return None if math.isfinite(value) else (path, "not a finite number (NaN and Infinity are not JSON)")
+    if isinstance(value, str):
+        return None if utf8_encodable(value) else (path, _NOT_UNICODE)
     if isinstance(value, BaseModel):
         items: Iterable[tuple[Any, Any]] = iter(value)
     elif isinstance(value, Mapping):
         for key in value:
+            if not utf8_encodable(key):
+                return path, f"a key is {_NOT_UNICODE}"
             if key.startswith("$") or "." in key or "\x00" in key:
                 return path, f"key {key!r} cannot be stored: keys must not start with '$' or hold '.' or NUL"
         items = value.items()
@@ -111,6 +130,23 @@ def _unstorable(value: Any, path: tuple[str, ...] = ()) -> tuple[tuple[str, ...]
         if found is not None:
             return found
     return None
+
+
+_NOT_UNICODE = "not valid Unicode text (it holds a lone surrogate such as \\ud800), so it cannot be encoded as UTF-8"
+
+
+def check_storable(value: Any, *prefix: str) -> None:
+    """Refuse what the views cannot store or no encoder accepts (see :func:`_unstorable`).
+
+    Called on a request's own input before anything encodes it (sealing secrets does), so the
+    client gets a 422 naming the field, never a 500.
+
+    :raises ApiError: 422 naming the field at fault.
+    """
+    unstorable = _unstorable(value, prefix)
+    if unstorable is not None:
+        path, reason = unstorable
+        raise rejection_error(reason, ".".join(path))
 
 
 def task_public(doc: Doc, tenant: str) -> TaskPublic:
@@ -142,6 +178,30 @@ def secret_error(exc: SecretError, prefix: str | None) -> Unprocessable:
     )
 
 
+async def _limits(state: ApiState, command: CommandBase, kind: str, idempotency_key: str | None) -> Refund:
+    """Check the ``Idempotency-Key`` binding and take the tenant's quotas; the quotas' refund.
+
+    A create needs nothing else of MongoDB, and commands are accepted while the views are down
+    (they catch up from the log): so unless ``limits_fail_open`` is off, a MongoDB outage lets
+    the command through unchecked (counted in ``scheduler_api_limits_unchecked``) rather than
+    refusing it.
+    """
+    try:
+        if idempotency_key is not None:
+            await state.idempotency.remember(command)
+        return await state.quotas.admit(command)
+    except (ConnectionFailure, ExecutionTimeout) as exc:
+        if not state.settings.limits_fail_open:
+            raise
+        log.warning("%s accepted without the quota and Idempotency-Key checks: %r", kind, exc)
+        state.metrics.limits_unchecked.labels(command=kind).inc()
+        return _unchecked
+
+
+async def _unchecked() -> None:
+    return None
+
+
 async def submit(
     state: ApiState,
     principal: Principal,
@@ -150,22 +210,27 @@ async def submit(
     *,
     wait: float | None,
     execution_id: str | None = None,
+    idempotency_key: str | None = None,
 ) -> CommandResult:
     """Send ``command``; answer 202 at once, or 200 with the outcome when ``wait`` seconds suffice.
 
-    :raises Unprocessable: the command holds JSON the views cannot store (in ``params``, say).
+    With ``idempotency_key`` (from which the command's ids derive), the key must not have been
+    used for a different request; the command then takes its share of the tenant's quotas.
+
+    :raises Unprocessable: the command holds JSON the views cannot store (in ``params``, say),
+        or the ``Idempotency-Key`` was used for another request.
+    :raises TooManyRequests: the tenant is at a quota.
     :raises ServiceUnavailable: Kafka did not acknowledge the command (nothing was accepted).
     :raises ApiError: while waiting, the task processor rejected the command (404/409/422).
     """
     kind = str(getattr(command, "type", type(command).__name__))
-    unstorable = _unstorable(command)
-    if unstorable is not None:
-        path, reason = unstorable
-        raise rejection_error(reason, ".".join(path))
+    check_storable(command)
+    refund = await _limits(state, command, kind, idempotency_key)
     try:
         await state.bus.send(command)
     except ServiceUnavailable:
         state.metrics.command(kind, "unavailable")
+        await refund()
         raise
     state.metrics.command(kind, "accepted")
     tenant = principal.tenant

@@ -14,7 +14,9 @@ from pymongo import AsyncMongoClient
 from api.auth import Principal, Role, TokenVerifier
 from api.bus import CommandBus
 from api.errors import Unauthorized
+from api.idempotency import IdempotencyKeys
 from api.metrics import Metrics
+from api.quotas import Quotas
 from api.settings import ApiSettings
 from api.views import Views
 from schemas.secrets import Keyring
@@ -30,6 +32,8 @@ class ApiState:
     views: Views
     metrics: Metrics
     mongo: AsyncMongoClient[dict[str, Any]]
+    idempotency: IdempotencyKeys
+    quotas: Quotas
     keyring: Keyring | None = None
     """Keys that encrypt sensitive fields of commands; None when the deployment has none."""
     open_streams: int = 0

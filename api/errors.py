@@ -131,6 +131,15 @@ class Unprocessable(ApiError):
     status, slug, title = 422, "validation", "Request validation failed"
 
 
+class TooManyRequests(ApiError):
+    """The tenant reached a quota; try again after ``Retry-After`` seconds (or delete tasks)."""
+
+    status, slug, title = 429, "quota-exceeded", "Quota exceeded"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+
+
 class ServiceUnavailable(ApiError):
     """Kafka or MongoDB cannot be reached; try again after ``Retry-After`` seconds."""
 
@@ -159,6 +168,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "No such task or execution in the caller's tenant",
         409: "Conflict with the task's state (stale `If-Match` revision, completed task)",
         413: "Request body larger than the configured limit",
+        429: "The tenant reached a quota; retry after `Retry-After` seconds",
     }
     return {
         s: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": described.get(s, "Problem")}
@@ -182,7 +192,24 @@ def render_problem(error: ApiError, instance: str | None) -> Response:
     }
     if error.errors:
         body["errors"] = [e.model_dump(exclude_none=True) for e in error.errors]
-    return Response(orjson.dumps(body), status_code=error.status, media_type=PROBLEM_MEDIA_TYPE, headers=error.headers)
+    try:
+        content = orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        # A message or field path echoing client text that is not valid Unicode (a lone
+        # surrogate): show it escaped rather than fail while reporting the client's error.
+        content = orjson.dumps(_printable(body))
+    return Response(content, status_code=error.status, media_type=PROBLEM_MEDIA_TYPE, headers=error.headers)
+
+
+def _printable(value: Any) -> Any:
+    """``value`` with every string made encodable as UTF-8 (lone surrogates as ``\\udXXX`` escapes)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------------------

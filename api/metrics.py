@@ -8,6 +8,27 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Method label values; any other method (a client may send anything) is counted as ``other``."""
+UNMATCHED = "unmatched"
+"""Route label of requests no route matched (the raw path would be an unbounded label)."""
+
+
+def request_labels(scope: Scope, status: int) -> tuple[str, str, str]:
+    """``(method, route, status)`` labels of a request, each from a bounded set.
+
+    Labels are series: one from client input (a method, a path, an id) would let any client,
+    authenticated or not, grow the registry without bound. So the method is one of
+    :data:`METHODS` or ``other``, the route is the matched route's template (never the path),
+    and the status is a three-digit code.
+    """
+    method = str(scope.get("method", "")).upper()
+    route = getattr(scope.get("route"), "path", None)
+    return (
+        method if method in METHODS else "other",
+        route if isinstance(route, str) else UNMATCHED,
+        str(status) if 100 <= status <= 599 else "other",
+    )
 
 
 class Metrics:
@@ -33,6 +54,13 @@ class Metrics:
             "Commands by type and outcome: accepted (on Kafka), rejected (invalid, or refused by the "
             "task processor while waiting), unavailable (Kafka did not acknowledge).",
             ["command", "outcome"],
+            registry=self.registry,
+        )
+
+        self.limits_unchecked = Counter(
+            "scheduler_api_limits_unchecked",
+            "Commands accepted without the quota and Idempotency-Key checks, MongoDB being unreachable.",
+            ["command"],
             registry=self.registry,
         )
 
@@ -64,7 +92,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = str(scope.get("method", ""))
-            self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
+            method, route, code = request_labels(scope, status)
+            self.metrics.requests.labels(method=method, route=route, status=code).inc()
             self.metrics.latency.labels(method=method, route=route).observe(time.perf_counter() - start)

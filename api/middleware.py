@@ -28,10 +28,12 @@ class BodyLimitMiddleware:
         too_large = PayloadTooLarge(f"request body larger than {self.max_bytes} bytes")
         for name, value in scope.get("headers", []):
             if name == b"content-length":
-                if not value.strip().isdigit():
+                digits = value.strip()
+                if not digits.isdigit():  # bytes.isdigit(): ASCII digits only
                     await render_problem(BadRequest("invalid Content-Length header"), path)(scope, receive, send)
                     return
-                if int(value) > self.max_bytes:
+                # Thousands of digits would make int() raise; any length past 18 digits is too large.
+                if len(digits) > 18 or int(digits) > self.max_bytes:
                     await render_problem(too_large, path)(scope, receive, send)
                     return
         chunks: list[bytes] = []

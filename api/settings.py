@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from streams.settings import Settings
+
+
+class TenantQuota(BaseModel):
+    """One tenant's quotas, overriding the deployment's defaults field by field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tasks: int | None = Field(default=None, ge=0)
+    """Tasks the tenant may have (not deleted); None: ``SCHED_QUOTA_MAX_TASKS``."""
+    triggers_per_minute: int | None = Field(default=None, ge=0)
+    """Manual runs (``POST /v1/tasks/{id}/trigger``) a minute; None: ``SCHED_QUOTA_TRIGGERS_PER_MINUTE``."""
 
 
 class ApiSettings(Settings):
@@ -56,6 +67,47 @@ class ApiSettings(Settings):
     """Event streams open at once (each holds a Kafka consumer); beyond it 503."""
     sse_max_seconds: float = Field(default=3600.0, gt=0)
     """An event stream is closed after this long; clients reconnect."""
+
+    idempotency_key_ttl_seconds: float = Field(default=86_400.0, ge=60)
+    """How long an ``Idempotency-Key`` remembers the request it was first used with (a reuse with
+    another request is refused with 422 meanwhile); after it the key may be used afresh."""
+
+    quota_max_tasks: int = Field(default=10_000, ge=0)
+    """Tasks (not deleted) one tenant may have; a create beyond it is answered 429. Counted from the
+    statistics view, one document per partition: ``SCHED_PARTITIONS`` must be the deployment's."""
+    quota_triggers_per_minute: int = Field(default=600, ge=0)
+    """Manual runs one tenant may trigger per calendar minute, over all API processes; beyond it 429."""
+    quota_overrides: dict[str, TenantQuota] = Field(default_factory=dict)
+    """Per-tenant exceptions, as JSON: ``{"acme": {"max_tasks": 50000}}``."""
+    quota_pending_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    """How long an accepted create counts as pending while the tasks view does not show it yet;
+    a projector stalled for longer lets creates made before the stall be counted once fewer."""
+
+    limits_fail_open: bool = True
+    """With MongoDB unreachable, a create is still accepted (the views catch up from the log),
+    without the quota and ``Idempotency-Key`` checks; False answers 503 instead."""
+
+    metrics_path: str = "/metrics"
+    """Where Prometheus metrics are served; empty: not served at all."""
+    metrics_token: SecretStr | None = None
+    """When set, ``/metrics`` answers only ``Authorization: Bearer <this token>`` (Prometheus:
+    ``authorization: {credentials_file: ...}``); unset, it is open, like ``/healthz``."""
+
+    @field_validator("metrics_path")
+    @classmethod
+    def _metrics_path(cls, value: str) -> str:
+        if value and (not value.startswith("/") or value.startswith("/v1/") or value in ("/healthz", "/readyz")):
+            raise ValueError("metrics_path must be empty or an absolute path outside /v1/, /healthz and /readyz")
+        return value
+
+    def quota(self, tenant: str) -> tuple[int, int]:
+        """``(max_tasks, triggers_per_minute)`` of ``tenant``, its overrides applied."""
+        override = self.quota_overrides.get(tenant, TenantQuota())
+        max_tasks = self.quota_max_tasks if override.max_tasks is None else override.max_tasks
+        triggers = override.triggers_per_minute
+        if triggers is None:
+            triggers = self.quota_triggers_per_minute
+        return max_tasks, triggers
 
     @model_validator(mode="after")
     def _sane_secret(self) -> ApiSettings:

@@ -15,18 +15,21 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from api.errors import FieldError, Unprocessable
 from projections.read import CollectionNames, active_collections, tenant_stats
+from projections.views import stats_id
 
 Doc = dict[str, Any]
-PUBLIC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
-"""Shape of a public task or execution id; anything else cannot exist and is not found."""
+PUBLIC_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+"""Shape of a public task or execution id; anything else cannot exist and is not found. Matched in
+full: ``$`` would also match before a trailing newline (``"id\n"`` would be looked up)."""
 
 
 def internal_task_id(tenant: str, public_id: str) -> str:
@@ -72,20 +75,69 @@ def encode_cursor(kind: str, phase: int, value: Any, last_id: str | None) -> str
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]
+"""An integer BSON (so a query) can carry."""
+
+
+def _no_int(value: Any) -> Any:
+    # A float field would take an integer too large for Int64 and round it: refuse it instead.
+    if isinstance(value, int):
+        raise ValueError("integer out of range")
+    return value
+
+
+Finite = Annotated[float, BeforeValidator(_no_int), Field(allow_inf_nan=False)]
+"""A finite number that was written as one (not an integer)."""
+
+
+class _Moment(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    d: Annotated[datetime, Field(strict=True)]
+    """A datetime sort value (ISO 8601, as :func:`encode_cursor` writes it)."""
+
+
+class _Value(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Annotated[str, Field(max_length=1000)] | Int64 | Finite | None
+    """Any other sort value: a string, a 64-bit integer, a finite number, or null."""
+
+
+class _Cursor(BaseModel):
+    """The position a cursor holds; anything else is not a cursor of this API."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: str
+    """The list (and sort) the cursor was made for."""
+    p: Annotated[int, Field(strict=True, ge=0, le=1)]
+    """Phase: 0 while documents with a sort value remain, 1 among the null-keyed ones."""
+    x: _Moment | _Value
+    """The sort value of the last document shown."""
+    i: Annotated[str, Field(min_length=1, max_length=1000)] | None
+    """The ``_id`` of the last document shown (None only at the start of phase 1)."""
+
+
+_CURSOR = TypeAdapter(_Cursor)
+
+
 def decode_cursor(cursor: str, kind: str) -> tuple[int, Any, Any]:
-    """``(phase, value, last_id)`` of a cursor made for ``kind``; 422 naming ``cursor`` otherwise."""
+    """``(phase, value, last_id)`` of a cursor made for ``kind``; 422 naming ``cursor`` otherwise.
+
+    A cursor is client input like any other: it is validated in full (types, 64-bit integers,
+    finite numbers), since a value the query cannot encode would otherwise fail at the database.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        obj = orjson.loads(raw)
-        if not isinstance(obj, dict) or obj.get("k") != kind or obj.get("p") not in (0, 1):
+        position = _CURSOR.validate_json(raw)
+        if position.k != kind:
             raise ValueError("cursor made for another list")
-        tagged = obj["x"]
-        value = datetime.fromisoformat(tagged["d"]) if "d" in tagged else tagged["v"]
-        id_ok = isinstance(obj["i"], str) or (obj["i"] is None and obj["p"] == 1)
-        if not id_ok or not (value is None or isinstance(value, str | int | float | datetime)):
+        if position.i is None and position.p != 1:
             raise ValueError("bad cursor position")
-        return int(obj["p"]), value, obj["i"]
-    except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
+        value = position.x.d if isinstance(position.x, _Moment) else position.x.v
+        return position.p, value, position.i
+    except (ValueError, binascii.Error):  # pydantic's ValidationError is a ValueError
         raise Unprocessable(
             "cursor: not a cursor returned by this list",
             errors=[FieldError(field="cursor", message="not a cursor returned by this list (with this sort)")],
@@ -125,7 +177,7 @@ class Views:
 
     async def task(self, tenant: str, public_id: str) -> Doc | None:
         """The task document, or None (also for malformed ids and other tenants' tasks)."""
-        if not PUBLIC_ID.match(public_id):
+        if not PUBLIC_ID.fullmatch(public_id):
             return None
         names = await self.names()
         return await self.db[names.tasks].find_one({"_id": internal_task_id(tenant, public_id), "tenant": tenant})
@@ -155,7 +207,7 @@ class Views:
 
     async def execution(self, tenant: str, execution_id: str) -> Doc | None:
         """The execution document of the tenant, or None."""
-        if not PUBLIC_ID.match(execution_id):
+        if not PUBLIC_ID.fullmatch(execution_id):
             return None
         names = await self.names()
         return await self.db[names.executions].find_one({"_id": execution_id, "tenant": tenant})
@@ -179,6 +231,25 @@ class Views:
         return await self.db[names.executions].count_documents(query)
 
     # -- audit and stats ---------------------------------------------------------------------
+
+    async def live_tasks(self, tenant: str, partitions: int) -> int:
+        """The tenant's tasks that are not deleted, from its statistics documents.
+
+        One document per partition of ``task-events`` (``partitions`` of them), each read by
+        ``_id``: the one lookup FerretDB answers without scanning the collection.
+        """
+        stats = self.db[(await self.names()).stats]
+        found = await asyncio.gather(
+            *(stats.find_one({"_id": stats_id(tenant, p)}, {"tasks": 1}) for p in range(partitions))
+        )
+        by_status = [doc.get("tasks") or {} for doc in found if doc is not None]
+        return max(0, sum(int(n) for counts in by_status for status, n in counts.items() if status != "deleted"))
+
+    async def shown(self, internal_ids: list[str]) -> list[str]:
+        """Those of ``internal_ids`` the tasks view holds (in any status), each looked up by ``_id``."""
+        tasks = self.db[(await self.names()).tasks]
+        found = await asyncio.gather(*(tasks.find_one({"_id": task_id}, {"_id": 1}) for task_id in internal_ids))
+        return [task_id for task_id, doc in zip(internal_ids, found, strict=True) if doc is not None]
 
     async def caused_by(self, tenant: str, internal_id: str, command_id: str) -> list[Doc]:
         """The audit documents of the events a command caused, in task order."""

@@ -63,4 +63,4 @@ async def cancel_execution(
         execution_id=execution_id,
         reason=body.reason if body else None,
     )
-    return await submit(state, principal, command, response, wait=wait, execution_id=execution_id)
+    return await submit(state, principal, command, response, wait=wait, execution_id=execution_id, idempotency_key=key)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response
 
 from api.auth import Principal
 from api.commands import (
     check_idempotency_key,
+    check_storable,
     command_id_for,
     execution_public,
     new_task_ids,
@@ -44,7 +45,12 @@ from streams.fence import TopicFence, literal_url_refusal
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
 
 TaskId = Annotated[str, Path(description="The task's id (as returned on create).", max_length=200)]
-STATUSES = ("active", "paused", "completed", "deleted")
+TaskStatus = Literal["active", "paused", "completed", "deleted"]
+WorkType = Literal["http", "kafka", "handler"]
+ExecutionStatus = Literal[
+    "buffered", "scheduled", "running", "retrying", "succeeded", "failed", "timed_out", "cancelled", "skipped"
+]
+# Enumerations rather than `pattern="^...$"`: nothing to get wrong about what `$` matches.
 
 
 def check_work_fence(definition: TaskDefinition, tenant: str, settings: ApiSettings) -> None:
@@ -97,7 +103,7 @@ async def _live_task(views: Views, tenant: str, task_id: str) -> Doc:
     summary="Create a task",
     responses={
         200: {"model": CommandResult, "description": "Applied (with `?wait`)"},
-        **problem_responses(400, 409, 413),
+        **problem_responses(400, 409, 413, 429),
     },
 )
 async def create_task(
@@ -125,20 +131,15 @@ async def create_task(
         at=now(),
         definition=_sealed(state, principal, task_id, definition, None),
     )
-    return await submit(state, principal, command, response, wait=wait)
+    return await submit(state, principal, command, response, wait=wait, idempotency_key=key)
 
 
 @router.get("", summary="List tasks")
 async def list_tasks(
     state: State,
     principal: Viewer,
-    status: Annotated[
-        str | None,
-        Query(
-            pattern="^(active|paused|completed|deleted)$", description="Only this status (default: all but deleted)."
-        ),
-    ] = None,
-    type: Annotated[str | None, Query(pattern="^(http|kafka|handler)$", description="Only this kind of work.")] = None,
+    status: Annotated[TaskStatus | None, Query(description="Only this status (default: all but deleted).")] = None,
+    type: Annotated[WorkType | None, Query(description="Only this kind of work.")] = None,
     tag: Annotated[str | None, Query(max_length=200, description="Only tasks with this tag.")] = None,
     sort: Annotated[
         TaskSort, Query(description="`created_at` (newest first), `name`, or `next_run` (soonest first).")
@@ -214,7 +215,7 @@ async def update_task(
         definition=_sealed(state, principal, doc["_id"], definition, doc.get("definition")),
         expected_revision=expected,
     )
-    return await submit(state, principal, command, response, wait=wait)
+    return await submit(state, principal, command, response, wait=wait, idempotency_key=key)
 
 
 @router.delete(
@@ -289,7 +290,7 @@ async def resume_task(
     summary="Run a task now",
     responses={
         200: {"model": CommandResult, "description": "Applied (with `?wait`)"},
-        **problem_responses(400, 404, 409),
+        **problem_responses(400, 404, 409, 429),
     },
 )
 async def trigger_task(
@@ -323,6 +324,7 @@ async def trigger_task(
     body = body or TriggerRequest()
     params = body.params
     if params is not None:
+        check_storable(params, "params")  # before sealing encodes it
         sensitive = (doc.get("definition") or {}).get("sensitive_params") or []
         try:
             params = seal_params(params, sensitive, keyring=state.keyring, tenant=principal.tenant, task_id=doc["_id"])
@@ -338,13 +340,14 @@ async def trigger_task(
         params=params,
         priority=body.priority,
     )
-    return await submit(state, principal, command, response, wait=wait)
+    return await submit(state, principal, command, response, wait=wait, idempotency_key=key)
 
 
 def _sealed(
     state: ApiState, principal: Principal, task_id: str, definition: TaskDefinition, stored: Doc | None
 ) -> TaskDefinition:
     """``definition`` with its secrets encrypted for the task (422 naming a field that cannot be)."""
+    check_storable(definition, "definition")  # before sealing encodes it
     try:
         return seal_definition(
             definition, keyring=state.keyring, tenant=principal.tenant, task_id=task_id, stored=stored
@@ -410,13 +413,7 @@ async def list_executions(
     state: State,
     principal: Viewer,
     task_id: TaskId,
-    status: Annotated[
-        str | None,
-        Query(
-            pattern="^(buffered|scheduled|running|retrying|succeeded|failed|timed_out|cancelled|skipped)$",
-            description="Only this status.",
-        ),
-    ] = None,
+    status: Annotated[ExecutionStatus | None, Query(description="Only this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=2000, description="`next_cursor` of the previous page.")] = None,
 ) -> ExecutionPage:
@@ -452,4 +449,4 @@ async def _task_command(
         at=now(),
         **fields,
     )
-    return await submit(state, principal, command, response, wait=wait)
+    return await submit(state, principal, command, response, wait=wait, idempotency_key=key)

@@ -76,6 +76,12 @@ def _bad_token(case: str, keys: Keys) -> str:
             return _hs256_with_public_key(tenant, keys)
         case "tenant with a slash":
             return token("a/b")
+        case "tenant with a trailing newline":  # `$` matched before it: "acme\n" was another tenant
+            return token("acme\n")
+        case "tenant with a trailing CRLF":
+            return token("acme\r\n")
+        case "subject not Unicode (lone surrogate)":
+            return token(tenant, sub="\ud800")
         case "roles not a list":
             return token(tenant, roles="admin")  # type: ignore[arg-type]
         case _:
@@ -97,6 +103,9 @@ BAD_TOKENS = [
     "RS256 with an unknown kid",
     "HS256 signed with the RSA public key",
     "tenant with a slash",
+    "tenant with a trailing newline",
+    "tenant with a trailing CRLF",
+    "subject not Unicode (lone surrogate)",
     "roles not a list",
     "not a JWT",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import http.client
 import os
 import signal
 import subprocess
@@ -147,4 +149,39 @@ async def test_through_uvicorn_with_live_events_and_metrics(server: Server) -> N
     # SIGTERM: a clean, prompt exit (uvicorn re-raises the signal once it has shut down).
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(15) in (0, -signal.SIGTERM)
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_bad_input_keeps_the_connection_open(server: Server) -> None:
+    """Regression (issue 11, item 4): a lone surrogate or a huge cursor answered 500, and uvicorn
+    then closed the connection (a surrogate in a key was even accepted, mangled). Now each is a
+    422 naming the field, and the next request reuses the same socket."""
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {**auth(new_tenant()), "Content-Type": "application/json"}
+    cursor = base64.urlsafe_b64encode(b'{"k":"tasks:created_at","p":0,"x":{"v":9223372036854775808},"i":"t/1"}')
+    bad: list[tuple[str, str, bytes | None, str]] = [
+        ("POST", "/v1/tasks", b'{"name": "n", "work": {"kind": "handler", "name": "noop"}, "params": {"k": "\\ud800"}}',
+         "definition.params.k"),
+        ("POST", "/v1/tasks", b'{"name": "n", "work": {"kind": "handler", "name": "noop"}, "params": {"\\udfff": 1}}',
+         "definition.params"),
+        ("GET", "/v1/tasks?cursor=" + cursor.decode().rstrip("="), None, "cursor"),
+    ]  # fmt: skip
+    try:
+        connection.connect()
+        sock = connection.sock
+        for method, url, body, field in bad:
+            connection.request(method, url, body=body, headers=headers)
+            response = connection.getresponse()
+            problem = orjson.loads(response.read())
+            assert response.status == 422, problem
+            assert [e["field"] for e in problem["errors"]] == [field], problem
+            assert not response.will_close, response.getheaders()
+            connection.request("GET", "/v1/tasks", headers=headers)
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+            assert connection.sock is sock, "the server closed the connection"
+    finally:
+        connection.close()
     assert "Traceback" not in server.log.read_text()

@@ -90,3 +90,22 @@ async def test_mongo_unreachable_is_503_for_reads_and_commands(no_mongo: Running
 async def test_ready_when_both_answer(cold_api: Running) -> None:
     r = await cold_api.http.get("/readyz")
     assert r.status_code == 200 and r.json() == {"status": "ok", "checks": {"kafka": "ok", "mongo": "ok"}}
+
+
+async def test_mongo_unreachable_still_accepts_creates_unchecked(no_mongo: Running, stack: Stack, keys: Keys) -> None:
+    """Creates need nothing of the views and are accepted during their outage (see the outage test);
+    the quota and Idempotency-Key checks, which live in MongoDB, are then skipped and counted."""
+    http, tenant = no_mongo.http, new_tenant()
+    for headers in (auth(tenant), {**auth(tenant), "Idempotency-Key": "during-outage"}):
+        started = time.monotonic()
+        r = await http.post("/v1/tasks", json=TASK, headers=headers)
+        assert r.status_code == 202, r.text
+        assert time.monotonic() - started < 5
+    metrics = (await http.get("/metrics")).text
+    assert 'scheduler_api_limits_unchecked_total{command="CreateTask"} 2.0' in metrics
+    # An operator who prefers the limits to availability turns that off.
+    url = f"mongodb://127.0.0.1:{free_port()}/"
+    settings = settings_for(stack, keys, mongo_url=url, mongo_timeout_ms=300, limits_fail_open=False)
+    async for strict in _running(settings):
+        r = await strict.http.post("/v1/tasks", json=TASK, headers=auth(tenant))
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0, r.text

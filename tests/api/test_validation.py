@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import string
@@ -10,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from api.commands import check_idempotency_key
+from api.errors import Unprocessable
+from api.views import Views
 from tests.api.conftest import Running, auth, new_tenant
 
 GOOD: dict[str, Any] = {
@@ -159,7 +163,9 @@ def _random_json(rng: random.Random, depth: int = 0) -> Any:
     if choice == 2:
         return rng.choice([0, -1, 2**63, 1e308, -0.5, 3600, 10**30])
     if choice == 3:
-        return "".join(rng.choice(string.printable + "\u00e9\u2603\U0001f600\x00") for _ in range(rng.randrange(12)))
+        # A lone surrogate too: json.dumps writes it as the escape "\ud800", which Python's reader takes.
+        alphabet = string.printable + "\u00e9\u2603\U0001f600\x00\ud800\udfff"
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
     if choice == 4:
         return rng.choice(["cron", "interval", "once", "http", "handler", "kafka", "2030-01-01T00:00:00Z", "* * * * *"])
     if choice == 5:
@@ -197,8 +203,9 @@ async def test_fuzz_no_request_is_a_500(http: Any) -> None:
         ("GET", "/v1/tasks"),
         ("GET", f"/v1/tasks/{task}/next-fire-times"),
     ]
+    huge = _cursor(MALFORMED_CURSORS[0][1])  # an integer of 2^63
     queries = ["", "?wait=abc", "?wait=0", "?limit=-5", "?cursor=%00%ff", "?sort=name&cursor=eyJrIjoxfQ", "?n=0",
-               "?status=active&type=http&tag=%F0%9F%98%80"]  # fmt: skip
+               "?status=active&type=http&tag=%F0%9F%98%80", f"?sort=name&cursor={huge}"]  # fmt: skip
     statuses: dict[int, int] = {}
     for i in range(400):
         method, url = rng.choice(routes)
@@ -221,3 +228,165 @@ async def test_fuzz_no_request_is_a_500(http: Any) -> None:
     # The fuzz reached validation, authorisation and lookups, not just one of them.
     print("fuzz statuses:", sorted(statuses.items()))
     assert {403, 404, 422} <= set(statuses), statuses
+
+
+# Request bodies as raw JSON text: `"\ud800"` is a lone surrogate escape, which Python's JSON
+# reader turns into a string that neither orjson (the commands topic) nor BSON can encode.
+SURROGATE = '"\\ud800"'
+TASK_ID = "00000000-0000-4000-8000-000000000000"
+NOOP_WORK = '"work": {"kind": "handler", "name": "noop"}'
+SURROGATE_CASES: list[tuple[str, str]] = [
+    (f'{{"name": {SURROGATE}, {NOOP_WORK}}}', "definition.name"),
+    (f'{{"name": "n", {NOOP_WORK}, "params": {{"k": {SURROGATE}}}}}', "definition.params.k"),
+    (f'{{"name": "n", {NOOP_WORK}, "params": {{{SURROGATE}: 1}}}}', "definition.params"),
+    (f'{{"name": "n", {NOOP_WORK}, "params": {{"a": [{{"b": {{"c": {SURROGATE}}}}}]}}}}', "definition.params.a.0.b.c"),
+    (f'{{"name": "n", "work": {{"kind": "http", "url": "https://example.com/", "body": {{"x": {SURROGATE}}}}}}}',
+     "definition.work.body.x"),
+    (f'{{"name": "n", {NOOP_WORK}, "tags": [{SURROGATE}]}}', "definition.tags.0"),
+    (f'{{"name": "n", {NOOP_WORK}, "schedule": {{"kind": "cron", "expression": {SURROGATE}}}}}',
+     "definition.schedule.expression"),
+    (f'{{"name": "n", {NOOP_WORK}, "params": {{"x": Infinity}}}}', "definition.params.x"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "field"), SURROGATE_CASES, ids=[c[1] for c in SURROGATE_CASES])
+async def test_text_that_is_not_unicode_is_a_422_naming_the_field(http: Any, body: str, field: str) -> None:
+    """Regression (issue 11, item 4): a lone surrogate anywhere in a body answered 500."""
+    headers = {**auth(new_tenant()), "Content-Type": "application/json"}
+    for method, url in (("POST", "/v1/tasks"), ("PUT", f"/v1/tasks/{TASK_ID}")):
+        r = await http.request(method, url, content=body.encode(), headers=headers)
+        if method == "PUT" and r.status_code == 404:
+            continue  # the definition was valid JSON for the model: the missing task answers first
+        assert r.status_code == 422, (method, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert field in [e["field"] for e in r.json()["errors"]], r.text
+    # The same client goes on (through uvicorn, a 500 also closed the connection: see test_server).
+    r = await http.post("/v1/tasks", json=GOOD, headers=headers)
+    assert r.status_code == 202, r.text
+
+
+async def test_command_bodies_that_are_not_unicode_name_the_field(api: Running) -> None:
+    """Trigger params (values and keys), trigger id, pause note and cancel reason: 422, never 500."""
+    headers = {**auth(new_tenant()), "Content-Type": "application/json"}
+    r = await api.http.post("/v1/tasks?wait=20", json=GOOD, headers=headers)
+    assert r.status_code == 200, r.text
+    task = r.json()["task_id"]
+    r = await api.http.post(f"/v1/tasks/{task}/trigger?wait=20", json={}, headers=headers)
+    assert r.status_code == 200, r.text
+    execution = r.json()["execution_id"]
+    cases = [
+        (f"/v1/tasks/{task}/trigger", f'{{"params": {{"key": {SURROGATE}}}}}', "params.key"),
+        (f"/v1/tasks/{task}/trigger", f'{{"params": {{{SURROGATE}: 1}}}}', "params"),
+        (f"/v1/tasks/{task}/trigger", f'{{"params": {{"deep": [1, {SURROGATE}]}}}}', "params.deep.1"),
+        (f"/v1/tasks/{task}/trigger", f'{{"params": {{"deep": [1, {{"x": {SURROGATE}}}]}}}}', "params.deep.1.x"),
+        (f"/v1/tasks/{task}/trigger", f'{{"trigger_id": {SURROGATE}}}', "trigger_id"),
+        (f"/v1/tasks/{task}/trigger", '{"params": {"n": NaN}}', "params.n"),
+        (f"/v1/tasks/{task}/pause", f'{{"note": {SURROGATE}}}', "note"),
+        (f"/v1/executions/{execution}/cancel", f'{{"reason": {SURROGATE}}}', "reason"),
+    ]
+    for url, body, field in cases:
+        r = await api.http.post(url, content=body.encode(), headers=headers)
+        assert r.status_code == 422, (url, body, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == [field], (body, r.text)
+        r = await api.http.get(f"/v1/tasks/{task}", headers=headers)
+        assert r.status_code == 200, r.text
+
+
+def _cursor(raw: bytes, kind: str = "tasks:name") -> str:
+    return base64.urlsafe_b64encode(raw.replace(b"KIND", kind.encode())).decode().rstrip("=")
+
+
+MALFORMED_CURSORS: list[tuple[str, bytes]] = [
+    ("integer of 2^63", b'{"k":"KIND","p":0,"x":{"v":9223372036854775808},"i":"t/1"}'),
+    ("integer of 2^64-1", b'{"k":"KIND","p":0,"x":{"v":18446744073709551615},"i":"t/1"}'),
+    ("integer past 2^64", b'{"k":"KIND","p":0,"x":{"v":1' + b"0" * 30 + b'},"i":"t/1"}'),
+    ("integer below -2^63", b'{"k":"KIND","p":0,"x":{"v":-9223372036854775809},"i":"t/1"}'),
+    ("huge float", b'{"k":"KIND","p":0,"x":{"v":1e400},"i":"t/1"}'),
+    ("lone surrogate", b'{"k":"KIND","p":0,"x":{"v":"\\ud800"},"i":"t/1"}'),
+    ("id of the wrong type", b'{"k":"KIND","p":0,"x":{"v":"a"},"i":5}'),
+    ("value of the wrong type", b'{"k":"KIND","p":0,"x":{"v":[1]},"i":"t/1"}'),
+    ("position not an object", b'{"k":"KIND","p":0,"x":"a","i":"t/1"}'),
+    ("date not a string", b'{"k":"KIND","p":0,"x":{"d":5},"i":"t/1"}'),
+    ("phase a boolean", b'{"k":"KIND","p":true,"x":{"v":"a"},"i":"t/1"}'),
+    ("extra field", b'{"k":"KIND","p":0,"x":{"v":"a"},"i":"t/1","$where":1}'),
+    ("wrong kind", b'{"k":"other","p":0,"x":{"v":"a"},"i":"t/1"}'),
+    ("not an object", b"[1, 2]"),
+    ("not JSON", b"\xff\xfe"),
+]
+
+
+@pytest.mark.parametrize("raw", [c[1] for c in MALFORMED_CURSORS], ids=[c[0] for c in MALFORMED_CURSORS])
+async def test_malformed_cursors_are_a_422_naming_the_cursor(http: Any, raw: bytes) -> None:
+    """Regression (issue 11, item 4): a cursor holding an integer of 2^63 or more answered 500."""
+    headers = auth(new_tenant())
+    for sort in ("name", "created_at", "next_run"):
+        r = await http.get("/v1/tasks", params={"sort": sort, "cursor": _cursor(raw, f"tasks:{sort}")}, headers=headers)
+        assert r.status_code == 422, (sort, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == ["cursor"], r.text
+        r = await http.get("/v1/tasks", params={"sort": sort}, headers=headers)
+        assert r.status_code == 200, r.text
+    for cursor in ("!!!!", "\u00e9t\u00e9", "a"):
+        r = await http.get("/v1/tasks", params={"cursor": cursor}, headers=headers)
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "cursor", r.text
+
+
+async def test_cursors_of_every_list_survive_a_round_trip(api: Running) -> None:
+    """Every list and sort: a cursor the API wrote is read back (nothing valid is now refused)."""
+    headers = auth(new_tenant())
+    ids = []
+    for n in range(3):
+        r = await api.http.post("/v1/tasks?wait=20", json={**GOOD, "name": f"t{n}"}, headers=headers)
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["task_id"])
+    for _ in range(3):
+        r = await api.http.post(f"/v1/tasks/{ids[0]}/trigger?wait=20", json={}, headers=headers)
+        assert r.status_code == 200, r.text
+    lists = [f"/v1/tasks?sort={s}" for s in ("created_at", "name", "next_run")] + [f"/v1/tasks/{ids[0]}/executions"]
+    for url in lists:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            r = await api.http.get(url, params={"limit": 1, **({"cursor": cursor} if cursor else {})}, headers=headers)
+            assert r.status_code == 200, (url, r.text)
+            page = r.json()
+            seen += [item["id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert len(seen) == 3 and len(set(seen)) == 3, (url, seen)
+    for _, raw in MALFORMED_CURSORS:  # the executions list's cursor is checked as strictly
+        cursor = _cursor(raw, "executions")
+        r = await api.http.get(f"/v1/tasks/{ids[0]}/executions", params={"cursor": cursor}, headers=headers)
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "cursor", r.text
+
+
+class _NoDatabase:
+    """A database no lookup may reach: a malformed id must be refused before any query."""
+
+    def __getitem__(self, name: str) -> Any:
+        raise AssertionError(f"queried {name!r} for a malformed id")
+
+    async def command(self, *args: Any) -> Any:
+        raise AssertionError("queried the database for a malformed id")
+
+
+@pytest.mark.parametrize("bad", ["id\n", "id\r\n", "\nid", "id\x00", "id\t"])
+async def test_malformed_ids_and_keys_are_refused_in_full(bad: str) -> None:
+    """Regression (issue 11, item 6): patterns ended in `$`, which also matches before a final newline."""
+    views = Views(_NoDatabase())  # type: ignore[arg-type]
+    assert await views.task("acme", bad) is None
+    assert await views.execution("acme", bad) is None
+    with pytest.raises(Unprocessable) as caught:
+        check_idempotency_key("key" + bad)
+    assert caught.value.errors and caught.value.errors[0].field == "Idempotency-Key"
+
+
+async def test_headers_with_odd_digits_are_not_a_500(http: Any) -> None:
+    """If-Match with a non-ASCII digit or thousands of digits, Content-Length with thousands: 500 before."""
+    headers = auth(new_tenant())
+    for tag in ('"\xb2"'.encode("latin-1"), b'"' + b"1" * 5000 + b'"', b'W/"\xd9\xa1"'):
+        r = await http.put(f"/v1/tasks/{TASK_ID}", json=GOOD, headers={**headers, "If-Match": tag})  # type: ignore[dict-item]
+        assert r.status_code == 422, (tag[:20], r.text)
+        assert [e["field"] for e in r.json()["errors"]] == ["If-Match"], r.text
+    r = await http.post("/v1/tasks", json=GOOD, headers={**headers, "Content-Length": "9" * 5000})
+    assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json", r.text
