@@ -86,7 +86,12 @@ def _shot(driver: WebDriver, name: str) -> Path:
 
 def _execution_statuses(driver: WebDriver) -> dict[str, str]:
     rows = driver.find_elements(By.CSS_SELECTOR, "#execution-rows tr[data-execution-id]")
-    return {str(r.get_attribute("data-execution-id")): r.find_elements(By.CSS_SELECTOR, "td")[2].text for r in rows}
+    return {str(r.get_attribute("data-execution-id")): r.find_element(By.CSS_SELECTOR, "td .badge").text for r in rows}
+
+
+def _heading(driver: WebDriver) -> str:
+    """The task page's title line (name and status)."""
+    return str(driver.find_element(By.CSS_SELECTOR, ".task-head h1").text)
 
 
 def _severe_console_entries(driver: WebDriver) -> list[dict[str, Any]]:
@@ -247,3 +252,49 @@ def test_schedules_in_words_in_the_browser(server: Server, browser: WebDriver) -
         "none": "manual (runs only when triggered)",
     }
     assert got == expected
+
+
+def test_operator_cancels_a_running_execution_and_sees_a_failure_with_its_attempts(
+    server: Server, browser: WebDriver
+) -> None:
+    tenant = new_tenant()
+    slow = {"name": "slow", "work": {"kind": "handler", "name": "sleep", "params": {"seconds": 120}}}
+    failing = {
+        "name": "failing",
+        "work": {"kind": "handler", "name": "fail", "params": {"message": "disk <b>full</b>"}},
+        "retry": {"max_attempts": 2, "initial_backoff_seconds": 0.2},
+    }
+    ids: dict[str, str] = {}
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for body in (slow, failing):
+            created = http.post("/v1/tasks?wait=20", json=body, headers=auth(tenant))
+            assert created.status_code == 200, created.text
+            ids[str(body["name"])] = str(created.json()["task_id"])
+
+    browser.get(f"{server.url}/ui/#token={token(tenant, ['operator'])}")
+    _wait(browser, "both tasks", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#task-rows tr[data-task-id]")) == 2)
+    assert browser.find_element(By.CSS_SELECTOR, f'tr[data-task-id="{ids["slow"]}"] td.schedule').text == (
+        "manual (runs only when triggered)"
+    )
+
+    # A long run: shown running, with a Cancel button that ends it.
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-task-id="{ids["slow"]}"] a.task-link').click()
+    _wait(browser, "the task page", lambda d: _heading(d).startswith("slow"))
+    browser.find_element(By.CSS_SELECTOR, ".task-head button.act-trigger").click()
+    _wait(browser, "the running execution", lambda d: list(_execution_statuses(d).values()) == ["running"])
+    browser.find_element(By.CSS_SELECTOR, "#execution-rows button.act-cancel").click()
+    _wait(browser, "the cancelled execution", lambda d: list(_execution_statuses(d).values()) == ["cancelled"])
+    assert not browser.find_elements(By.CSS_SELECTOR, "#execution-rows button.act-cancel")
+
+    # A failing run: its attempts and its error, as text.
+    browser.find_element(By.CSS_SELECTOR, ".crumbs a").click()
+    _wait(browser, "the list", lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-task-id="{ids["failing"]}"]'))
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-task-id="{ids["failing"]}"] a.task-link').click()
+    _wait(browser, "the task page", lambda d: _heading(d).startswith("failing"))
+    browser.find_element(By.CSS_SELECTOR, ".task-head button.act-trigger").click()
+    _wait(browser, "the failed execution", lambda d: list(_execution_statuses(d).values()) == ["failed"])
+    cells = browser.find_elements(By.CSS_SELECTOR, "#execution-rows tr[data-execution-id] td")
+    assert "disk <b>full</b>" in cells[2].text and cells[3].text == "2"
+    assert not browser.find_elements(By.CSS_SELECTOR, "#execution-rows b")
+    _shot(browser, "4-failed-with-attempts")
+    assert _severe_console_entries(browser) == []
