@@ -288,11 +288,15 @@ function listPage() {
     onEvent() { scheduleRefresh(); },
   };
   more.addEventListener("click", async () => {
-    const next = await load(50, cursor);
-    rows.append(...next.items.map(row));
-    shown += next.items.length;
-    cursor = next.next_cursor;
-    more.hidden = !cursor;
+    try {
+      const next = await load(50, cursor);
+      rows.append(...next.items.map(row));
+      shown += next.items.length;
+      cursor = next.next_cursor;
+      more.hidden = !cursor;
+    } catch (err) {
+      if (err.status !== 401) toast(`Could not load more tasks: ${err.message}`, true);
+    }
   });
   return state;
 }

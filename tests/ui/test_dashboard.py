@@ -21,7 +21,7 @@ from selenium.common.exceptions import StaleElementReferenceException, WebDriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.api.conftest import auth, new_tenant, token
 from tests.api.test_server import Server
@@ -194,6 +194,11 @@ def test_viewer_sees_no_buttons_and_a_bad_token_is_refused(server: Server, brows
     row = _wait(browser, "the task's row", lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-task-id="{task_id}"]'))
     assert row.find_element(By.CSS_SELECTOR, "td.schedule").text == "every hour"
     assert not browser.find_elements(By.CSS_SELECTOR, "button.act-trigger, button.act-pause")
+    # Filters go to the API: no paused task, then the active one again.
+    Select(browser.find_element(By.NAME, "status")).select_by_value("paused")
+    _wait(browser, "the empty list", lambda d: d.find_element(By.ID, "task-rows").text == "No tasks match.")
+    Select(browser.find_element(By.NAME, "status")).select_by_value("active")
+    row = _wait(browser, "the task again", lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-task-id="{task_id}"]'))
     row.find_element(By.CSS_SELECTOR, "a.task-link").click()
     _wait(
         browser, "the task page", lambda d: d.find_element(By.CSS_SELECTOR, ".task-head h1").text.startswith("viewed")
