@@ -17,7 +17,7 @@ from api.idempotency import IdempotencyKeys
 from api.metrics import Metrics, MetricsMiddleware
 from api.middleware import BodyLimitMiddleware
 from api.quotas import Quotas
-from api.routes import events, executions, health, stats, tasks
+from api.routes import events, executions, health, stats, tasks, ui
 from api.settings import ApiSettings
 from api.views import Views
 
@@ -85,7 +85,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     errors.install(app, settings.retry_after_seconds)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s too
-    for router in (tasks.router, executions.router, stats.router, events.router, health.router):
+    for router in (tasks.router, executions.router, stats.router, events.router, health.router, ui.router):
         app.include_router(router)
     app.include_router(health.metrics_router(settings))
     return app

@@ -196,6 +196,29 @@ class ExecutionPage(BaseModel):
     next_cursor: str | None = None
 
 
+class TaskEventPublic(BaseModel):
+    """One event of a task, as its audit view holds it (secrets as ``***``)."""
+
+    id: str
+    """The event id."""
+    type: str = Field(examples=["TaskPaused"])
+    sequence: int
+    """The event's position in the task's history (1 is its creation)."""
+    at: datetime | None = None
+    actor: str | None = None
+    """Who caused it: the ``sub`` of the token behind the command, or the scheduler's own actor."""
+    data: dict[str, Any] = Field(default_factory=dict)
+    """The event's fields, ``task_id`` as the client knows it, without the tenant."""
+
+
+class TaskEventPage(BaseModel):
+    """One page of a task's events, newest first."""
+
+    items: list[TaskEventPublic]
+    next_before: int | None = None
+    """Pass as ``before`` for the next (older) page; None on the last page."""
+
+
 class CommandResult(BaseModel):
     """The answer to a command: 202 ``accepted`` (on Kafka), or 200 ``applied`` after ``?wait``."""
 

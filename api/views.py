@@ -273,6 +273,21 @@ class Views:
                 return []
             await asyncio.sleep(poll)
 
+    async def task_events(
+        self, tenant: str, internal_id: str, *, limit: int, before: int | None
+    ) -> tuple[list[Doc], int | None]:
+        """A page of a task's events (its audit documents), newest first, and the ``before`` of the
+        next page (the smallest sequence shown) or None on the last page."""
+        query: Doc = {"tenant": tenant, "task_id": internal_id}
+        if before is not None:
+            query["sequence"] = {"$lt": before}
+        names = await self.names()
+        found = self.db[names.audit].find(query).sort([("sequence", DESCENDING)]).limit(limit + 1)
+        docs = [d async for d in found]
+        if len(docs) > limit:
+            return docs[:limit], int(docs[limit - 1]["sequence"])
+        return docs, None
+
     async def stats(self, tenant: str) -> dict[str, Any]:
         """The tenant's summed statistics."""
         return await tenant_stats(self.db, tenant, await self.names())

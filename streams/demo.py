@@ -3,7 +3,8 @@
 Starts Kafka and FerretDB (``deploy/stack.py``) unless ``SCHED_KAFKA_BOOTSTRAP`` is set,
 then three processes (worker, projector, API on ``SCHED_API_PORT``, default 8000), creates
 a sample task through the REST API that fires every 5 seconds, and prints every outcome as
-it arrives on the public ``outcomes`` topic, with the task's counters as the API shows them.
+it arrives on the public ``outcomes`` topic, with the task's counters as the API shows them,
+and the web dashboard's address with a development token.
 Ctrl-C stops the processes; the stack keeps running (``make stack-down`` stops it).
 """
 
@@ -151,6 +152,8 @@ async def _run(
         task_id = created.json()["task_id"]
         _say(f"created task {task_id} through the API: every 5 s, handler 'echo' (Ctrl-C to stop)")
         _say(f"try: curl -H 'Authorization: Bearer {token}' {api}/v1/tasks/{task_id}")
+        # The token goes in the fragment: the page keeps it in the tab, no server or log sees it.
+        _say(f"dashboard: {api}/ui/#token={token}")
         stop_at = None if seconds is None else time.monotonic() + seconds
         try:
             while stop_at is None or time.monotonic() < stop_at:

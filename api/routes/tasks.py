@@ -29,10 +29,13 @@ from api.models import (
     NextFireTimes,
     PauseRequest,
     TaskCreate,
+    TaskEventPage,
+    TaskEventPublic,
     TaskPage,
     TaskPublic,
     TriggerRequest,
 )
+from api.routes.events import public_event
 from api.settings import ApiSettings
 from api.views import Doc, TaskSort, Views, internal_task_id
 from projections.views import from_micros
@@ -425,6 +428,38 @@ async def list_executions(
         principal.tenant, doc["_id"], status=status, limit=limit, cursor=cursor
     )
     return ExecutionPage(items=[execution_public(d, principal.tenant) for d in docs], next_cursor=next_cursor)
+
+
+@router.get("/{task_id}/events", summary="List a task's events", responses=problem_responses(404))
+async def list_task_events(
+    state: State,
+    principal: Viewer,
+    task_id: TaskId,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[
+        int | None, Query(ge=1, le=2**62, description="`next_before` of the previous page: older events only.")
+    ] = None,
+) -> TaskEventPage:
+    """The task's history as the audit view holds it, newest first (deleted tasks' too).
+
+    Each event is shown as on `/v1/events/stream`: secrets as `***`, the task id as the client knows it.
+    """
+    doc = await state.views.task(principal.tenant, task_id)
+    if doc is None:
+        raise NotFound(f"task {task_id!r} not found")
+    docs, next_before = await state.views.task_events(principal.tenant, doc["_id"], limit=limit, before=before)
+    items = [
+        TaskEventPublic(
+            id=str(d["_id"]),
+            type=str(d.get("type")),
+            sequence=int(d.get("sequence", 0)),
+            at=d.get("at"),
+            actor=d.get("actor"),
+            data=public_event(d.get("body") or {}, principal.tenant),
+        )
+        for d in docs
+    ]
+    return TaskEventPage(items=items, next_before=next_before)
 
 
 async def _task_command(

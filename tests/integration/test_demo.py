@@ -10,8 +10,10 @@ import sys
 import uuid
 from pathlib import Path
 
+import jwt
 import pytest
 
+from streams.demo import DEV_SECRET
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.slow
@@ -39,6 +41,12 @@ def test_demo_prints_outcomes_of_the_sample_schedule(infra: Infra, tmp_path: Pat
     assert len(fired) >= 2, out.stdout
     # The outcomes are visible through the API's views too.
     assert any("the API shows runs=" in line and "runs=None" not in line for line in fired), out.stdout
+    # The dashboard's address, with a development token in the fragment (never in the query).
+    [address] = [line.split("dashboard: ", 1)[1] for line in out.stdout.splitlines() if "dashboard: " in line]
+    url, _, fragment = address.partition("#token=")
+    assert url == f"http://127.0.0.1:{port}/ui/", address
+    claims = jwt.decode(fragment, DEV_SECRET, algorithms=["HS256"])
+    assert claims["tenant"] == "demo" and claims["roles"] == ["admin"]
 
 
 def test_demo_counts_what_it_printed_when_a_process_dies(infra: Infra, tmp_path: Path) -> None:
