@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 import httpx
@@ -259,14 +259,35 @@ def when(value: Any) -> str:
     return parsed.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> Table:
-    """A rich table with ``columns`` and ``rows`` (``None`` shows as ``-``)."""
-    out = Table(*columns, title=title, title_justify="left", header_style="bold")
-    for row in rows:
-        out.add_row(*("-" if cell is None else str(cell) for cell in row))
+def table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    title: str | None = None,
+    keep: Iterable[str] = (),
+    optional: Sequence[str] = (),
+    width: int | None = None,
+) -> Table:
+    """A rich table with ``columns`` and ``rows`` (``None`` shows as ``-``).
+
+    Columns named in ``keep`` (ids, timestamps: what people copy or compare) are never wrapped
+    or cut short; the others wrap between words. When the table would not fit in ``width``
+    (the terminal's), the ``optional`` columns are left out, in that order, until it does: a
+    narrow terminal shows fewer columns rather than every cell cut to an ellipsis.
+    """
+    cells = [["-" if cell is None else str(cell) for cell in row] for row in rows]
+    widths = {name: max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(columns)}
+    shown = list(columns)
+    for name in optional:
+        if width is None or sum(widths[c] + 3 for c in shown) + 1 <= width:
+            break
+        shown.remove(name)
+    kept = set(keep)
+    out = Table(title=title, title_justify="left", header_style="bold")
+    for name in shown:
+        if name in kept:
+            out.add_column(name, no_wrap=True, min_width=widths[name])
+        else:
+            out.add_column(name)
+    for row in cells:
+        out.add_row(*(cell for name, cell in zip(columns, row, strict=True) if name in shown))
     return out
-
-
-def fail(message: str, code: ExitCode) -> NoReturn:
-    """Stop with ``message`` on stderr and ``code``."""
-    raise CliError(message, code)

@@ -15,7 +15,6 @@ from typing import Any
 import click
 
 from streams.cli_client import (
-    ApiClient,
     CliError,
     ExitCode,
     api_options,
@@ -49,7 +48,7 @@ def _schedule_text(definition: dict[str, Any]) -> str:
     return "manual"
 
 
-def _result(client: ApiClient, response: Any, as_json: bool, verb: str) -> None:
+def _result(response: Any, as_json: bool, verb: str) -> None:
     """Print the answer to a command: applied (with the task) or only accepted."""
     body = response.json()
     if as_json:
@@ -90,7 +89,7 @@ def create(
     client = open_client(api_url, token)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     response = client.request("POST", "/v1/tasks", body=definition, headers=headers, wait=wait)
-    _result(client, response, as_json, "created")
+    _result(response, as_json, "created")
 
 
 @tasks.command("list")
@@ -147,7 +146,10 @@ def list_tasks(
     ]
     columns = ("ID", "NAME", "STATUS", "TYPE", "SCHEDULE", "NEXT RUN (UTC)", "LAST", "RUNS", "TAGS")
     out = console()
-    out.print(table(columns, rows))
+    narrow_first = ("TAGS", "TYPE", "LAST", "SCHEDULE")
+    out.print(
+        table(columns, rows, keep=("ID", "STATUS", "NEXT RUN (UTC)", "RUNS"), optional=narrow_first, width=out.width)
+    )
     out.print(f"{len(items)} task{'s' if len(items) != 1 else ''}" + (" (more: raise --limit)" if cursor else ""))
 
 
@@ -223,7 +225,7 @@ def update(
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
     response = client.request("PUT", f"/v1/tasks/{task_id}", body=definition, headers=headers, wait=wait)
-    _result(client, response, as_json, "updated")
+    _result(response, as_json, "updated")
 
 
 def _command(
@@ -234,11 +236,11 @@ def _command(
     key: str | None,
     api_url: str | None,
     token: str | None,
-) -> tuple[ApiClient, Any]:
+) -> Any:
     client = open_client(api_url, token)
     headers = {"Idempotency-Key": key} if key else None
     method = "DELETE" if verb == "delete" else "POST"
-    return client, client.request(method, path, body=body, headers=headers, wait=wait)
+    return client.request(method, path, body=body, headers=headers, wait=wait)
 
 
 @tasks.command("pause")
@@ -258,8 +260,8 @@ def pause(
 ) -> None:
     """Stop firing a task's scheduled slots (runs in flight continue)."""
     body = {"note": note} if note else None
-    client, response = _command("pause", f"/v1/tasks/{task_id}/pause", body, wait, idempotency_key, api_url, token)
-    _result(client, response, as_json, "paused")
+    response = _command("pause", f"/v1/tasks/{task_id}/pause", body, wait, idempotency_key, api_url, token)
+    _result(response, as_json, "paused")
 
 
 @tasks.command("resume")
@@ -271,8 +273,8 @@ def resume(
     task_id: str, wait: float, idempotency_key: str | None, api_url: str | None, token: str | None, as_json: bool
 ) -> None:
     """Resume a paused task (missed slots go through its catch-up policy)."""
-    client, response = _command("resume", f"/v1/tasks/{task_id}/resume", None, wait, idempotency_key, api_url, token)
-    _result(client, response, as_json, "resumed")
+    response = _command("resume", f"/v1/tasks/{task_id}/resume", None, wait, idempotency_key, api_url, token)
+    _result(response, as_json, "resumed")
 
 
 @tasks.command("trigger")
@@ -304,10 +306,8 @@ def trigger(
         body["trigger_id"] = trigger_id
     if priority:
         body["priority"] = priority
-    client, response = _command(
-        "trigger", f"/v1/tasks/{task_id}/trigger", body or None, wait, idempotency_key, api_url, token
-    )
-    _result(client, response, as_json, "triggered")
+    response = _command("trigger", f"/v1/tasks/{task_id}/trigger", body or None, wait, idempotency_key, api_url, token)
+    _result(response, as_json, "triggered")
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -329,8 +329,8 @@ def delete(
     task_id: str, wait: float, idempotency_key: str | None, api_url: str | None, token: str | None, as_json: bool
 ) -> None:
     """Delete a task (executions in flight are cancelled)."""
-    client, response = _command("delete", f"/v1/tasks/{task_id}", None, wait, idempotency_key, api_url, token)
-    _result(client, response, as_json, "deleted")
+    response = _command("delete", f"/v1/tasks/{task_id}", None, wait, idempotency_key, api_url, token)
+    _result(response, as_json, "deleted")
 
 
 @tasks.command("next")
@@ -349,7 +349,14 @@ def next_fire_times(task_id: str, count: int, api_url: str | None, token: str | 
     if not rows:
         out.print(f"task {task_id} ({body['status']}) has no upcoming fire times")
         return
-    out.print(table(("#", "SLOT (UTC)", "FIRES AT (UTC)"), rows, title=f"task {task_id} ({body['status']})"))
+    out.print(
+        table(
+            ("#", "SLOT (UTC)", "FIRES AT (UTC)"),
+            rows,
+            title=f"task {task_id} ({body['status']})",
+            keep=("SLOT (UTC)", "FIRES AT (UTC)"),
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +410,15 @@ def list_executions(
         for e in items
     ]
     out = console()
-    out.print(table(("ID", "STATUS", "REASON", "SCHEDULED (UTC)", "ATTEMPTS", "MS", "ERROR"), rows))
+    out.print(
+        table(
+            ("ID", "STATUS", "REASON", "SCHEDULED (UTC)", "ATTEMPTS", "MS", "ERROR"),
+            rows,
+            keep=("ID", "STATUS", "SCHEDULED (UTC)"),
+            optional=("MS", "ATTEMPTS", "REASON"),
+            width=out.width,
+        )
+    )
     out.print(f"{len(items)} execution{'s' if len(items) != 1 else ''}" + (" (more: raise --limit)" if cursor else ""))
 
 
@@ -436,7 +451,9 @@ def get_execution(execution_id: str, api_url: str | None, token: str | None, as_
         for entry in execution.get("timeline") or []
     ]
     if timeline:
-        out.print(table(("STATUS", "AT (UTC)", "ATTEMPT", "WORKER", "ERROR"), timeline, title="timeline"))
+        out.print(
+            table(("STATUS", "AT (UTC)", "ATTEMPT", "WORKER", "ERROR"), timeline, title="timeline", keep=("AT (UTC)",))
+        )
 
 
 @executions.command("cancel")
@@ -456,10 +473,8 @@ def cancel(
 ) -> None:
     """Cancel an execution in flight, waiting for a retry, or buffered."""
     body = {"reason": reason} if reason else None
-    client, response = _command(
-        "cancel", f"/v1/executions/{execution_id}/cancel", body, wait, idempotency_key, api_url, token
-    )
-    _result(client, response, as_json, "cancelled execution of")
+    response = _command("cancel", f"/v1/executions/{execution_id}/cancel", body, wait, idempotency_key, api_url, token)
+    _result(response, as_json, "cancelled execution of")
 
 
 __all__ = ["CliError", "ExitCode", "executions", "tasks"]
