@@ -18,6 +18,7 @@ Exit codes (documented in the README, "CLI"), so a script can tell what went wro
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -239,8 +240,13 @@ def _iso(value: Any) -> str:
 
 
 def console() -> Console:
-    """The console of human output (stdout); rich drops colours when it is not a terminal."""
-    return Console(highlight=False, soft_wrap=False)
+    """The console of human output (stdout); rich drops colours when it is not a terminal.
+
+    Piped into ``less`` or a file, the output is as wide as it needs (up to 250 columns) rather
+    than rich's 80, unless ``COLUMNS`` says otherwise: the tables then keep all their columns.
+    """
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(highlight=False, soft_wrap=False, width=250 if piped else None)
 
 
 def print_json(value: Any) -> None:

@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from schemas.envelope import decode_event
 from schemas.errors import DecodeError
 from schemas.events import Event, ExecutionCompleted, TaskCreated, TaskUpdated
-from streams.cli_client import CliError, CliSettings, ExitCode, console
+from streams.cli_client import CliError, CliSettings, ExitCode
 from streams.settings import topic_name
 
 TagLookup = Callable[[str], Awaitable[list[str]]]
@@ -153,7 +153,6 @@ async def run_tail(
     )
     lookup, close_lookup = _view_lookup(settings) if flt.tag is not None else (_no_tags, _nothing)
     tags = _Tags(lookup)
-    out = console()
     shown = 0
     try:
         try:
@@ -186,10 +185,8 @@ async def run_tail(
                 if as_json:
                     click.echo(json.dumps(as_record(event)))
                 else:
-                    out.print(
-                        f"{event.at:%Y-%m-%d %H:%M:%S} {event.type:<20} {event.task_id}  {describe(event)}",
-                        markup=False,
-                    )
+                    # Plain lines, never wrapped by rich: a terminal wraps them, grep reads them whole.
+                    click.echo(f"{event.at:%Y-%m-%d %H:%M:%S} {event.type:<20} {event.task_id}  {describe(event)}")
                 shown += 1
                 if limit is not None and shown >= limit:
                     break
