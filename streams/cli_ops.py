@@ -138,9 +138,8 @@ async def _total_events(bootstrap: str, topic: str) -> int:
 async def _replay(settings: Any, *, switch: bool, drop_old: bool, show: bool) -> Any:
     """Run the replay, with a progress bar when ``show``.
 
-    ``projections.replay.replay`` reports progress through a ``progress`` callback when it has
-    one (called with the count of events read so far, or an object carrying it); without it the
-    bar shows the total and the elapsed time, and fills when the replay ends.
+    The bar's total is the number of messages in the topic now; ``projections.replay.replay``
+    reports how many it has read through its ``on_progress`` callback when it has one.
     """
     from aiokafka.errors import KafkaError
     from pymongo import AsyncMongoClient
@@ -177,14 +176,20 @@ async def _replay(settings: Any, *, switch: bool, drop_old: bool, show: bool) ->
         started = time.monotonic()
 
         def on_progress(*args: Any, **kwargs: Any) -> None:
-            done = _count(args, kwargs)
+            done, known_total = _count(args, kwargs)
             if done is not None:
                 elapsed = max(time.monotonic() - started, 1e-6)
-                progress.update(bar, completed=min(done, total), rate=f"{done / elapsed:,.0f}/s")
+                progress.update(bar, total=known_total or total, completed=done, rate=f"{done / elapsed:,.0f} events/s")
 
+        # The hook of projections.replay (``on_progress``, called with a ReplayProgress every
+        # ``progress_interval`` seconds) is new; a replay without it still runs, the bar then
+        # fills when it ends.
         kwargs: dict[str, Any] = {}
-        if "progress" in inspect.signature(run_replay).parameters:
-            kwargs["progress"] = on_progress
+        parameters = inspect.signature(run_replay).parameters
+        if "on_progress" in parameters:
+            kwargs["on_progress"] = on_progress
+            if "progress_interval" in parameters:
+                kwargs["progress_interval"] = 0.5
         with progress:
             report = await run_replay(
                 settings.kafka_bootstrap,
@@ -195,7 +200,9 @@ async def _replay(settings: Any, *, switch: bool, drop_old: bool, show: bool) ->
                 retention=timedelta(days=settings.retention_days),
                 **kwargs,
             )
-            progress.update(bar, completed=total, rate=f"{report.events_applied / max(report.seconds, 1e-6):,.0f}/s")
+            final = progress.tasks[0].total or total
+            rate = f"{report.events_applied / max(report.seconds, 1e-6):,.0f} events/s"
+            progress.update(bar, completed=final, rate=rate)
         return report
     except ReplayError as exc:
         raise CliError(f"replay failed: {exc}", ExitCode.API_ERROR) from None
@@ -207,13 +214,13 @@ async def _replay(settings: Any, *, switch: bool, drop_old: bool, show: bool) ->
         await client.close()
 
 
-def _count(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
-    """Events done so far, from whatever a progress callback was given."""
+def _count(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int | None, int | None]:
+    """``(events read so far, events in all)`` from what a progress callback was given."""
     for value in (*args, *kwargs.values()):
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        for name in ("events_read", "events_applied", "read", "applied", "done", "completed"):
-            found = getattr(value, name, None)
-            if isinstance(found, int):
-                return found
-    return None
+            return value, None
+        read = getattr(value, "events_read", None)
+        if isinstance(read, int):
+            total = getattr(value, "events_total", None)
+            return read, total if isinstance(total, int) else None
+    return None, None

@@ -89,3 +89,41 @@ def test_tail_filter() -> None:
     assert TailFilter(tag="red").matches(done, ["red", "x"]) and not TailFilter(tag="red").matches(done, ["blue"])
     assert TailFilter(types=frozenset({"TaskPaused"})).matches(paused, None)
     assert not TailFilter(types=frozenset({"TaskPaused"})).matches(done, None)
+
+
+def test_replay_drives_the_bar_through_the_replay_progress_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``projections.replay.replay`` gains ``on_progress`` (ReplayProgress: events_read, events_total)
+    in a parallel change; the CLI passes its callback when the function has one."""
+    import asyncio
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+    from typing import Any
+
+    import projections.replay
+    import streams.cli_ops as ops
+    from projections.read import CollectionNames
+
+    @dataclass
+    class Progress:
+        events_read: int
+        events_total: int
+
+    seen: list[Any] = []
+
+    async def fake_replay(*args: Any, on_progress: Any = None, progress_interval: float = 2.0, **kw: Any) -> Any:
+        seen.append((on_progress, progress_interval))
+        on_progress(Progress(40, 120))
+        return SimpleNamespace(events_applied=120, seconds=1.0, generation="g", undecodable=0,
+                               collections=CollectionNames(), previous=CollectionNames(), switched=True)  # fmt: skip
+
+    async def total(bootstrap: str, topic: str) -> int:
+        return 100
+
+    monkeypatch.setattr(projections.replay, "replay", fake_replay)
+    monkeypatch.setattr(ops, "_total_events", total)
+    settings = SimpleNamespace(mongo_url="mongodb://127.0.0.1:1/", kafka_bootstrap="x", events_topic="t",
+                               mongo_database="d", retention_days=1.0)  # fmt: skip
+    report = asyncio.run(ops._replay(settings, switch=True, drop_old=False, show=False))
+    assert report.events_applied == 120
+    assert seen and callable(seen[0][0]) and seen[0][1] == 0.5
+    assert ops._count((Progress(40, 120),), {}) == (40, 120)
