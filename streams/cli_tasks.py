@@ -60,13 +60,13 @@ def _result(response: Any, as_json: bool, verb: str) -> None:
         line += f": {task.get('status', 'applied')}" if task else ": applied"
         if task.get("revision") is not None:
             line += f", revision {task['revision']}"
-        if task.get("next_run"):
+        if task.get("next_run") and task.get("status") == "active":
             line += f", next run {when(task['next_run'])}"
     else:
         line += " (accepted; the views do not show it yet)"
     if body.get("execution_id"):
         line += f"; execution {body['execution_id']}"
-    console().print(line)
+    click.echo(line)  # one plain line: scripts that skip --json can still cut it
 
 
 @click.group()
@@ -137,7 +137,7 @@ def list_tasks(
             t["status"],
             t["type"],
             _schedule_text(t.get("definition") or {}),
-            when(t.get("next_run")) if t["status"] in ("active", "paused") else "-",
+            when(t.get("next_run")) if t["status"] == "active" else "-",
             t.get("last_status"),
             (t.get("counters") or {}).get("runs", 0),
             ",".join(t.get("tags") or []) or None,
@@ -173,10 +173,11 @@ def get(task_id: str, include_deleted: bool, api_url: str | None, token: str | N
         ("revision", task.get("revision")),
         ("work", f"{task['type']}: {_work_text(definition.get('work') or {})}"),
         ("schedule", _schedule_text(definition)),
-        ("next run", when(task.get("next_run"))),
+        ("next run", when(task.get("next_run")) if task["status"] == "active" else "-"),
         ("last status", task.get("last_status")),
         ("last error", task.get("last_error")),
-        ("runs", ", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or None),
+        # Counters that are 0 say nothing a person needs; --json has them all.
+        ("runs", ", ".join(f"{k} {v}" for k, v in sorted(counters.items()) if v) or None),
         ("tags", ", ".join(task.get("tags") or []) or None),
         ("created", f"{when(task.get('created_at'))} by {task.get('created_by') or '?'}"),
     ]

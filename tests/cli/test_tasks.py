@@ -58,9 +58,12 @@ def test_create_from_json_on_stdin(cli: Cli) -> None:
 def test_pause_resume_update_trigger_delete(cli: Cli, tmp_path: Path) -> None:
     task_id = _created(cli, write(tmp_path, "task.yaml", TASK_YAML))
 
-    paused = cli.json("tasks", "pause", task_id, "--note", "maintenance")
-    assert paused["task"]["status"] == "paused"  # type: ignore[index]
+    paused = cli.ok("tasks", "pause", task_id, "--note", "maintenance").stdout
+    # A paused task fires nothing: no "next run" is shown for it.
+    assert paused == f"paused task {task_id}: paused, revision 2\n"
     assert cli.json("tasks", "get", task_id)["paused_note"] == "maintenance"
+    assert "maintenance" in cli.ok("tasks", "get", task_id).stdout
+    assert "│ -" in cli.ok("tasks", "list", "--status", "paused").stdout
     resumed = cli.json("tasks", "resume", task_id)
     assert resumed["task"]["status"] == "active"  # type: ignore[index]
     revision = int(resumed["task"]["revision"])  # type: ignore[index]

@@ -127,3 +127,27 @@ def test_replay_drives_the_bar_through_the_replay_progress_hook(monkeypatch: pyt
     assert report.events_applied == 120
     assert seen and callable(seen[0][0]) and seen[0][1] == 0.5
     assert ops._count((Progress(40, 120),), {}) == (40, 120)
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        (["worker"], ["--worker-id", "--no-executor", "--data-dir"]),
+        (["executor"], ["--worker-id"]),
+        (["projector"], []),
+        (["api"], []),
+        (["topics"], []),
+        (["secrets", "encrypt"], ["--tenant", "--task-id", "--pointer", "--json"]),
+        (["stack", "up"], ["--timeout"]),
+        (["demo"], ["--seconds", "--prefix"]),
+    ],
+)
+def test_the_process_commands_keep_their_options(command: list[str], options: list[str]) -> None:
+    """Tests, ``make run`` and operators start these with these options: the one group keeps them."""
+    from click.testing import CliRunner
+
+    from streams.cli import main
+
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert all(option in result.output for option in options), result.output
