@@ -4,6 +4,10 @@
     python -m deploy.stack down      # stop both, keep the data
     python -m deploy.stack status    # what runs where
     python -m deploy.stack reset     # stop and delete the data (keeps the cached builds)
+    python -m deploy.stack env       # shell exports pointing clients at the stack
+
+The same click group is ``scheduler stack`` (``streams/cli.py``). ``status`` exits 1 when a
+service is stopped.
 
 Kafka comes from the official jars on Maven Central (resolved with Maven from
 ``deploy/kafka/pom.xml``) and runs on Java 17+ as ``kafka.Kafka``; its storage is formatted

@@ -90,6 +90,13 @@ def test_replay_rebuilds_the_views_and_reports(cli: Cli, tmp_path: Path) -> None
     assert str(report["collections"]["tasks"]).startswith("tasks_r")  # type: ignore[index]
     # The API reads the rebuilt views: the task and its counters are there.
     assert cli.json("tasks", "get", task_id)["counters"]["succeeded"] == 1  # type: ignore[index]
+    human = cli.ok("replay", "--no-switch").stdout
+    assert "replayed " in human and "built, not switched" in human
+
+    no_kafka = cli.run("replay", SCHED_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}")
+    assert no_kafka.exit_code == 5 and "unreachable" in no_kafka.stderr, no_kafka.output
+    no_topic = cli.run("replay", SCHED_TOPIC_PREFIX="no-such-prefix.")
+    assert no_topic.exit_code == 3 and "no-such-prefix.task-events does not exist" in no_topic.stderr
 
 
 def test_token_is_accepted_and_refused_without_a_secret(cli: Cli) -> None:
