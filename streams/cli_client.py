@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import click
 import httpx
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -116,21 +116,40 @@ class CliSettings(Settings):
     """Longest wait for one API answer (a command's ``--wait`` is added to it)."""
 
 
+S = TypeVar("S", bound=Settings)
+
+
+def load_settings(kind: type[S]) -> S:
+    """``kind()`` from the environment; a bad ``SCHED_*`` value is a usage error naming the variable.
+
+    Only pydantic's messages are shown, never the input: it could be a token or a secret.
+    """
+    try:
+        return kind()
+    except ValidationError as exc:
+        reasons = "; ".join(
+            (f"SCHED_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "") + e["msg"] for e in exc.errors()
+        )
+        raise CliError(f"invalid settings: {reasons}", ExitCode.USAGE) from None
+
+
 class ApiClient:
     """A small synchronous client of the REST API that raises :class:`CliError` for any failure."""
 
-    def __init__(self, url: str, token: str | None, timeout: float, transport: httpx.BaseTransport | None = None):
+    def __init__(self, url: str, token: str | None, timeout: float) -> None:
         if not token:
             raise CliError(
                 "no API token: set SCHED_API_TOKEN or pass --token (scheduler token mints one)", ExitCode.USAGE
             )
         self.url = url.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}", "User-Agent": "scheduler-cli"},
-            timeout=timeout,
-            transport=transport,
-        )
+        try:
+            self._http = httpx.Client(
+                base_url=self.url,
+                headers={"Authorization": f"Bearer {token}", "User-Agent": "scheduler-cli"},
+                timeout=timeout,
+            )
+        except httpx.InvalidURL as exc:
+            raise CliError(f"invalid API URL {self.url!r}: {exc}", ExitCode.USAGE) from None
 
     def close(self) -> None:
         """Close the connections."""
@@ -165,6 +184,9 @@ class ApiClient:
             )
         except httpx.TimeoutException:
             raise CliError(f"the API at {self.url} did not answer in time", ExitCode.UNAVAILABLE) from None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            message = f"invalid API URL {self.url!r} (e.g. http://127.0.0.1:8000): {exc}"
+            raise CliError(message, ExitCode.USAGE) from None
         except httpx.TransportError as exc:
             raise CliError(f"cannot reach the API at {self.url}: {exc}", ExitCode.UNAVAILABLE) from None
         if response.is_success:
@@ -185,10 +207,15 @@ def api_options(func: F) -> F:
 
 
 def open_client(api_url: str | None, token: str | None) -> ApiClient:
-    """A client of the API named by the options, else by ``SCHED_API_URL`` / ``SCHED_API_TOKEN``."""
-    settings = CliSettings()
+    """A client of the API named by the options, else by ``SCHED_API_URL`` / ``SCHED_API_TOKEN``;
+    closed when the command ends."""
+    settings = load_settings(CliSettings)
     secret = token or (settings.api_token.get_secret_value() if settings.api_token else None)
-    return ApiClient(api_url or settings.api_url, secret, settings.api_timeout_seconds)
+    client = ApiClient(api_url or settings.api_url, secret, settings.api_timeout_seconds)
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(client.close)
+    return client
 
 
 # ---------------------------------------------------------------------------------------------

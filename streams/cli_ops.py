@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from streams.cli_client import CliError, ExitCode, print_json
+from streams.cli_client import CliError, ExitCode, load_settings, print_json
 
 
 @click.command()
@@ -39,19 +39,13 @@ from streams.cli_client import CliError, ExitCode, print_json
 def token(tenant: str, role: str, sub: str | None, ttl: float) -> None:
     """Mint a development API token (HS256, signed with SCHED_JWT_HS256_SECRET); prints the token only."""
     import jwt
-    from pydantic import ValidationError
 
     from api.auth import TENANT_PATTERN
     from api.settings import ApiSettings
 
     if not TENANT_PATTERN.match(tenant):
         raise click.BadParameter(f"must match {TENANT_PATTERN.pattern}", param_hint="--tenant")
-    try:
-        settings = ApiSettings()
-    except ValidationError as exc:
-        # Only the messages: the input would hold the secret.
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        raise CliError(f"invalid settings: {reasons}", ExitCode.USAGE) from None
+    settings = load_settings(ApiSettings)
     if settings.jwt_hs256_secret is None:
         raise CliError("SCHED_JWT_HS256_SECRET is not set: no development token can be signed", ExitCode.USAGE)
     now = datetime.now(UTC)
@@ -84,7 +78,7 @@ def replay(no_switch: bool, drop_old: bool, as_json: bool) -> None:
     """Rebuild every view from task-events into fresh collections, then switch readers to them."""
     from projections.settings import ProjectionSettings
 
-    settings = ProjectionSettings()
+    settings = load_settings(ProjectionSettings)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     report = asyncio.run(_replay(settings, switch=not no_switch, drop_old=drop_old, show=not as_json))
     summary = {

@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from schemas.envelope import decode_event
 from schemas.errors import DecodeError
 from schemas.events import Event, ExecutionCompleted, TaskCreated, TaskUpdated
-from streams.cli_client import CliError, CliSettings, ExitCode
+from streams.cli_client import CliError, CliSettings, ExitCode, load_settings
 from streams.settings import topic_name
 
 TagLookup = Callable[[str], Awaitable[list[str]]]
@@ -234,7 +234,7 @@ def tail(
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             run_tail(
-                CliSettings(),
+                load_settings(CliSettings),
                 flt,
                 outcomes=outcomes,
                 from_beginning=from_beginning,

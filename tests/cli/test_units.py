@@ -151,3 +151,19 @@ def test_the_process_commands_keep_their_options(command: list[str], options: li
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert all(option in result.output for option in options), result.output
+
+
+def test_bad_configuration_is_a_usage_error_without_a_traceback_or_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from streams.cli import main
+
+    runner = CliRunner()
+    for url in ("localhost:8000", "http://[::zz"):
+        result = runner.invoke(main, ["tasks", "list", "--token", "t", "--api-url", url])
+        assert result.exit_code == 2 and result.stderr.startswith("error: invalid API URL"), result.output
+    env = {"SCHED_API_TOKEN": "t", "SCHED_API_TIMEOUT_SECONDS": "soon"}
+    result = runner.invoke(main, ["tasks", "list"], env=env)
+    assert result.exit_code == 2 and "SCHED_API_TIMEOUT_SECONDS" in result.stderr, result.output
+    result = runner.invoke(main, ["token", "--tenant", "a"], env={"SCHED_JWT_HS256_SECRET": "a-short-secret"})
+    assert result.exit_code == 2 and "32 bytes" in result.stderr and "a-short-secret" not in result.output
