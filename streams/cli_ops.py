@@ -107,18 +107,11 @@ def replay(no_switch: bool, drop_old: bool, as_json: bool) -> None:
 
 async def _total_events(bootstrap: str, topic: str) -> int:
     """Messages in ``topic`` now (end minus start offsets): the progress bar's total."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka import AIOKafkaConsumer
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described.get("error_code") or not described.get("partitions"):
-        raise CliError(f"topic {topic} does not exist (is SCHED_TOPIC_PREFIX right?)", ExitCode.NOT_FOUND)
-    tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    from streams.cli_tail import existing_partitions
+
+    tps = await existing_partitions(bootstrap, topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:

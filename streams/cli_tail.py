@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from schemas.envelope import decode_event
@@ -126,6 +127,28 @@ def _view_lookup(settings: CliSettings) -> tuple[TagLookup, Callable[[], Awaitab
     return lookup, client.close
 
 
+async def existing_partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic``; :class:`CliError` (not found, 3) when it does not exist.
+
+    Asked by listing the topics: a metadata request naming a missing topic makes a broker with
+    ``auto.create.topics.enable`` (the default, and the local stack's) create it, so a mistyped
+    ``SCHED_TOPIC_PREFIX`` would leave a stray topic behind and be "found" the next time.
+
+    :raises KafkaError: the broker cannot be reached.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            raise CliError(f"topic {topic} does not exist (is SCHED_TOPIC_PREFIX right?)", ExitCode.NOT_FOUND)
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(topic, p["partition"]) for p in sorted(described["partitions"], key=lambda p: p["partition"])
+    ]
+
+
 async def run_tail(
     settings: CliSettings,
     flt: TailFilter,
@@ -143,8 +166,13 @@ async def run_tail(
     # aiokafka logs every refused connection; the one line of the CliError says it instead.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     topic = topic_name(settings, "outcomes" if outcomes else "task-events")
+    try:
+        partitions = await existing_partitions(settings.kafka_bootstrap, topic)
+    except KafkaError as exc:
+        raise CliError(
+            f"cannot read {topic} from Kafka at {settings.kafka_bootstrap}: {exc}", ExitCode.UNAVAILABLE
+        ) from None
     consumer = AIOKafkaConsumer(
-        topic,
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         enable_auto_commit=False,
@@ -157,18 +185,18 @@ async def run_tail(
     try:
         try:
             await consumer.start()
-            assigned = consumer.assignment()
-            if not from_beginning and assigned:
-                await consumer.seek_to_end()
-            for tp in assigned:
+            consumer.assign(partitions)
+            if from_beginning:
+                await consumer.seek_to_beginning(*partitions)
+            else:
+                await consumer.seek_to_end(*partitions)
+            for tp in partitions:
                 await consumer.position(tp)  # resolve now: events from here on are shown
         except KafkaError as exc:
             raise CliError(
                 f"cannot read {topic} from Kafka at {settings.kafka_bootstrap}: {exc}", ExitCode.UNAVAILABLE
             ) from None
-        if not assigned:
-            raise CliError(f"topic {topic} does not exist (is SCHED_TOPIC_PREFIX right?)", ExitCode.NOT_FOUND)
-        click.echo(f"tailing {topic} ({len(assigned)} partitions); Ctrl-C stops", err=True)
+        click.echo(f"tailing {topic} ({len(partitions)} partitions); Ctrl-C stops", err=True)
         deadline = None if seconds is None else time.monotonic() + seconds
         while (limit is None or shown < limit) and (deadline is None or time.monotonic() < deadline):
             batch = await consumer.getmany(timeout_ms=300, max_records=500)
