@@ -292,6 +292,10 @@ def when(value: Any) -> str:
     return parsed.strftime("%Y-%m-%d %H:%M:%S")
 
 
+_WRAPPED_MIN = 12
+"""Narrowest a wrapping column is made (a name, a schedule) before optional columns give way."""
+
+
 def table(
     columns: Sequence[str],
     rows: Iterable[Sequence[Any]],
@@ -309,18 +313,27 @@ def table(
     """
     cells = [["-" if cell is None else str(cell) for cell in row] for row in rows]
     widths = {name: max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(columns)}
+    kept = set(keep)
+    # A wrapping column still needs room for a word or two.
+    least = {name: widths[name] if name in kept else min(widths[name], _WRAPPED_MIN) for name in columns}
     shown = list(columns)
     for name in optional:
-        if width is None or sum(widths[c] + 3 for c in shown) + 1 <= width:
+        if width is None or sum(least[c] + 3 for c in shown) + 1 <= width:
             break
         shown.remove(name)
-    kept = set(keep)
+    wrapped = [c for c in shown if c not in kept]
+    if width is not None and wrapped:
+        # Still too wide: the wrapping columns share what the kept ones leave (a terminal cuts
+        # a table wider than itself, which would hide the kept columns at the right).
+        room = width - 1 - sum(least[c] + 3 for c in shown if c in kept) - 3 * len(wrapped)
+        share = max(4, room // len(wrapped))
+        least.update({c: min(least[c], share) for c in wrapped})
     out = Table(title=title, title_justify="left", header_style="bold")
     for name in shown:
         if name in kept:
             out.add_column(name, no_wrap=True, min_width=widths[name])
         else:
-            out.add_column(name)
+            out.add_column(name, min_width=least[name], overflow="fold")
     for row in cells:
         out.add_row(*(cell for name, cell in zip(columns, row, strict=True) if name in shown))
     return out

@@ -146,7 +146,7 @@ def list_tasks(
     ]
     columns = ("ID", "NAME", "STATUS", "TYPE", "SCHEDULE", "NEXT RUN (UTC)", "LAST", "RUNS", "TAGS")
     out = console()
-    narrow_first = ("TAGS", "TYPE", "LAST", "SCHEDULE")
+    narrow_first = ("TAGS", "TYPE", "LAST", "SCHEDULE", "RUNS")
     out.print(
         table(columns, rows, keep=("ID", "STATUS", "NEXT RUN (UTC)", "RUNS"), optional=narrow_first, width=out.width)
     )

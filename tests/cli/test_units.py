@@ -20,7 +20,8 @@ def _render(width: int) -> str:
     rows = [(TASK_ID, "nightly report", "active", "handler", "cron 30 6 * * 1-5 Europe/London", "2026-11-30 06:30:00")]
     columns = ("ID", "NAME", "STATUS", "TYPE", "SCHEDULE", "NEXT RUN (UTC)")
     out = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
-    out.print(table(columns, rows, keep=("ID", "NEXT RUN (UTC)"), optional=("TYPE", "SCHEDULE"), width=width))
+    narrow_first = ("TYPE", "SCHEDULE", "STATUS")
+    out.print(table(columns, rows, keep=("ID", "STATUS", "NEXT RUN (UTC)"), optional=narrow_first, width=width))
     return out.export_text()
 
 
@@ -30,6 +31,10 @@ def test_a_narrow_terminal_drops_columns_rather_than_cutting_ids_and_times() -> 
     narrow = _render(90)  # was "7ad4517c-…" and "2026-11-…" before columns were dropped
     assert TASK_ID in narrow and "2026-11-30 06:30:00" in narrow and "…" not in narrow
     assert "TYPE" not in narrow and "SCHEDULE" not in narrow
+    # At 80 columns the name was squeezed to nothing, then the table was wider than the terminal.
+    tight = _render(80)
+    assert TASK_ID in tight and "2026-11-30 06:30:00" in tight and "night" in tight
+    assert max(len(line) for line in tight.splitlines()) <= 80
 
 
 def test_a_problem_is_one_line_naming_fields() -> None:
