@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -164,3 +165,15 @@ def test_demo_runs_through_the_one_cli(tmp_path: Path, cli: Cli) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert " succeeded: slot " in out.stdout, out.stdout
+
+
+def test_ctrl_c_stops_tail_quietly(cli: Cli) -> None:
+    env = {**os.environ, **cli.env}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "tail", "--tenant", cli.tenant],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None and "tailing " in proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err

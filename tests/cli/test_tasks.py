@@ -158,3 +158,13 @@ def test_tenants_see_only_their_tasks(cli: Cli, tmp_path: Path) -> None:
     other = cli.ok("token", "--tenant", cli.tenant + "x").stdout.strip()
     assert cli.run("tasks", "get", task_id, "--token", other).exit_code == 3
     assert task_id not in cli.ok("tasks", "list", "--token", other).stdout
+
+
+def test_list_follows_pages_up_to_the_limit(cli: Cli, tmp_path: Path) -> None:
+    for index in range(3):
+        definition = {"name": f"paged {index}", "work": {"kind": "handler", "name": "noop"}}
+        _created(cli, write(tmp_path, f"p{index}.json", json.dumps(definition)))
+    two = cli.ok("tasks", "list", "--limit", "2", "--sort", "name")
+    assert "paged 0" in two.stdout and "paged 1" in two.stdout and "paged 2" not in two.stdout
+    assert "2 tasks (more: raise --limit)" in two.stdout
+    assert len(cli.json("tasks", "list", "--limit", "3")["items"]) == 3  # type: ignore[arg-type]
