@@ -4,6 +4,10 @@
     python -m deploy.stack down      # stop both, keep the data
     python -m deploy.stack status    # what runs where
     python -m deploy.stack reset     # stop and delete the data (keeps the cached builds)
+    python -m deploy.stack env       # shell exports pointing clients at the stack
+
+The same click group is ``scheduler stack`` (``streams/cli.py``). ``status`` exits 1 when a
+service is stopped.
 
 Kafka comes from the official jars on Maven Central (resolved with Maven from
 ``deploy/kafka/pom.xml``) and runs on Java 17+ as ``kafka.Kafka``; its storage is formatted
@@ -36,6 +40,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import click
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -480,39 +487,93 @@ def reset(cfg: StackConfig) -> None:
     shutil.rmtree(cfg.path("logs"), ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+@click.group(name="stack", help=(__doc__ or "").split("\n")[0])
+def cli() -> None:
+    """The local stack: ``up``, ``down``, ``status``, ``reset``, ``env``."""
 
-    parser = argparse.ArgumentParser(prog="python -m deploy.stack", description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=["up", "down", "status", "reset", "env"])
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the services")
-    args = parser.parse_args(argv)
+
+def _config() -> StackConfig:
     try:
-        cfg = StackConfig.from_env()
-        if args.action == "up":
-            started = time.monotonic()
-            up(cfg, args.timeout)
-            print(
-                f"stack: up in {time.monotonic() - started:.1f}s; kafka {cfg.bootstrap}, "
-                f"mongo {cfg.mongo_url}, logs {cfg.path('logs')}",
-                file=sys.stderr,
-            )
-        elif args.action == "down":
-            down(cfg)
-            print("stack: down (data kept)", file=sys.stderr)
-        elif args.action == "reset":
-            reset(cfg)
-            print("stack: stopped and data deleted", file=sys.stderr)
-        elif args.action == "env":
-            print(f"export SCHED_KAFKA_BOOTSTRAP={cfg.bootstrap}")
-            print(f"export SCHED_MONGO_URL={cfg.mongo_url}")
-        else:
-            for name, pid in status(cfg).items():
-                print(f"{name}: {'running, pid ' + str(pid) if pid else 'stopped'}")
+        return StackConfig.from_env()
     except StackError as exc:
-        print(f"stack: error: {exc}", file=sys.stderr)
+        raise _Failed(str(exc)) from None
+
+
+class _Failed(click.ClickException):
+    """A stack operation failed: ``stack: error: <one line>`` on stderr, exit 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"stack: error: {self.format_message()}", err=True)
+
+
+@cli.command("up")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="seconds to wait for the services")
+def _up(timeout: float) -> None:
+    """Build once (cached), start Kafka and FerretDB, wait until both answer."""
+    cfg = _config()
+    started = time.monotonic()
+    try:
+        up(cfg, timeout)
+    except StackError as exc:
+        raise _Failed(str(exc)) from None
+    click.echo(
+        f"stack: up in {time.monotonic() - started:.1f}s; kafka {cfg.bootstrap}, "
+        f"mongo {cfg.mongo_url}, logs {cfg.path('logs')}",
+        err=True,
+    )
+
+
+@cli.command("down")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds before SIGKILL")
+def _down(timeout: float) -> None:
+    """Stop both services; the data is kept."""
+    down(_config(), timeout)
+    click.echo("stack: down (data kept)", err=True)
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="print {service: pid or null} as JSON")
+def _status(as_json: bool) -> None:
+    """What runs, with its pid; exit 0 when both run, 1 when not."""
+    import json
+
+    pids = status(_config())
+    if as_json:
+        click.echo(json.dumps(pids))
+    else:
+        for name, pid in pids.items():
+            click.echo(f"{name}: {'running, pid ' + str(pid) if pid else 'stopped'}")
+    if not all(pids.values()):
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("reset")
+def _reset() -> None:
+    """Stop the stack and delete its data and logs (the cached builds stay)."""
+    reset(_config())
+    click.echo("stack: stopped and data deleted", err=True)
+
+
+@cli.command("env")
+def _env() -> None:
+    """Print the shell exports that point clients at this stack."""
+    cfg = _config()
+    click.echo(f"export SCHED_KAFKA_BOOTSTRAP={cfg.bootstrap}")
+    click.echo(f"export SCHED_MONGO_URL={cfg.mongo_url}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m deploy.stack <action>``: the exit status of the action."""
+    try:
+        code = cli.main(args=argv, prog_name="python -m deploy.stack", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

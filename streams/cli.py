@@ -1,7 +1,13 @@
-"""Command-line entry point: ``scheduler worker | executor | projector | api | topics | secrets``.
+"""The one command-line tool, ``scheduler``: one click group for everything.
+
+- Processes: ``worker``, ``executor``, ``projector``, ``api``, ``topics``, ``secrets``.
+- The REST API from a terminal: ``tasks`` and ``executions`` (``streams/cli_tasks.py``).
+- Straight to Kafka and the views, where the API is not involved: ``tail``
+  (``streams/cli_tail.py``) and ``replay`` (``streams/cli_ops.py``).
+- Development: ``stack`` (``deploy/stack.py``), ``token``, ``demo`` (``streams/demo.py``).
 
 Configuration comes from ``SCHED_*`` environment variables (see ``streams.settings``);
-flags override the most common ones.
+flags override the most common ones. Exit codes are listed in ``streams/cli_client.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,13 @@ def _load_handlers(settings: Settings) -> None:
         importlib.import_module(module)
 
 
-@click.group()
+EXIT_CODES = """\b
+Exit codes: 0 ok, 1 the API refused the request, 2 usage or configuration,
+3 not found, 4 conflict, 5 unavailable (API, Kafka or views), 6 not authorised.
+"""
+
+
+@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Event-sourced task scheduler on Kafka."""
 
@@ -130,6 +142,25 @@ def secrets_encrypt(tenant: str, task_id: str, pointer: str, as_json: bool) -> N
     value = json.loads(text) if as_json else text
     click.echo(keyring.encrypt(value, tenant=tenant, task_id=task_id, pointer=pointer))
 
+
+def _register() -> None:
+    # Imported here, not at the top: each module is small and imports what its commands need lazily.
+    from deploy.stack import cli as stack
+    from streams.cli_ops import replay, token
+    from streams.cli_tail import tail
+    from streams.cli_tasks import executions, tasks
+    from streams.demo import main as demo
+
+    main.add_command(tasks)
+    main.add_command(executions)
+    main.add_command(tail)
+    main.add_command(replay)
+    main.add_command(stack, "stack")
+    main.add_command(token)
+    main.add_command(demo, "demo")
+
+
+_register()
 
 if __name__ == "__main__":
     main()
