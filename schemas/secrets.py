@@ -54,7 +54,7 @@ HEADER_PLACES = ("/work/headers", "/work/poll/headers", "/work/cancel/headers")
 _AD_PREFIX = b"scheduler-secret:v1"
 _NONCE_BYTES = 12
 _KEY_BYTES = 32
-_KID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_KID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MIN_SCRUB = 4
 """Clear values shorter than this are not scrubbed from results (they would mangle them)."""
 
@@ -85,7 +85,7 @@ class Keyring:
         if not keys:
             raise KeyConfigError("no secret keys given")
         for kid, key in keys.items():
-            if not _KID.match(kid):
+            if not _KID.fullmatch(kid):
                 raise KeyConfigError(f"secret key id {kid!r}: use 1-64 letters, digits, '_', '.' or '-'")
             if len(key) != _KEY_BYTES:
                 raise KeyConfigError(f"secret key {kid!r}: must be {_KEY_BYTES} bytes, got {len(key)}")

@@ -43,7 +43,7 @@ def token(tenant: str, role: str, sub: str | None, ttl: float) -> None:
     from api.auth import TENANT_PATTERN
     from api.settings import ApiSettings
 
-    if not TENANT_PATTERN.match(tenant):
+    if not TENANT_PATTERN.fullmatch(tenant):
         raise click.BadParameter(f"must match {TENANT_PATTERN.pattern}", param_hint="--tenant")
     settings = load_settings(ApiSettings)
     if settings.jwt_hs256_secret is None:

@@ -333,3 +333,8 @@ def test_a_decrypted_value_that_does_not_fit_fails_without_quoting_it(ring: Keyr
     with pytest.raises(SecretError, match="does not fit") as caught:
         open_work(work, {}, keyring=ring, tenant=TENANT, task_id=TASK)
     assert "v4lue-secret" not in str(caught.value)
+
+
+def test_a_key_id_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(KeyConfigError, match="secret key id"):
+        Keyring({"k1\n": key()})
