@@ -170,11 +170,19 @@ class Views:
         names = await self.names()
         return await self._page(names.executions, "executions", EXECUTION_SORT, query, limit, cursor)
 
-    async def count_scheduled_runs(self, tenant: str, internal_id: str, since: datetime | None) -> int:
-        """Scheduled (not manual) executions of the task's current incarnation still in the view."""
-        query: Doc = {"tenant": tenant, "task_id": internal_id, "reason": {"$in": ["schedule", "buffered"]}}
-        if since is not None:
-            query["scheduled_for"] = {"$gte": since}
+    async def scheduled_runs(self, tenant: str, task: Doc) -> int:
+        """Executions of the task's schedule so far (what ``max_runs`` counts), as its view holds them.
+
+        The tasks view counts them (``counters.scheduled_runs``): counting executions would go
+        wrong once retention deletes old ones. A document projected before the counter existed
+        (until a replay rebuilds the views) falls back to counting the executions still kept.
+        """
+        runs = (task.get("counters") or {}).get("scheduled_runs")
+        if isinstance(runs, int):
+            return runs
+        query: Doc = {"tenant": tenant, "task_id": task["_id"], "reason": {"$in": ["schedule", "buffered"]}}
+        if task.get("created_at") is not None:
+            query["scheduled_for"] = {"$gte": task["created_at"]}
         names = await self.names()
         return await self.db[names.executions].count_documents(query)
 
