@@ -101,6 +101,8 @@ class ReplayReport:
     """Documents read back from the server (dropped from memory for room, then touched again)."""
     writes: int = 0
     """Documents written (each touched document once per batch)."""
+    store_seconds: dict[str, float] | None = None
+    """Seconds spent reading documents, folding and writing (the rest is reading the topic)."""
 
     @property
     def rate(self) -> float:
@@ -211,6 +213,7 @@ async def replay(
         switched=switch,
         reads=store.reads,
         writes=store.writes,
+        store_seconds=dict(store.seconds),
     )
     log.info(
         "replay %s: %d events applied (%d undecodable skipped) in %.2fs into %s",

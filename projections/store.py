@@ -24,6 +24,7 @@ the API's ``?wait`` polls, so a client that saw its command's events sees the ta
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
@@ -177,6 +178,8 @@ class ViewStore:
         """Documents read from the server so far (misses of the caches)."""
         self.writes = 0
         """Documents written so far."""
+        self.seconds = {"read": 0.0, "fold": 0.0, "write": 0.0}
+        """Time spent reading documents, folding events and writing documents (where a batch goes)."""
 
     def forget(self, partitions: Collection[int]) -> None:
         """Drop what is held for ``partitions`` (see :meth:`DocCache.forget`)."""
@@ -201,17 +204,24 @@ class ViewStore:
             key = execution_key(event)
             if key is not None:
                 partition_of[key] = partition
+        started = time.perf_counter()
         before = ViewDocs(
             tasks=await self._held(self.tasks, self.names.tasks, keys.tasks),
             executions=await self._held(self.executions, self.names.executions, keys.executions),
             stats=await self._held(self.stats, self.names.stats, keys.stats),
         )
+        read = time.perf_counter()
         folded = fold(before, events)
+        folding = time.perf_counter()
         await self._replace(self.names.stats, folded.stats, "offset")
         await self._replace(self.names.executions, folded.executions, "version")
         await self._replace(self.names.tasks, folded.tasks, "version")
         await self._insert(self.names.audit, folded.audit)
         self.writes += len(folded)
+        written = time.perf_counter()
+        self.seconds["read"] += read - started
+        self.seconds["fold"] += folding - read
+        self.seconds["write"] += written - folding
         # Hold what the batch touched, as it now stands on the server.
         for key in keys.tasks:
             self.tasks.put(key, partition_of[key], folded.tasks.get(key, before.tasks.get(key)))

@@ -47,6 +47,7 @@ class Result:
     rss_before_mb: float
     rss_peak_mb: float
     views: dict[str, int]
+    store_seconds: dict[str, float]
 
     @property
     def rate(self) -> float:
@@ -59,6 +60,7 @@ class Result:
                 f"replay: {self.applied}/{self.events} events of {self.tasks} tasks in {self.replay_s:.1f}s "
                 f"= {self.rate:.0f} events/s",
                 f"  produced in {self.produce_s:.1f}s; documents read back {self.reads}, written {self.writes}",
+                "  time in the store: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.store_seconds.items()),
                 f"  memory: {self.rss_before_mb:.0f} MB before, {self.rss_peak_mb:.0f} MB peak during the replay",
                 f"  views: {docs}",
             ]
@@ -150,7 +152,7 @@ async def run(bootstrap: str, mongo_url: str, events: int, tasks: int, quiet: bo
         views = {name: await db[coll].count_documents({}) for name, coll in report.collections.as_dict().items()}
         return Result(
             events, tasks, produce_s, report.seconds, report.events_applied, report.reads, report.writes,
-            before, peak, views,
+            before, peak, views, report.store_seconds or {},
         )  # fmt: skip
     finally:
         stop.set()
