@@ -483,6 +483,14 @@ def execution_key(event: Event) -> str | None:
             return None
 
 
+def opens_execution(event: Event) -> bool:
+    """Whether an event creates its execution's document (a dispatch that is not a retry or of a
+    buffered slot, a buffering, missed slots)."""
+    if isinstance(event, ExecutionDispatched):
+        return event.reason not in ("retry", "buffered")
+    return isinstance(event, ExecutionBuffered | SlotsMissed)
+
+
 def evolve_execution(doc: Doc | None, event: Event, kind: str) -> Doc | None:
     """The ``executions`` document an event changes, after it (``doc`` itself if unchanged).
 

@@ -146,6 +146,10 @@ class Projector:
         self._owned: set[int] = set()
         self._lock = asyncio.Lock()
         self._revoking = False
+        # Per partition, the highest offset any projector may have written (None: unknown);
+        # shared with every store (see ViewStore.high_water), recorded before each write.
+        self._high_water: dict[int, int | None] = {}
+        self._unknown_until: dict[int, int] = {}
         # Per partition, the offset the next applied batch must start at or before (after a seek).
         self._required: dict[int, int] = {}
         self._last_event_at: datetime | None = None
@@ -223,7 +227,10 @@ class Projector:
                 return 0
             assert self._views is not None and self._store is not None
             try:
+                raised = await self._raise_high_water(self._views.generation, items)
                 refused = await self._apply_with_retry(self._store, items)
+                # Only now: this batch was folded against the marks from before it.
+                self._high_water.update(raised)
             except _Revoked:
                 log.info("projector: partitions revoked while writing; the next owner applies the batch")
                 return 0
@@ -355,6 +362,7 @@ class Projector:
         """Write to ``views`` from now on (a fresh store: nothing of the old views is held)."""
         if self._store is None or self._views is None or views.generation != self._views.generation:
             self._store = ViewStore(self.db, views.collections, await probe(self.db))
+            self._store.high_water = self._high_water
         self._views = views
 
     async def _position(self, partitions: Iterable[TopicPartition], views: ActiveViews) -> None:
@@ -365,7 +373,19 @@ class Projector:
         """
         progress = await self.db[PROGRESS_COLLECTION].find_one({"_id": self._progress_id(views.generation)})
         offsets: dict[str, int] = (progress or {}).get("offsets", {})
+        written: dict[str, int] = (progress or {}).get("written", {})
         for tp in partitions:
+            high: int | None
+            if str(tp.partition) in written:
+                high = int(written[str(tp.partition)])
+            elif progress is None:
+                # Nothing recorded: nothing written here by a projector, or (a replayed
+                # generation) everything up to where the replay read.
+                high = views.end_offsets.get(tp.partition, 0) - 1
+            else:
+                high = None  # recorded by a projector that kept no high-water mark: read always
+            self._high_water[tp.partition] = high
+            self._unknown_until.pop(tp.partition, None)
             offset = offsets.get(str(tp.partition))
             if offset is None and views.end_offsets:
                 offset = views.end_offsets.get(tp.partition, 0)
@@ -409,6 +429,42 @@ class Projector:
                 await self.db[PROGRESS_COLLECTION].update_one(
                     {"_id": self._progress_id(generation)}, {"$set": fields}, upsert=True
                 )
+
+    async def _raise_high_water(self, generation: str, items: list[Positioned]) -> dict[int, int]:
+        """Record, before writing ``items``, that their offsets may be written from now on;
+        returns the new marks (the caller holds them once the batch is written).
+
+        A later owner of the partition reads the mark on assignment: beyond it, nothing was
+        written, so a new execution's document need not be read (see ``ViewStore``).
+        """
+        highest: dict[int, int] = {}
+        for item in items:
+            highest[item.partition] = max(item.offset, highest.get(item.partition, -1))
+        raised: dict[int, int] = {}
+        for partition, offset in highest.items():
+            mark = self._high_water.get(partition)
+            if mark is None:
+                # Unknown (views written by an older projector): known again once this batch
+                # reaches the end the partition had when it was assigned.
+                until = self._unknown_until.get(partition)
+                if until is None:
+                    tp = TopicPartition(self.topic, partition)
+                    until = self._unknown_until[partition] = (await self._consumer.end_offsets([tp]))[tp]
+                if offset + 1 >= until:
+                    raised[partition] = offset
+            elif mark < offset:
+                raised[partition] = offset
+        if not raised:
+            return raised
+        fields: dict[str, Any] = {f"written.{p}": o for p, o in raised.items()}
+        async for attempt in self._retrying("recording the high-water mark", retry=retry_if_exception(_is_mongo_error)):
+            with attempt:
+                await self.db[PROGRESS_COLLECTION].update_one(
+                    {"_id": self._progress_id(generation)}, {"$set": fields}, upsert=True
+                )
+        for partition in raised:
+            self._unknown_until.pop(partition, None)
+        return raised
 
     def _progress_id(self, generation: str) -> str:
         return f"{self.group_id}|{generation}"

@@ -36,7 +36,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from projections.folds import Doc, Folded, ViewDocs, execution_key, fold, touched
+from projections.folds import Doc, Folded, ViewDocs, execution_key, fold, opens_execution, touched
 from projections.read import CollectionNames
 from schemas.events import Event
 
@@ -178,6 +178,9 @@ class ViewStore:
         """Documents read from the server so far (misses of the caches)."""
         self.writes = 0
         """Documents written so far."""
+        self.high_water: dict[int, int | None] = {}
+        """Per partition, the highest offset whose documents any process may have written to these
+        collections (None: unknown). Set by the projector, which records it before it writes."""
         self.seconds = {"read": 0.0, "fold": 0.0, "write": 0.0}
         """Time spent reading documents, folding events and writing documents (where a batch goes)."""
 
@@ -205,9 +208,12 @@ class ViewStore:
             if key is not None:
                 partition_of[key] = partition
         started = time.perf_counter()
+        tasks = await self._held(self.tasks, self.names.tasks, keys.tasks)
         before = ViewDocs(
-            tasks=await self._held(self.tasks, self.names.tasks, keys.tasks),
-            executions=await self._held(self.executions, self.names.executions, keys.executions),
+            tasks=tasks,
+            executions=await self._held(
+                self.executions, self.names.executions, keys.executions, self._new_executions(events, tasks)
+            ),
             stats=await self._held(self.stats, self.names.stats, keys.stats),
         )
         read = time.perf_counter()
@@ -231,14 +237,44 @@ class ViewStore:
             self.stats.put(key, int(key.split("/", 1)[0]), folded.stats.get(key, before.stats.get(key)))
         return folded
 
-    async def _held(self, cache: DocCache, collection: str, keys: Iterable[str]) -> dict[str, Doc | None]:
-        """The documents for ``keys``: from the cache, else read by ``_id`` (unless fresh)."""
+    def _new_executions(self, events: Sequence[tuple[Event, int, int]], tasks: dict[str, Doc | None]) -> set[str]:
+        """Executions that a batch opens and that cannot exist yet, so need not be read.
+
+        An execution is opened by its dispatch (or buffering, or the missed slots) and is
+        written before its task; so when that event is new to its task (the task's ``version``
+        is below it) and sits beyond the partition's high-water mark (no process wrote anything
+        from there yet), its document was never written. Anything else is read when not held.
+        """
+        new: set[str] = set()
+        seen: set[str] = set()
+        for event, partition, offset in events:
+            key = execution_key(event)
+            if key is None or key in seen:
+                continue
+            seen.add(key)
+            high = self.high_water.get(partition)
+            task = tasks.get(event.task_id)
+            if (
+                high is not None
+                and offset > high
+                and opens_execution(event)
+                and task is not None
+                and task.get("version", 0) < event.sequence
+            ):
+                new.add(key)
+        return new
+
+    async def _held(
+        self, cache: DocCache, collection: str, keys: Iterable[str], absent: Collection[str] = ()
+    ) -> dict[str, Doc | None]:
+        """The documents for ``keys``: from the cache, else read by ``_id`` (unless fresh, or
+        ``absent`` says it cannot exist)."""
         out: dict[str, Doc | None] = {}
         missing: list[str] = []
         for key in keys:
             if key in cache:
                 out[key] = cache.get(key)
-            elif self.fresh and key not in cache.evicted:
+            elif (self.fresh and key not in cache.evicted) or key in absent:
                 out[key] = None
             else:
                 missing.append(key)

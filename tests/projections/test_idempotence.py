@@ -11,6 +11,7 @@ from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect
 
+from projections.folds import execution_key, opens_execution
 from projections.read import CollectionNames
 from projections.store import Capabilities, Positioned, ViewStore, apply_events, probe
 from tests.conftest import Infra
@@ -167,3 +168,37 @@ class StatementCounter(monitoring.CommandListener):
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
+
+
+async def test_a_new_owner_reads_no_new_execution_and_still_ignores_copies(mongo_db: Db) -> None:
+    """Beyond the high-water mark (nothing written there yet), an execution opened by an event
+    new to its task cannot exist and is not read; a failover copy there (its task already past
+    it) is read and changes nothing."""
+    log = interleaved_log()
+    once, owned = CollectionNames().with_suffix("_once"), CollectionNames().with_suffix("_owned")
+    half = len(log) // 2
+    await apply_events(mongo_db, once, log)
+    await apply_events(mongo_db, owned, log[:half])
+    marks: dict[int, int | None] = {
+        p: max((i.offset for i in log[:half] if i.partition == p), default=-1) for p in (0, 1)
+    }
+    ends = {p: max(i.offset for i in log if i.partition == p) + 1 for p in (0, 1)}
+    copies = [Positioned(i.event, i.partition, ends[i.partition] + 50 + n) for n, i in enumerate(log[:half])]
+    store = ViewStore(mongo_db, owned, await probe(mongo_db))  # a new owner: holds nothing
+    store.high_water = marks
+    await store.apply(log[half:])
+    tasks = {i.event.task_id for i in log[half:]}
+    first: dict[str, bool] = {}  # execution -> whether its first event in the batch opens it
+    for i in log[half:]:
+        key = execution_key(i.event)
+        if key is not None:
+            first.setdefault(key, opens_execution(i.event))
+    opened = sum(first.values())
+    assert opened > 0
+    # Tasks, stats (3 tenant-partitions) and the executions the batch does not open are read.
+    assert store.reads == len(tasks) + 3 + len(first) - opened
+    assert await dump(mongo_db, owned) == await dump(mongo_db, once)
+    later = ViewStore(mongo_db, owned, await probe(mongo_db))
+    later.high_water = {p: ends[p] - 1 for p in (0, 1)}
+    await later.apply(copies)
+    assert await dump(mongo_db, owned) == await dump(mongo_db, once)
