@@ -100,6 +100,16 @@ def _after(spec: SortSpec, phase: int, value: Any, last_id: Any) -> Doc:
     return {"$or": [{spec.field: {op: value}}, {spec.field: value, "_id": {op: last_id}}]}
 
 
+def _owned_by(tenant: str, doc: Doc | None) -> Doc | None:
+    """``doc`` if it is the tenant's, else None.
+
+    Documents are looked up by ``_id`` alone and the tenant checked here: FerretDB uses its
+    index only for a bare ``{_id: ...}`` filter, and ``{_id, tenant}`` read the whole view on
+    every GET (seconds under load).
+    """
+    return doc if doc is not None and doc.get("tenant") == tenant else None
+
+
 class Views:
     """The view collections of one database, read for one tenant at a time."""
 
@@ -128,7 +138,7 @@ class Views:
         if not PUBLIC_ID.match(public_id):
             return None
         names = await self.names()
-        return await self.db[names.tasks].find_one({"_id": internal_task_id(tenant, public_id), "tenant": tenant})
+        return _owned_by(tenant, await self.db[names.tasks].find_one({"_id": internal_task_id(tenant, public_id)}))
 
     async def tasks(
         self,
@@ -158,7 +168,7 @@ class Views:
         if not PUBLIC_ID.match(execution_id):
             return None
         names = await self.names()
-        return await self.db[names.executions].find_one({"_id": execution_id, "tenant": tenant})
+        return _owned_by(tenant, await self.db[names.executions].find_one({"_id": execution_id}))
 
     async def executions(
         self, tenant: str, internal_id: str, *, status: str | None, limit: int, cursor: str | None
