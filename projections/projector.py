@@ -101,7 +101,8 @@ class Projector:
 
     ``collections`` are the view names used until a replay switches to others (then the names
     in ``view_aliases`` win). The dead-letter topic defaults to the topic's name with
-    ``task-events`` replaced by ``dead-letter``.
+    ``task-events`` replaced by ``dead-letter``. ``cache_documents`` bounds the documents per view
+    held in memory for the owned partitions.
     """
 
     def __init__(
@@ -118,6 +119,7 @@ class Projector:
         status_interval: float = 5.0,
         retry_initial: float = 0.2,
         retry_max: float = 30.0,
+        cache_documents: int = 20_000,
     ) -> None:
         self.topic = topic
         self.group_id = group_id
@@ -129,6 +131,7 @@ class Projector:
         self.status_interval = status_interval
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.cache_documents = cache_documents
         self.applied_total = 0
         self.dead_letters_total = 0
         self._consumer = AIOKafkaConsumer(
@@ -361,7 +364,7 @@ class Projector:
     async def _use(self, views: ActiveViews) -> None:
         """Write to ``views`` from now on (a fresh store: nothing of the old views is held)."""
         if self._store is None or self._views is None or views.generation != self._views.generation:
-            self._store = ViewStore(self.db, views.collections, await probe(self.db))
+            self._store = ViewStore(self.db, views.collections, await probe(self.db), cache_limit=self.cache_documents)
             self._store.high_water = self._high_water
         self._views = views
 

@@ -28,7 +28,12 @@ async def main(settings: ProjectionSettings | None = None) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url, tz_aware=True)
     db = client[settings.mongo_database]
     projector = Projector(
-        settings.kafka_bootstrap, settings.events_topic, settings.group_id, db, max_records=settings.projector_batch_max
+        settings.kafka_bootstrap,
+        settings.events_topic,
+        settings.group_id,
+        db,
+        max_records=settings.projector_batch_max,
+        cache_documents=settings.projector_cache_documents,
     )
     sweeper_task: asyncio.Task[None] | None = None
     try:
