@@ -15,9 +15,9 @@ from api.bus import CommandBus
 from api.deps import ApiState
 from api.metrics import Metrics, MetricsMiddleware
 from api.middleware import BodyLimitMiddleware
+from api.queries import Views
 from api.routes import events, executions, health, stats, tasks
 from api.settings import ApiSettings
-from api.views import Views
 
 DESCRIPTION = """
 Commands are validated, put on the `commands` topic and answered **202 Accepted** with their

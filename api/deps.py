@@ -15,8 +15,8 @@ from api.auth import Principal, Role, TokenVerifier
 from api.bus import CommandBus
 from api.errors import Unauthorized
 from api.metrics import Metrics
+from api.queries import Views
 from api.settings import ApiSettings
-from api.views import Views
 from schemas.secrets import Keyring
 
 

@@ -32,8 +32,8 @@ from api.models import (
     TaskPublic,
     TriggerRequest,
 )
+from api.queries import Doc, TaskSort, Views, internal_task_id
 from api.settings import ApiSettings
-from api.views import Doc, TaskSort, Views, internal_task_id
 from projections.folds import from_micros
 from scheduler.schedule import anchor_for, fire_at, next_slot
 from schemas.commands import CreateTask, DeleteTask, PauseTask, ResumeTask, TriggerTask, UpdateTask

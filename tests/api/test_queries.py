@@ -6,7 +6,7 @@ from typing import Any
 
 from pymongo import AsyncMongoClient, monitoring
 
-from api.views import Views
+from api.queries import Views
 from tests.conftest import Infra, Names
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from api.views import internal_task_id
+from api.queries import internal_task_id
 from scheduler.schedule import fire_at
 from schemas.commands import CreateTask
 from schemas.envelope import command_envelope, decode_event, encode, event_envelope
