@@ -16,10 +16,10 @@ from api.deps import ApiState
 from api.idempotency import IdempotencyKeys
 from api.metrics import Metrics, MetricsMiddleware
 from api.middleware import BodyLimitMiddleware
+from api.queries import Views
 from api.quotas import Quotas
 from api.routes import events, executions, health, stats, tasks, ui
 from api.settings import ApiSettings
-from api.views import Views
 
 DESCRIPTION = """
 Commands are validated, put on the `commands` topic and answered **202 Accepted** with their

@@ -23,8 +23,8 @@ from api.auth import Principal, utf8_encodable
 from api.deps import ApiState
 from api.errors import FieldError, ServiceUnavailable, Unprocessable, rejection_error
 from api.models import CommandResult, ExecutionPublic, TaskPublic
+from api.queries import Doc, public_task_id
 from api.quotas import Refund
-from api.views import Doc, public_task_id
 from schemas.commands import CommandBase
 from schemas.secrets import SecretError, mask_clear, redact
 from schemas.specs import TOLERANT

@@ -16,9 +16,9 @@ from api.bus import CommandBus
 from api.errors import Unauthorized
 from api.idempotency import IdempotencyKeys
 from api.metrics import Metrics
+from api.queries import Views
 from api.quotas import Quotas
 from api.settings import ApiSettings
-from api.views import Views
 from schemas.secrets import Keyring
 
 

@@ -29,8 +29,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from api.errors import TooManyRequests
+from api.queries import Views
 from api.settings import ApiSettings
-from api.views import Views
 from schemas.commands import CommandBase, CreateTask, TriggerTask
 
 CREATES = "api_quota_creates"

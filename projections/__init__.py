@@ -1,7 +1,8 @@
 """Projections: MongoDB views built from the ``task-events`` topic.
 
-* :mod:`projections.views` - the pure part: an event -> write operations per view.
-* :mod:`projections.apply` - applies events to the views (shared by projector and replay).
+* :mod:`projections.folds` - the pure part: the views as folds ``(document, event) -> document``.
+* :mod:`projections.store` - the storage adapter: loads, folds and writes batches (projector and
+  replay alike), from one capability probe of the server.
 * :mod:`projections.projector` - the live consumer group, lag, indexes.
 * :mod:`projections.replay` - rebuilds the views into fresh collections and switches to them.
 * :mod:`projections.retention` - TTL index or, on FerretDB, a retention sweeper.

@@ -1,8 +1,8 @@
 """Retention of finished executions: a TTL index on MongoDB, a sweeper where TTL does not work.
 
-FerretDB v1.24 rejects ``expireAfterSeconds`` (``NotImplemented``), and its ``buildInfo`` says
-it is FerretDB (``ferretdbVersion``); there a :class:`RetentionSweeper` deletes old executions
-periodically instead.
+FerretDB v1.24 rejects ``expireAfterSeconds`` (``NotImplemented``); where the capability probe
+(:func:`projections.store.probe`) says TTL indexes do not work, a :class:`RetentionSweeper`
+deletes old executions periodically instead.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 
 from projections.read import CollectionNames, active_collections
+from projections.store import probe
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +25,6 @@ DEFAULT_RETENTION = timedelta(days=90)
 TTL_INDEX_NAME = "finished_at_ttl"
 _NOT_IMPLEMENTED = 238
 _INDEX_OPTIONS_CONFLICT = (85, 86)
-
-
-async def is_ferretdb(db: AsyncDatabase[Any]) -> bool:
-    """True when the server is FerretDB (its ``buildInfo`` carries ``ferretdbVersion``)."""
-    info = await db.client.admin.command("buildInfo")
-    return "ferretdbVersion" in info or "ferretdbFeatures" in info
 
 
 async def setup_retention(
@@ -45,7 +40,7 @@ async def setup_retention(
     None. Otherwise returns a sweeper to run (its ``run()`` loop) alongside the projector.
     """
     sweeper = RetentionSweeper(db, retention, interval=sweep_interval, default=collections)
-    if await is_ferretdb(db):
+    if not (await probe(db)).ttl_indexes:
         return sweeper
     seconds = int(retention.total_seconds())
     executions = db[collections.executions]

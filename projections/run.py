@@ -27,7 +27,14 @@ async def main(settings: ProjectionSettings | None = None) -> None:
     logging.basicConfig(level=settings.log_level.upper())
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url, tz_aware=True)
     db = client[settings.mongo_database]
-    projector = Projector(settings.kafka_bootstrap, settings.events_topic, settings.group_id, db)
+    projector = Projector(
+        settings.kafka_bootstrap,
+        settings.events_topic,
+        settings.group_id,
+        db,
+        max_records=settings.projector_batch_max,
+        cache_documents=settings.projector_cache_documents,
+    )
     sweeper_task: asyncio.Task[None] | None = None
     try:
         names = await active_collections(db)

@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import ApiState, State, Viewer
 from api.errors import ERROR_RESPONSES, ServiceUnavailable
-from api.views import public_task_id
+from api.queries import public_task_id
 from schemas.envelope import decode_envelope
 from schemas.errors import DecodeError
 from schemas.secrets import mask_clear, redact

@@ -35,10 +35,10 @@ from api.models import (
     TaskPublic,
     TriggerRequest,
 )
+from api.queries import Doc, TaskSort, Views, internal_task_id
 from api.routes.events import public_event
 from api.settings import ApiSettings
-from api.views import Doc, TaskSort, Views, internal_task_id
-from projections.views import from_micros
+from projections.folds import from_micros
 from scheduler.schedule import anchor_for, fire_at, next_slot
 from schemas.commands import CreateTask, DeleteTask, PauseTask, ResumeTask, TriggerTask, UpdateTask
 from schemas.secrets import SecretError, seal_definition, seal_params
@@ -381,7 +381,7 @@ async def next_fire_times(
     if definition.schedule is not None and doc.get("status") in ("active", "paused"):
         runs = 0
         if definition.max_runs is not None:
-            runs = await state.views.count_scheduled_runs(principal.tenant, doc["_id"], doc.get("created_at"))
+            runs = await state.views.scheduled_runs(principal.tenant, doc)
         times = _preview(doc, definition, n, runs)
     return NextFireTimes(task_id=task_id, status=str(doc.get("status")), fire_times=times)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from api.views import internal_task_id
+from api.queries import internal_task_id
 from scheduler.schedule import fire_at
 from schemas.commands import CreateTask
 from schemas.envelope import command_envelope, decode_event, encode, event_envelope
@@ -169,3 +169,41 @@ async def test_a_big_jitter_produced_straight_to_kafka_is_rejected_naming_the_fi
     rejected = await _first_event(warm, task_id)
     assert isinstance(rejected, CommandRejected), rejected
     assert rejected.field == "definition.jitter_seconds" and "smaller than the shortest gap" in rejected.reason
+
+
+async def test_preview_counts_runs_from_the_task_view_after_retention(api: Running, warm: Stack) -> None:
+    """The runs ``max_runs`` counts come from the task view: retention deleting the executions
+    (here: all of them) does not give back runs that already happened (the preview counted the
+    executions still in their view and showed slots the worker will never fire)."""
+    from pymongo import AsyncMongoClient
+
+    http, tenant = api.http, new_tenant()
+    every = 40
+    anchor = datetime.now(UTC) - timedelta(seconds=every - 3)  # the first slot is ~3 s away
+    body = {
+        "name": "three-times",
+        "schedule": {"kind": "interval", "every_seconds": every, "anchor": anchor.isoformat()},
+        "max_runs": 3,
+        "work": {"kind": "handler", "name": "noop"},
+    }
+    headers = auth(tenant, ["admin"])
+    r = await http.post("/v1/tasks?wait=20", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    public_id = r.json()["task_id"]
+    deadline = time.monotonic() + 30
+    while True:
+        task = (await http.get(f"/v1/tasks/{public_id}", headers=headers)).json()
+        if task["counters"].get("scheduled_runs") == 1:
+            break
+        assert time.monotonic() < deadline, f"the first slot did not run: {task['counters']}"
+        await asyncio.sleep(0.2)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(warm.infra.mongo_url)
+    try:
+        executions = client[warm.database]["executions"]
+        deleted = await executions.delete_many({"task_id": internal_task_id(tenant, public_id)})
+        assert deleted.deleted_count == 1
+    finally:
+        await client.close()
+    r = await http.get(f"/v1/tasks/{public_id}/next-fire-times?n=10", headers=headers)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["fire_times"]) == 2, r.json()

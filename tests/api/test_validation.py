@@ -13,7 +13,7 @@ import pytest
 
 from api.commands import check_idempotency_key
 from api.errors import Unprocessable
-from api.views import Views
+from api.queries import Views
 from tests.api.conftest import Running, auth, new_tenant
 
 GOOD: dict[str, Any] = {

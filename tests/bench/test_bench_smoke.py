@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from tests.bench import compare, inflight, lateness, peer_apscheduler, peer_dbscheduler, scale, throughput
+from tests.bench import compare, inflight, lateness, peer_apscheduler, peer_dbscheduler, replay, scale, throughput
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.slow
@@ -67,3 +67,10 @@ async def test_throughput_runner_sees_every_fire_through_to_the_views(infra: Inf
     assert ceiling.per_second > 0
     result = await throughput.end_to_end(infra.bootstrap, infra.mongo_url, 60, ceiling)
     assert (result.dispatched, result.completed, result.visible) == (60, 60, 60)
+
+
+async def test_replay_runner_replays_every_event_it_produced(infra: Infra) -> None:
+    result = await replay.run(infra.bootstrap, infra.mongo_url, 600, 20, quiet=True)
+    assert result.applied == 600
+    assert result.views["tasks"] == 20 and result.views["audit"] == 600
+    assert result.rss_peak_mb > 0

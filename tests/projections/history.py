@@ -9,8 +9,8 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from projections.apply import Positioned
 from projections.read import CollectionNames
+from projections.store import Positioned
 from schemas.envelope import encode, event_envelope
 from schemas.events import (
     AttemptFailed,

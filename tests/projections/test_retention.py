@@ -7,9 +7,9 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from projections.apply import apply_events
 from projections.read import CollectionNames
-from projections.retention import RetentionSweeper, is_ferretdb, setup_retention
+from projections.retention import RetentionSweeper, setup_retention
+from projections.store import apply_events, probe
 from tests.projections.history import T0, TaskHistory, positioned
 
 Db = AsyncDatabase[dict[str, Any]]
@@ -41,7 +41,7 @@ async def test_sweeper_deletes_only_executions_finished_before_the_retention(mon
 
 
 async def test_ferretdb_gets_a_sweeper_instead_of_a_ttl_index(mongo_db: Db) -> None:
-    assert await is_ferretdb(mongo_db)
+    assert not (await probe(mongo_db)).ttl_indexes
     await mongo_db["executions"].insert_one({"_id": "x"})
     sweeper = await setup_retention(mongo_db, NAMES, timedelta(days=7))
     assert isinstance(sweeper, RetentionSweeper) and sweeper.retention == timedelta(days=7)

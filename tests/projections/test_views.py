@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
-from projections.apply import apply_events
+from projections.folds import BUCKET_NAMES, apply_update, bucket_for, skipped_execution_id
 from projections.read import CollectionNames, tenant_stats
-from projections.views import BUCKET_NAMES, bucket_for, materialize, skipped_execution_id
+from projections.store import apply_events
 from schemas.events import SlotsMissed
 from schemas.ids import execution_id_for_slot
 from tests.projections.history import T0, TaskHistory, definition, full_history, positioned
@@ -32,9 +32,13 @@ def test_bucket_bounds_are_inclusive(ms: int, bucket: str) -> None:
     assert bucket_for(ms) == bucket
 
 
-def test_materialize_builds_what_the_update_makes_of_nothing() -> None:
+def test_apply_update_builds_what_the_update_makes_and_leaves_the_input_alone() -> None:
     update = {"$set": {"a": 1, "b.c": 2}, "$inc": {"b.d": 3}, "$push": {"tl": {"s": 1}}, "$max": {"m": 4}}
-    assert materialize(update) == {"a": 1, "b": {"c": 2, "d": 3}, "tl": [{"s": 1}], "m": 4}
+    assert apply_update({}, update) == {"a": 1, "b": {"c": 2, "d": 3}, "tl": [{"s": 1}], "m": 4}
+    before = {"a": 0, "b": {"c": 0, "d": 1}, "tl": [{"s": 0}], "m": 9}
+    after = apply_update(before, update)
+    assert after == {"a": 1, "b": {"c": 2, "d": 4}, "tl": [{"s": 0}, {"s": 1}], "m": 9}
+    assert before == {"a": 0, "b": {"c": 0, "d": 1}, "tl": [{"s": 0}], "m": 9}
 
 
 async def test_task_lifecycle_through_an_execution(mongo_db: Db) -> None:
@@ -147,6 +151,7 @@ async def test_statuses_buffering_skips_and_tasks_by_status(mongo_db: Db) -> Non
     assert task["status"] == "deleted" and task["name"] == "renamed" and task["type"] == "handler"
     assert task["counters"] == {
         "runs": 5,
+        "scheduled_runs": 4,
         "succeeded": 2,
         "failed": 1,
         "timed_out": 1,
@@ -156,6 +161,9 @@ async def test_statuses_buffering_skips_and_tasks_by_status(mongo_db: Db) -> Non
         "missed": 2,
         "rejected": 1,
     }
+    # What max_runs counts, kept by the task (retention deletes executions): the executions of slots.
+    slots = {"task_id": "task-3", "reason": {"$in": ["schedule", "buffered"]}}
+    assert task["counters"]["scheduled_runs"] == await mongo_db["executions"].count_documents(slots)
     assert task["completed_reason"] == "run_limit" and task["deleted_at"] is not None
     assert task["last_rejection"]["command_type"] == "PauseTask"
 

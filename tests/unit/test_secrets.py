@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from projections.views import TaskFacts, audit_ops, secret_changes, task_ops
+from projections.folds import TaskFacts, audit_doc, evolve_task, secret_changes
 from schemas.events import TaskCreated, TaskUpdated
 from schemas.secrets import (
     MARKER,
@@ -319,9 +319,10 @@ def test_views_and_audit_mask_a_clear_value_sent_straight_to_kafka(ring: Keyring
         update={"work": sealed.work.model_copy(update={"headers": {**sealed.work.headers, "Authorization": "clear"}})}
     )
     created = TaskCreated(event_id="e1", sequence=1, definition=mixed, **common)
-    (audit,) = audit_ops(created, 0, 0)
-    (_, task) = task_ops(created, None)
-    for definition in (audit._doc["body"]["definition"], task._doc["$set"]["definition"]):
+    audit = audit_doc(created, 0, 0)
+    task = evolve_task(None, created)
+    assert task is not None
+    for definition in (audit["body"]["definition"], task["definition"]):
         assert definition["work"]["headers"]["Authorization"] == MARKER
         assert is_token(definition["work"]["headers"]["Cookie"])
 

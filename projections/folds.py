@@ -1,40 +1,32 @@
-"""The pure part of the projections: one event (with its Kafka position) -> MongoDB write operations.
+"""The views as pure folds: ``(document, event) -> document``, one per view, and a batch fold.
 
-No I/O here. Every function maps an event, its partition and offset, and the task's
-:class:`TaskFacts` *before* the event to pymongo write operations for one view. The shell
-(:mod:`projections.apply`) writes them with ordered ``bulk_write`` calls.
+No I/O here (the shell is :mod:`projections.store`). Every view document is a deterministic
+function of the events folded into it, so redelivery and replay change nothing:
 
-Idempotence (redelivery and replay change nothing):
+* ``tasks`` and ``executions`` documents carry ``version``, the task sequence of the last event
+  folded in; an event whose sequence is not above it leaves the document as it is;
+* ``stats`` documents (one per tenant and partition) carry ``offset``, the last offset counted,
+  and count an event only if it is new to its task (``version`` again): a copy of an event at
+  a later offset (a new owner of a partition re-sends the last events of recently touched
+  tasks) is not counted twice, and an event redelivered after a crash, at an offset already
+  counted, is not either;
+* ``audit`` documents are one per event id, written once (a duplicate insert is skipped).
 
-* per-task documents (``tasks``) and per-execution documents (``executions``) carry
-  ``version``, the task sequence of the last event applied to them, and every update filters on
-  ``version < event.sequence``;
-* per-(tenant, partition) documents (``stats``) carry ``offset`` and filter on
-  ``offset < event offset`` (a partition's events are applied in offset order);
-* insert-only documents (``audit``, skipped-slot executions) are ``InsertOne``; a duplicate key
-  (code 11000) means "already applied" and the shell skips it.
-
-A document that may not exist yet is written as a pair: an *ensure* op
-(``$setOnInsert`` of exactly what the update would produce on an empty document, upsert) and the
-guarded update (no upsert). A guarded upsert would answer a replay with a duplicate-key error,
-which FerretDB reports without ``nModified`` and pymongo's ``bulk_write`` then fails with a
-``KeyError``; the pair never raises and behaves the same on MongoDB.
+:func:`fold` folds a batch of events into the documents they touch; the shell loads those
+documents first (:func:`touched`) and writes each changed one once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, assert_never
-
-from pymongo.operations import InsertOne, UpdateOne
 
 from schemas.events import (
     AttemptFailed,
     CommandRejected,
     Event,
-    EventBase,
     ExecutionBuffered,
     ExecutionCompleted,
     ExecutionDispatched,
@@ -51,7 +43,6 @@ from schemas.secrets import mask_clear, secret_ids
 from schemas.specs import TaskDefinition
 
 Doc = dict[str, Any]
-WriteOp = InsertOne[Doc] | UpdateOne
 TaskStatus = Literal["active", "paused", "completed", "deleted"]
 
 TASK_STATUSES: tuple[TaskStatus, ...] = ("active", "paused", "completed", "deleted")
@@ -89,8 +80,10 @@ def empty_histogram() -> Doc:
 
 
 def empty_task_counters() -> Doc:
-    """The counters of a new task."""
-    keys = ("runs", *OUTCOMES, "retries", "attempts_failed", "missed", "rejected")
+    """The counters of a new task (``scheduled_runs``: executions of slots of its schedule, run
+    or buffered, since it was created: what ``max_runs`` counts, kept here because retention
+    deletes old executions)."""
+    keys = ("runs", "scheduled_runs", *OUTCOMES, "retries", "attempts_failed", "missed", "rejected")
     return dict.fromkeys(keys, 0)
 
 
@@ -142,57 +135,151 @@ def evolve_facts(prior: TaskFacts | None, event: Event) -> TaskFacts | None:
             return replace(prior, version=event.sequence)
 
 
+def facts_of(doc: Doc | None, tenant: str) -> TaskFacts | None:
+    """The facts a ``tasks`` document holds; None when absent or another tenant's."""
+    if doc is None or "status" not in doc or doc.get("tenant") != tenant:
+        return None
+    secrets = tuple((s["field"], s["id"]) for s in doc.get("secrets") or ())
+    return TaskFacts(doc["tenant"], doc["status"], doc["type"], doc["version"], secrets)
+
+
 # ---------------------------------------------------------------------------------------------
-# All views at once
+# Updates applied in memory
 # ---------------------------------------------------------------------------------------------
+
+
+def apply_update(doc: Doc, update: Doc) -> Doc:
+    """A copy of ``doc`` with a MongoDB-style update applied (``$set``, ``$inc``, ``$max``, ``$push``).
+
+    Copies only the sub-documents on the paths it changes; ``doc`` itself is left as it was.
+    ``$max`` treats a missing or None field as lower than anything (MongoDB sorts null first).
+    """
+    out = dict(doc)
+    for operator, fields in update.items():
+        for path, value in fields.items():
+            *parents, leaf = path.split(".")
+            node = out
+            for part in parents:
+                child = node.get(part)
+                node[part] = child = dict(child) if isinstance(child, dict) else {}
+                node = child
+            match operator:
+                case "$set":
+                    node[leaf] = value
+                case "$inc":
+                    node[leaf] = (node.get(leaf) or 0) + value
+                case "$max":
+                    current = node.get(leaf)
+                    if current is None or (value is not None and _comparable(value) > _comparable(current)):
+                        node[leaf] = value
+                case "$push":
+                    node[leaf] = [*(node.get(leaf) or ()), value]
+                case _:
+                    raise ValueError(f"apply_update does not know {operator}")
+    return out
+
+
+def _comparable(value: Any) -> Any:
+    # A client that is not tz-aware reads BSON dates back naive (they are UTC).
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# A batch: the documents it touches, folded in memory
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The ``_id`` of every document a batch of events touches, per view."""
+
+    tasks: set[str] = field(default_factory=set)
+    executions: set[str] = field(default_factory=set)
+    stats: set[str] = field(default_factory=set)
+
+
+def touched(events: Iterable[tuple[Event, int, int]]) -> Keys:
+    """The documents that ``(event, partition, offset)`` in a batch may change (audit aside)."""
+    keys = Keys()
+    for event, partition, _offset in events:
+        keys.tasks.add(event.task_id)
+        key = execution_key(event)
+        if key is not None:
+            keys.executions.add(key)
+        keys.stats.add(stats_id(event.tenant, partition))
+    return keys
 
 
 @dataclass
-class ViewOps:
-    """Write operations per view, in the order they must be applied."""
+class ViewDocs:
+    """Documents of the views by ``_id``; None (or no entry) is a document that does not exist."""
 
-    tasks: list[WriteOp] = field(default_factory=list)
-    executions: list[WriteOp] = field(default_factory=list)
-    audit: list[WriteOp] = field(default_factory=list)
-    stats: list[WriteOp] = field(default_factory=list)
-
-    def extend(self, other: ViewOps) -> None:
-        """Append another event's operations."""
-        self.tasks.extend(other.tasks)
-        self.executions.extend(other.executions)
-        self.audit.extend(other.audit)
-        self.stats.extend(other.stats)
+    tasks: dict[str, Doc | None] = field(default_factory=dict)
+    executions: dict[str, Doc | None] = field(default_factory=dict)
+    stats: dict[str, Doc | None] = field(default_factory=dict)
 
 
-def view_ops(event: Event, partition: int, offset: int, prior: TaskFacts | None) -> ViewOps:
-    """Write operations of every view for one event; ``prior`` is the task's facts before it."""
-    return ViewOps(
-        tasks=task_ops(event, prior),
-        executions=execution_ops(event, prior),
-        audit=audit_ops(event, partition, offset, prior),
-        stats=stats_ops(event, partition, offset, prior),
-    )
+@dataclass
+class Folded:
+    """What a batch changed: the new documents, each once, and the audit documents."""
+
+    tasks: dict[str, Doc] = field(default_factory=dict)
+    executions: dict[str, Doc] = field(default_factory=dict)
+    stats: dict[str, Doc] = field(default_factory=dict)
+    audit: list[Doc] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tasks) + len(self.executions) + len(self.stats) + len(self.audit)
 
 
-def project(events: Iterable[tuple[Event, int, int]], facts: Mapping[str, TaskFacts] | None = None) -> ViewOps:
-    """Operations for a sequence of ``(event, partition, offset)`` in log order.
+def fold(before: ViewDocs, events: Iterable[tuple[Event, int, int]]) -> Folded:
+    """Fold ``(event, partition, offset)`` in log order (per partition) into the documents.
 
-    ``facts`` are the tasks' facts before the first event (what the ``tasks`` view holds);
-    events already folded into them (``sequence <= version``) produce operations that the
-    guards turn into no-ops.
+    ``before`` holds the documents the events touch as stored (see :func:`touched`); it is
+    not changed. Returns each changed document once, however many events changed it.
     """
-    known: dict[str, TaskFacts] = dict(facts or {})
-    out = ViewOps()
+    tasks, executions, stats = dict(before.tasks), dict(before.executions), dict(before.stats)
+    out = Folded()
     for event, partition, offset in events:
-        prior = known.get(event.task_id)
-        if prior is not None and prior.tenant != event.tenant:
-            prior = None  # a task re-created under another tenant starts from nothing there
-        out.extend(view_ops(event, partition, offset, prior))
-        if prior is None or event.sequence > prior.version:
-            new = evolve_facts(prior, event)
-            if new is not None:
-                known[event.task_id] = new
+        task_before = tasks.get(event.task_id)
+        prior = facts_of(task_before, event.tenant)
+        task_after = evolve_task(task_before, event)
+        if task_after is not task_before and task_after is not None:
+            tasks[event.task_id] = out.tasks[event.task_id] = task_after
+        execution_changed = False
+        key = execution_key(event)
+        if key is not None:
+            kind = _kind(event, prior)
+            execution_before = executions.get(key)
+            execution_after = evolve_execution(execution_before, event, kind)
+            if execution_after is not execution_before and execution_after is not None:
+                executions[key] = out.executions[key] = execution_after
+                execution_changed = True
+        out.audit.append(audit_doc(event, partition, offset, prior))
+        # Counted once per event: when it is new to its task (or, for a task whose creation
+        # was not seen, new to the execution it changes).
+        if task_before is not None:
+            counted = task_after is not task_before
+        else:
+            counted = isinstance(event, TaskCreated) or execution_changed
+        if counted:
+            sid = stats_id(event.tenant, partition)
+            stats_before = stats.get(sid)
+            stats_after = evolve_stats(stats_before, event, partition, offset, prior)
+            if stats_after is not stats_before and stats_after is not None:
+                stats[sid] = out.stats[sid] = stats_after
     return out
+
+
+def _kind(event: Event, prior: TaskFacts | None) -> str:
+    # Filed under the task's kind, so an execution's dispatch and completion land in one place.
+    if prior is not None:
+        return prior.type
+    if isinstance(event, ExecutionDispatched):
+        return event.work.kind
+    return UNKNOWN_TYPE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,18 +287,33 @@ def project(events: Iterable[tuple[Event, int, int]], facts: Mapping[str, TaskFa
 # ---------------------------------------------------------------------------------------------
 
 
-def task_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
-    """Operations on the ``tasks`` view (``_id`` = task id)."""
+def evolve_task(doc: Doc | None, event: Event) -> Doc | None:
+    """The ``tasks`` document (``_id`` = task id) after ``event``; None while the task was never created.
+
+    Returns ``doc`` itself when the event changes nothing (already folded in, or a task that
+    does not exist: a rejected command on a missing task creates no document).
+    """
+    if doc is not None and doc.get("version", 0) >= event.sequence:
+        return doc
+    if isinstance(event, TaskCreated):
+        return {"_id": event.task_id, **_task_created_doc(event)}
+    if doc is None:
+        return None
+    return apply_update(doc, task_update(event, doc.get("status")))
+
+
+def task_update(event: Event, status: str | None) -> Doc:
+    """The update an event makes to an existing ``tasks`` document whose status is ``status``."""
     seq = event.sequence
     common: Doc = {"version": seq, "last_event_at": event.at}
     update: Doc
     match event:
         case TaskCreated():
-            return _ensure_then_update({"_id": event.task_id}, "version", seq, {"$set": _task_created_doc(event)})
+            return {"$set": _task_created_doc(event)}
         case TaskUpdated():
             d = event.definition
             # An update keeps a paused task paused and re-activates a completed one.
-            status = "paused" if prior is not None and prior.status == "paused" else "active"
+            status = "paused" if status == "paused" else "active"
             fields = {
                 "name": d.name,
                 "type": d.work.kind,
@@ -224,31 +326,31 @@ def task_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
                 "completed_reason": None,
                 **_next_run(event.next_slot, event.next_fire_at),
             }
-            return [_guarded_task(event, {"$set": {**common, **fields}})]
+            return {"$set": {**common, **fields}}
         case TaskPaused():
             fields = {"status": "paused", "paused_note": event.note, "revision": event.revision}
-            return [_guarded_task(event, {"$set": {**common, **fields, "updated_at": event.at}})]
+            return {"$set": {**common, **fields, "updated_at": event.at}}
         case TaskResumed():
             fields = {"status": "active", "paused_note": None, "revision": event.revision}
             fields |= _next_run(event.next_slot, event.next_fire_at)
-            return [_guarded_task(event, {"$set": {**common, **fields, "updated_at": event.at}})]
+            return {"$set": {**common, **fields, "updated_at": event.at}}
         case TaskDeleted():
             fields = {"status": "deleted", "deleted_at": event.at, **_next_run(None, None)}
-            return [_guarded_task(event, {"$set": {**common, **fields, "updated_at": event.at}})]
+            return {"$set": {**common, **fields, "updated_at": event.at}}
         case TaskCompleted():
             fields = {"status": "completed", "completed_reason": event.reason, **_next_run(None, None)}
-            return [_guarded_task(event, {"$set": {**common, **fields, "updated_at": event.at}})]
+            return {"$set": {**common, **fields, "updated_at": event.at}}
         case SlotsMissed():
             update = {
                 "$set": {**common, **_next_run(event.next_slot, event.next_fire_at)},
                 "$inc": {"counters.missed": event.count},
                 "$max": {"last_slot": event.last_slot},
             }
-            return [_guarded_task(event, update)]
+            return update
         case ExecutionDispatched():
             common = {**common, **_next_run(event.next_slot, event.next_fire_at)}
             if event.reason == "retry":
-                return [_guarded_task(event, {"$set": common, "$inc": {"counters.retries": 1}})]
+                return {"$set": common, "$inc": {"counters.retries": 1}}
             last_run = {
                 "execution_id": event.execution_id,
                 "slot": event.slot,
@@ -257,21 +359,24 @@ def task_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
                 "reason": event.reason,
             }
             update = {"$set": {**common, "last_run": last_run}, "$inc": {"counters.runs": 1}}
+            if event.reason == "schedule":
+                update["$inc"]["counters.scheduled_runs"] = 1
             if event.reason == "schedule" and event.slot is not None:
                 update["$max"] = {"last_slot": event.slot}
-            return [_guarded_task(event, update)]
+            return update
         case ExecutionBuffered():
             # A buffered slot has been handled: the schedule moved past it.
             update = {
                 "$set": {**common, **_next_run(event.next_slot, event.next_fire_at)},
                 "$max": {"last_slot": event.slot},
+                "$inc": {"counters.scheduled_runs": 1},
             }
-            return [_guarded_task(event, update)]
+            return update
         case ExecutionStarted():
-            return [_guarded_task(event, {"$set": common})]
+            return {"$set": common}
         case AttemptFailed():
             update = {"$set": {**common, "last_error": event.error}, "$inc": {"counters.attempts_failed": 1}}
-            return [_guarded_task(event, update)]
+            return update
         case ExecutionCompleted():
             fields = {
                 "last_status": event.status,
@@ -289,7 +394,7 @@ def task_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
                     }
                 )
                 update["$max"] = {"duration.max_ms": event.duration_ms}
-            return [_guarded_task(event, update)]
+            return update
         case CommandRejected():
             rejection = {
                 "command_id": event.command_id,
@@ -299,8 +404,7 @@ def task_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
                 "at": event.at,
             }
             update = {"$set": {**common, "last_rejection": rejection}, "$inc": {"counters.rejected": 1}}
-            # No upsert: a rejection of a command on a missing task creates no task document.
-            return [_guarded_task(event, update)]
+            return update
         case _:
             assert_never(event)
 
@@ -358,10 +462,6 @@ def _next_run(next_slot: datetime | None, next_fire_at: datetime | None) -> Doc:
     return {"next_slot": next_slot, "next_run": next_fire_at, "next_run_known": True}
 
 
-def _guarded_task(event: EventBase, update: Doc) -> UpdateOne:
-    return UpdateOne({"_id": event.task_id, "version": {"$lt": event.sequence}}, update)
-
-
 # ---------------------------------------------------------------------------------------------
 # executions
 # ---------------------------------------------------------------------------------------------
@@ -372,8 +472,43 @@ def skipped_execution_id(event: SlotsMissed) -> str:
     return f"missed:{event.event_id}"
 
 
-def execution_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
-    """Operations on the ``executions`` view (``_id`` = execution id)."""
+def execution_key(event: Event) -> str | None:
+    """``_id`` of the ``executions`` document an event changes; None for task-only events."""
+    match event:
+        case ExecutionDispatched() | ExecutionBuffered() | ExecutionStarted() | AttemptFailed() | ExecutionCompleted():
+            return event.execution_id
+        case SlotsMissed():
+            return skipped_execution_id(event)
+        case _:
+            return None
+
+
+def opens_execution(event: Event) -> bool:
+    """Whether an event creates its execution's document (a dispatch that is not a retry or of a
+    buffered slot, a buffering, missed slots)."""
+    if isinstance(event, ExecutionDispatched):
+        return event.reason not in ("retry", "buffered")
+    return isinstance(event, ExecutionBuffered | SlotsMissed)
+
+
+def evolve_execution(doc: Doc | None, event: Event, kind: str) -> Doc | None:
+    """The ``executions`` document an event changes, after it (``doc`` itself if unchanged).
+
+    A dispatch or buffering creates the document; later events of an execution that was never
+    dispatched change nothing. ``kind`` is the task's work kind (``ExecutionBuffered`` and
+    ``SlotsMissed`` do not carry it).
+    """
+    key = execution_key(event)
+    if key is None or (doc is not None and doc.get("version", 0) >= event.sequence):
+        return doc
+    if doc is None and not isinstance(event, ExecutionDispatched | ExecutionBuffered | SlotsMissed):
+        return None
+    if isinstance(event, SlotsMissed):
+        return doc if doc is not None else _skipped_doc(event, kind)
+    return apply_update(doc if doc is not None else {"_id": key}, _execution_update(event, doc, kind))
+
+
+def _execution_update(event: Event, doc: Doc | None, kind: str) -> Doc:
     seq = event.sequence
     match event:
         case ExecutionDispatched():
@@ -399,13 +534,12 @@ def execution_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
             if event.reason not in ("retry", "buffered"):
                 fields.update(_execution_placeholders())
             entry = {"status": "scheduled", "at": event.at, "attempt": event.attempt}
-            update = {"$set": fields, "$push": {"timeline": entry}}
-            return _ensure_then_update({"_id": event.execution_id}, "version", seq, update)
+            return {"$set": fields, "$push": {"timeline": entry}}
         case ExecutionBuffered():
             fields = {
                 "task_id": event.task_id,
                 "tenant": event.tenant,
-                "type": prior.type if prior is not None else UNKNOWN_TYPE,
+                "type": kind,
                 "status": "buffered",
                 "attempt": 0,
                 "reason": "buffered",
@@ -422,8 +556,7 @@ def execution_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
                 "version": seq,
             }
             entry = {"status": "buffered", "at": event.at, "attempt": 0}
-            update = {"$set": fields, "$push": {"timeline": entry}}
-            return _ensure_then_update({"_id": event.execution_id}, "version", seq, update)
+            return {"$set": fields, "$push": {"timeline": entry}}
         case ExecutionStarted():
             entry = {
                 "status": "running",
@@ -432,14 +565,10 @@ def execution_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
                 "worker": event.worker,
             }
             fields = {"status": "running", "attempt": event.attempt, "worker": event.worker, "version": seq}
-            return [
+            if doc is None or doc.get("started_at") is None:
                 # started_at is the first attempt's start: set only while it is still unset.
-                UpdateOne(
-                    {"_id": event.execution_id, "version": {"$lt": seq}, "started_at": None},
-                    {"$set": {"started_at": event.started_at}},
-                ),
-                _guarded_execution(event.execution_id, seq, {"$set": fields, "$push": {"timeline": entry}}),
-            ]
+                fields["started_at"] = event.started_at
+            return {"$set": fields, "$push": {"timeline": entry}}
         case AttemptFailed():
             entry = {
                 "status": "attempt_timed_out" if event.timed_out else "attempt_failed",
@@ -452,7 +581,7 @@ def execution_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
             if event.retry_at is not None:
                 fields["status"] = "retrying"
             # Without a retry the status stays as it is: ExecutionCompleted follows with the outcome.
-            return [_guarded_execution(event.execution_id, seq, {"$set": fields, "$push": {"timeline": entry}})]
+            return {"$set": fields, "$push": {"timeline": entry}}
         case ExecutionCompleted():
             fields = {
                 "status": event.status,
@@ -472,36 +601,10 @@ def execution_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
                 "attempt": event.attempts,
                 "error": event.error,
             }
-            return [_guarded_execution(event.execution_id, seq, {"$set": fields, "$push": {"timeline": entry}})]
-        case SlotsMissed():
-            doc = {
-                "_id": skipped_execution_id(event),
-                "task_id": event.task_id,
-                "tenant": event.tenant,
-                "type": prior.type if prior is not None else UNKNOWN_TYPE,
-                "status": "skipped",
-                "attempt": 0,
-                "reason": event.reason,
-                "slot": event.first_slot,
-                "last_slot": event.last_slot,
-                "missed_count": event.count,
-                "truncated": event.truncated,
-                "scheduled_for": event.first_slot,
-                "trigger_id": None,
-                "priority": None,
-                "params": {},
-                "deadline": None,
-                "dispatched_at": None,
-                "next_retry_at": None,
-                **_execution_placeholders(),
-                "started_at": None,
-                "finished_at": event.at,
-                "timeline": [{"status": "skipped", "at": event.at, "attempt": 0}],
-                "version": seq,
-            }
-            return [InsertOne(doc)]
+            return {"$set": fields, "$push": {"timeline": entry}}
         case (
-            TaskCreated()
+            SlotsMissed()
+            | TaskCreated()
             | TaskUpdated()
             | TaskPaused()
             | TaskResumed()
@@ -509,9 +612,39 @@ def execution_ops(event: Event, prior: TaskFacts | None) -> list[WriteOp]:
             | TaskCompleted()
             | CommandRejected()
         ):
-            return []
+            raise ValueError(f"{event.type} changes no execution")
         case _:
             assert_never(event)
+
+
+def _skipped_doc(event: SlotsMissed, kind: str) -> Doc:
+    """The ``skipped`` execution document recording missed slots (written once)."""
+    seq = event.sequence
+    return {
+        "_id": skipped_execution_id(event),
+        "task_id": event.task_id,
+        "tenant": event.tenant,
+        "type": kind,
+        "status": "skipped",
+        "attempt": 0,
+        "reason": event.reason,
+        "slot": event.first_slot,
+        "last_slot": event.last_slot,
+        "missed_count": event.count,
+        "truncated": event.truncated,
+        "scheduled_for": event.first_slot,
+        "trigger_id": None,
+        "priority": None,
+        "params": {},
+        "deadline": None,
+        "dispatched_at": None,
+        "next_retry_at": None,
+        **_execution_placeholders(),
+        "started_at": None,
+        "finished_at": event.at,
+        "timeline": [{"status": "skipped", "at": event.at, "attempt": 0}],
+        "version": seq,
+    }
 
 
 def _execution_placeholders() -> Doc:
@@ -527,18 +660,13 @@ def _execution_placeholders() -> Doc:
     }
 
 
-def _guarded_execution(execution_id: str, seq: int, update: Doc) -> UpdateOne:
-    # No upsert: an execution's later events always follow its dispatch or buffering.
-    return UpdateOne({"_id": execution_id, "version": {"$lt": seq}}, update)
-
-
 # ---------------------------------------------------------------------------------------------
 # audit
 # ---------------------------------------------------------------------------------------------
 
 
-def audit_ops(event: Event, partition: int, offset: int, prior: TaskFacts | None = None) -> list[WriteOp]:
-    """The ``audit`` document of an event (``_id`` = event id); insert-only.
+def audit_doc(event: Event, partition: int, offset: int, prior: TaskFacts | None = None) -> Doc:
+    """The ``audit`` document of an event (``_id`` = event id); written once.
 
     Secrets stay encrypted in ``body`` (the API shows them as ``***``); for a task created or
     updated, ``secrets`` says which were set, changed, kept or removed (see :func:`secret_changes`).
@@ -560,7 +688,7 @@ def audit_ops(event: Event, partition: int, offset: int, prior: TaskFacts | None
         changes = secret_changes(event, prior)
         if changes:
             doc["secrets"] = changes
-    return [InsertOne(doc)]
+    return doc
 
 
 def _audit_body(event: Event) -> Doc:
@@ -601,8 +729,13 @@ def stats_id(tenant: str, partition: int) -> str:
     return f"{partition}/{tenant}"
 
 
-def stats_ops(event: Event, partition: int, offset: int, prior: TaskFacts | None) -> list[WriteOp]:
-    """Operations on the ``stats`` view: counters of one tenant in one partition, offset-guarded.
+def evolve_stats(doc: Doc | None, event: Event, partition: int, offset: int, prior: TaskFacts | None) -> Doc | None:
+    """The ``stats`` document of the event's tenant in ``partition`` after counting the event.
+
+    ``prior`` is the task's facts before the event. The caller counts an event only if it is
+    new to its task (see :func:`fold`); the ``offset`` kept here also skips an event at an
+    offset already counted (redelivered after a crash that wrote ``stats`` but not ``tasks``).
+    Returns ``doc`` itself when nothing changes.
 
     Fields (all counters; a tenant's statistics are the sum over its documents):
 
@@ -612,14 +745,19 @@ def stats_ops(event: Event, partition: int, offset: int, prior: TaskFacts | None
     * ``tasks.<status>`` (a gauge of tasks per status) and ``tasks_by_type.<kind>`` (tasks
       not deleted).
     """
+    if doc is not None and doc.get("offset", -1) >= offset:
+        return doc
+    inc = stats_delta(event, prior)
+    if not inc:
+        return doc
+    base = doc if doc is not None else {"_id": stats_id(event.tenant, partition)}
+    return apply_update(base, {"$set": {"tenant": event.tenant, "partition": partition, "offset": offset}, "$inc": inc})
+
+
+def stats_delta(event: Event, prior: TaskFacts | None) -> dict[str, int]:
+    """The counters an event moves (dotted paths to increments), given the task's prior facts."""
     inc: dict[str, int] = {}
-    # Filed under the task's kind, so an execution's dispatch and completion land in one place.
-    if prior is not None:
-        kind = prior.type
-    elif isinstance(event, ExecutionDispatched):
-        kind = event.work.kind
-    else:
-        kind = UNKNOWN_TYPE
+    kind = _kind(event, prior)
 
     def count(name: str, n: int = 1) -> None:
         inc[f"executions.{name}"] = inc.get(f"executions.{name}", 0) + n
@@ -663,11 +801,7 @@ def stats_ops(event: Event, partition: int, offset: int, prior: TaskFacts | None
         case _:
             assert_never(event)
     _task_transition(inc, prior, evolve_facts(prior, event))
-    inc = {k: v for k, v in inc.items() if v != 0}
-    if not inc:
-        return []
-    update = {"$set": {"tenant": event.tenant, "partition": partition, "offset": offset}, "$inc": inc}
-    return _ensure_then_update({"_id": stats_id(event.tenant, partition)}, "offset", offset, update)
+    return {k: v for k, v in inc.items() if v != 0}
 
 
 def _task_transition(inc: dict[str, int], before: TaskFacts | None, after: TaskFacts | None) -> None:
@@ -685,47 +819,3 @@ def _task_transition(inc: dict[str, int], before: TaskFacts | None, after: TaskF
             inc[f"tasks_by_type.{old_type}"] = inc.get(f"tasks_by_type.{old_type}", 0) - 1
         if new_type is not None:
             inc[f"tasks_by_type.{new_type}"] = inc.get(f"tasks_by_type.{new_type}", 0) + 1
-
-
-# ---------------------------------------------------------------------------------------------
-# The ensure + guarded update pair
-# ---------------------------------------------------------------------------------------------
-
-
-def _ensure_then_update(key: Doc, guard: str, position: int, update: Doc) -> list[WriteOp]:
-    """Upsert ``update`` guarded by ``<guard> < position`` without ever raising a duplicate key.
-
-    The ensure op inserts what ``update`` makes of an empty document (with ``guard`` =
-    ``position``) when the document is missing, so the guarded update then does not match;
-    when the document exists, the ensure op changes nothing and the guarded update applies
-    if, and only if, the event is new to it.
-    """
-    initial = materialize(update)
-    initial[guard] = position
-    return [
-        UpdateOne(key, {"$setOnInsert": initial}, upsert=True),
-        UpdateOne({**key, guard: {"$lt": position}}, update),
-    ]
-
-
-def materialize(update: Doc) -> Doc:
-    """The document an update (``$set``, ``$inc``, ``$push``, ``$max``, ``$min``) makes of ``{}``."""
-    doc: Doc = {}
-    for operator, fields in update.items():
-        for path, value in fields.items():
-            match operator:
-                case "$set" | "$max" | "$min" | "$inc":
-                    _put(doc, path, value)
-                case "$push":
-                    _put(doc, path, [value])
-                case _:
-                    raise ValueError(f"materialize does not know {operator}")
-    return doc
-
-
-def _put(doc: Doc, path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    node = doc
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value

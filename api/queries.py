@@ -23,8 +23,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from api.errors import FieldError, Unprocessable
+from projections.folds import stats_id
 from projections.read import CollectionNames, active_collections, tenant_stats
-from projections.views import stats_id
 
 Doc = dict[str, Any]
 PUBLIC_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
@@ -152,6 +152,16 @@ def _after(spec: SortSpec, phase: int, value: Any, last_id: Any) -> Doc:
     return {"$or": [{spec.field: {op: value}}, {spec.field: value, "_id": {op: last_id}}]}
 
 
+def _owned_by(tenant: str, doc: Doc | None) -> Doc | None:
+    """``doc`` if it is the tenant's, else None.
+
+    Documents are looked up by ``_id`` alone and the tenant checked here: FerretDB uses its
+    index only for a bare ``{_id: ...}`` filter, and ``{_id, tenant}`` read the whole view on
+    every GET (seconds under load).
+    """
+    return doc if doc is not None and doc.get("tenant") == tenant else None
+
+
 class Views:
     """The view collections of one database, read for one tenant at a time."""
 
@@ -180,7 +190,7 @@ class Views:
         if not PUBLIC_ID.fullmatch(public_id):
             return None
         names = await self.names()
-        return await self.db[names.tasks].find_one({"_id": internal_task_id(tenant, public_id), "tenant": tenant})
+        return _owned_by(tenant, await self.db[names.tasks].find_one({"_id": internal_task_id(tenant, public_id)}))
 
     async def tasks(
         self,
@@ -210,7 +220,7 @@ class Views:
         if not PUBLIC_ID.fullmatch(execution_id):
             return None
         names = await self.names()
-        return await self.db[names.executions].find_one({"_id": execution_id, "tenant": tenant})
+        return _owned_by(tenant, await self.db[names.executions].find_one({"_id": execution_id}))
 
     async def executions(
         self, tenant: str, internal_id: str, *, status: str | None, limit: int, cursor: str | None
@@ -222,11 +232,19 @@ class Views:
         names = await self.names()
         return await self._page(names.executions, "executions", EXECUTION_SORT, query, limit, cursor)
 
-    async def count_scheduled_runs(self, tenant: str, internal_id: str, since: datetime | None) -> int:
-        """Scheduled (not manual) executions of the task's current incarnation still in the view."""
-        query: Doc = {"tenant": tenant, "task_id": internal_id, "reason": {"$in": ["schedule", "buffered"]}}
-        if since is not None:
-            query["scheduled_for"] = {"$gte": since}
+    async def scheduled_runs(self, tenant: str, task: Doc) -> int:
+        """Executions of the task's schedule so far (what ``max_runs`` counts), as its view holds them.
+
+        The tasks view counts them (``counters.scheduled_runs``): counting executions would go
+        wrong once retention deletes old ones. A document projected before the counter existed
+        (until a replay rebuilds the views) falls back to counting the executions still kept.
+        """
+        runs = (task.get("counters") or {}).get("scheduled_runs")
+        if isinstance(runs, int):
+            return runs
+        query: Doc = {"tenant": tenant, "task_id": task["_id"], "reason": {"$in": ["schedule", "buffered"]}}
+        if task.get("created_at") is not None:
+            query["scheduled_for"] = {"$gte": task["created_at"]}
         names = await self.names()
         return await self.db[names.executions].count_documents(query)
 
