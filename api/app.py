@@ -20,6 +20,7 @@ from api.quotas import Quotas
 from api.routes import events, executions, health, stats, tasks, ui
 from api.settings import ApiSettings
 from api.views import Views
+from streams.connections import mongo_options
 
 DESCRIPTION = """
 Commands are validated, put on the `commands` topic and answered **202 Accepted** with their
@@ -52,6 +53,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             connectTimeoutMS=settings.mongo_timeout_ms,
             socketTimeoutMS=max(10_000, settings.mongo_timeout_ms),
             appname="scheduler-api",
+            **mongo_options(settings),
         )
         bus = CommandBus(settings)
         await bus.start()  # Kafka may be down: the API still starts, commands answer 503

@@ -18,6 +18,7 @@ from api.errors import ServiceUnavailable
 from api.settings import ApiSettings
 from schemas.commands import CommandBase
 from schemas.envelope import command_envelope, encode
+from streams.connections import kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class CommandBus:
                 return self._producer
             timeout_ms = int(self._settings.kafka_send_timeout_seconds * 1000)
             producer = AIOKafkaProducer(
-                bootstrap_servers=self._settings.kafka_bootstrap,
+                **kafka_options(self._settings),
                 acks="all",
                 enable_idempotence=True,
                 # A batch not delivered within the send timeout expires instead of lingering and
