@@ -8,27 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from datetime import timedelta
 from typing import Any
 
 from pymongo import AsyncMongoClient
 
+from projections import metrics as projector_metrics
 from projections.projector import Projector, ensure_indexes
 from projections.read import active_collections
 from projections.retention import setup_retention
 from projections.settings import ProjectionSettings
+from streams.connections import mongo_options
+from streams.logs import configure as configure_logs
 
 
 async def main(settings: ProjectionSettings | None = None) -> None:
     """Run the projector (and the retention sweeper if needed) until SIGINT/SIGTERM."""
     settings = settings or ProjectionSettings()
-    logging.basicConfig(level=settings.log_level.upper())
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url, tz_aware=True)
+    configure_logs(settings)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_url, tz_aware=True, **mongo_options(settings)
+    )
     db = client[settings.mongo_database]
     projector = Projector(settings.kafka_bootstrap, settings.events_topic, settings.group_id, db)
     sweeper_task: asyncio.Task[None] | None = None
+    metrics_task = asyncio.create_task(projector_metrics.run(settings))
     try:
         names = await active_collections(db)
         await ensure_indexes(db, names)
@@ -42,6 +47,7 @@ async def main(settings: ProjectionSettings | None = None) -> None:
             loop.add_signal_handler(sig, projector.stop)
         await projector.run()
     finally:
+        metrics_task.cancel()
         if sweeper_task is not None:
             sweeper_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -39,7 +39,9 @@ from schemas.errors import DecodeError
 from schemas.events import ExecutionDispatched
 from schemas.secrets import SecretError, open_work, scrub
 from schemas.topics import PRIORITIES
+from streams import metrics
 from streams.batcher import ReportBatcher
+from streams.connections import kafka_options
 from streams.deadletter import dead_letter_record
 from streams.fence import TopicFence, fenced_http_client
 from streams.runners import Attempt, Runners, RunResult
@@ -223,8 +225,9 @@ class Executor:
     async def run(self) -> None:
         """Run until cancelled."""
         group = topic_name(self.settings, "executors")
+        kafka = kafka_options(self.settings)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka,
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -232,8 +235,8 @@ class Executor:
             session_timeout_ms=int(self.settings.session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(self.settings.session_timeout_seconds * 250),
         )
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=1)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=1)
+        admin = AIOKafkaAdminClient(**kafka)
         consumer.subscribe(list(self._topic_priority), listener=_Handover(self, consumer, admin, group))
         async with fenced_http_client(self.settings, self.settings.executor_concurrency) as http:
             await admin.start()
@@ -249,11 +252,13 @@ class Executor:
             )
             dispatcher = asyncio.create_task(self._dispatch_loop(producer, runners))
             committer = asyncio.create_task(self._commit_loop(consumer))
+            lag = asyncio.create_task(metrics.measure_lag(self.settings, {group: list(self._topic_priority)}))
             try:
                 await self._fetch_loop(consumer, producer)
             finally:
                 dispatcher.cancel()
                 committer.cancel()
+                lag.cancel()
                 for task in list(self._tasks):
                     task.cancel()
                 with contextlib.suppress(Exception):
@@ -371,10 +376,15 @@ class Executor:
         stats = self.stats
         stats.started += 1
         stats.in_flight += 1
+        metrics.IN_FLIGHT.inc()
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
         stats.by_priority[str(event.priority)] = stats.by_priority.get(str(event.priority), 0) + 1
         try:
             started_at = _now()
+            if event.attempt == 1:
+                late = metrics.lateness(event.slot, started_at)
+                if late is not None:
+                    metrics.START_LATENESS.observe(late)
             started = ReportExecutionStarted(
                 command_id=str(uuid.uuid4()), task_id=event.task_id, tenant=event.tenant,
                 actor=f"executor:{self.worker_id}", at=started_at, execution_id=event.execution_id,
@@ -403,12 +413,14 @@ class Executor:
             )  # fmt: skip
             # The offset may be committed once this returns: the outcome must be on the broker.
             await delivered
+            metrics.outcome(result.status)
             if result.status == "succeeded":
                 stats.succeeded += 1
             else:
                 stats.failed += 1
         finally:
             stats.in_flight -= 1
+            metrics.IN_FLIGHT.dec()
 
     async def _run(self, event: ExecutionDispatched, runners: Runners, budget: float) -> RunResult:
         """Run the attempt with its secrets decrypted, here and only here; none leaks into the outcome."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from schemas.envelope import encode, event_envelope
 from schemas.events import Event, ExecutionCompleted, ExecutionDispatched
 from schemas.topics import PRIORITIES
+from streams import metrics
 from streams.deadletter import dead_letter_value
 from streams.settings import Settings
 
@@ -48,9 +50,15 @@ class Publisher:
         """Send a task's events, each to every topic it belongs on."""
         for e in events:
             self.stats.events += 1
+            metrics.EVENTS.inc()
             value = encode(event_envelope(e, source=self.source, correlation_id=None))
             await self._send(self.events_topic, key, value, None)
             if isinstance(e, ExecutionDispatched):
+                if e.attempt == 1:
+                    # Slot to dispatch, by the wall clock at publish: what a scheduled run waited.
+                    late = metrics.lateness(e.slot, datetime.now(UTC))
+                    if late is not None:
+                        metrics.DISPATCH_LATENESS.observe(late)
                 await self._send(self.dispatch_topics[str(e.priority)], key, value, None)
             elif isinstance(e, ExecutionCompleted):
                 await self._send(self.outcomes_topic, key, value, None)
