@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     """Port of the Prometheus endpoint of a worker, executor or projector process (``/metrics``
     over HTTP). Unset (the default): none, so several processes on one host do not collide;
     set it in deployments that are scraped. The API serves its own at ``SCHED_METRICS_PATH``."""
-    metrics_host: str = "0.0.0.0"  # a scrape target must be reachable from Prometheus
+    metrics_host: str = "0.0.0.0"  # nosec B104  # a scrape target must be reachable by Prometheus
     """Interface the metrics endpoint listens on."""
     lag_interval_seconds: float = Field(default=15.0, gt=0)
     """How often a process measures its consumer groups' lag (end offsets minus committed)."""
