@@ -12,6 +12,7 @@ from pymongo import AsyncMongoClient
 from api import errors
 from api.auth import TokenVerifier
 from api.bus import CommandBus
+from api.correlation import CorrelationMiddleware
 from api.deps import ApiState
 from api.idempotency import IdempotencyKeys
 from api.metrics import Metrics, MetricsMiddleware
@@ -86,7 +87,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     errors.install(app, settings.retry_after_seconds)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s too
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # counts 413s too
+    app.add_middleware(CorrelationMiddleware)  # outermost: every answer carries X-Request-Id
     for router in (tasks.router, executions.router, stats.router, events.router, health.router, ui.router):
         app.include_router(router)
     app.include_router(health.metrics_router(settings))

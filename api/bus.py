@@ -14,6 +14,7 @@ import logging
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from api import correlation
 from api.errors import ServiceUnavailable
 from api.settings import ApiSettings
 from schemas.commands import CommandBase
@@ -78,7 +79,8 @@ class CommandBus:
             deduplicated by the task processor.
         """
         producer = await self._ensure()
-        value = encode(command_envelope(command, source=SOURCE))
+        # The request's id (X-Request-Id) correlates the command and every event it causes.
+        value = encode(command_envelope(command, source=SOURCE, correlation_id=correlation.current.get()))
         try:
             await asyncio.wait_for(
                 producer.send_and_wait(self._settings.commands_topic, key=command.task_id.encode(), value=value),

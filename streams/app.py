@@ -42,7 +42,7 @@ import orjson
 from scheduler import Decision, TaskState, decision, next_wakeup, rejection
 from schemas.commands import Command, Wake
 from schemas.control import CommandBatch, Tick
-from schemas.envelope import control_envelope, decode_command_object, decode_message, encode
+from schemas.envelope import control_envelope, decode_command_object, decode_message_correlated, encode
 from schemas.errors import DecodeError, InvalidCommand
 from streams import faust_tuning, metrics
 from streams.connections import faust_options, kafka_options
@@ -185,9 +185,9 @@ class TaskProcessor:
     async def apply(self, key: bytes | None, raw: bytes, source: _Source) -> None:
         """Apply one message of ``commands``: a command, a batch of commands, or a tick."""
         try:
-            message = decode_message(raw)
+            message, correlation = decode_message_correlated(raw)
         except InvalidCommand as exc:
-            await self._apply_one(key, exc, raw, source)
+            await self._apply_one(key, exc, raw, source, None)
             return
         except DecodeError as exc:
             await self._dead(source, key, raw, exc)
@@ -198,12 +198,18 @@ class TaskProcessor:
             case CommandBatch():
                 await self._apply_batch(message, key, raw, source)
             case _:
-                await self._apply_one(key, message, raw, source)
+                await self._apply_one(key, message, raw, source, correlation)
 
     async def _apply_one(
-        self, key: bytes | None, command: Command | InvalidCommand, raw: bytes, source: _Source
+        self,
+        key: bytes | None,
+        command: Command | InvalidCommand,
+        raw: bytes,
+        source: _Source,
+        correlation: str | None,
     ) -> None:
-        """Load, decide, save, publish: one command (or the rejection of an invalid one)."""
+        """Load, decide, save, publish: one command (or the rejection of an invalid one); its
+        events carry the command's ``correlation`` id."""
         self.stats.commands += 1
         task_id = command.task_id
         if key != task_id.encode():
@@ -211,13 +217,13 @@ class TaskProcessor:
             return
         state = self.store.load(key)
         decided = rejection(command, state) if isinstance(command, InvalidCommand) else decision(command, state)
-        await self._commit(key, decided, source.partition)
+        await self._commit(key, decided, source.partition, correlation)
 
-    async def _commit(self, key: bytes, decided: Decision, partition: int) -> None:
+    async def _commit(self, key: bytes, decided: Decision, partition: int, correlation: str | None) -> None:
         if not decided.events:
             return
         self.store.save(key, decided.state, decided.events, partition)
-        await self.publisher.events(key, decided.events)
+        await self.publisher.events(key, decided.events, correlation)
         self._track(key.decode(), decided.state, partition)
 
     def _track(self, task_id: str, state: TaskState | None, partition: int) -> None:
@@ -245,7 +251,10 @@ class TaskProcessor:
                 self.stats.forwarded += 1
                 await self._send(source.topic, item_key, item_raw, None)
                 continue
-            await self._apply_one(item_key, command, item_raw, source)
+            # Each report keeps the correlation id of its own envelope, not the batch's.
+            found = item.get("correlationid") if isinstance(item, dict) else None
+            correlation = found if isinstance(found, str) else None
+            await self._apply_one(item_key, command, item_raw, source, correlation)
 
     async def _apply_tick(self, tick: Tick, source: _Source) -> None:
         """Wake every task of this partition that is due at or before the tick's time."""
@@ -261,7 +270,7 @@ class TaskProcessor:
             )
             state = self.store.load(key)
             decided = decision(wake, state)
-            await self._commit(key, decided, partition)
+            await self._commit(key, decided, partition, tick.tick_id)  # a wake's cause is its tick
             if not decided.events and state is not None:
                 # Nothing to do although the index said so: look again a little later rather
                 # than at every tick.

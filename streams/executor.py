@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
@@ -370,6 +371,9 @@ class Executor:
                 **dead_letter_record(record, DecodeError(f"expected ExecutionDispatched, got {event.type}")),
             )
             return
+        # Reports carry the dispatch's correlation id: one id from the request (or tick) that
+        # caused the run to its outcome.
+        correlation = _correlation_of(record.value or b"")
         if not self._first_time((event.execution_id, event.attempt)):
             self.stats.duplicates += 1
             return
@@ -399,7 +403,7 @@ class Executor:
             done, _ = await asyncio.wait({run}, timeout=max(delay, 0.0))
             if not done:
                 # Nothing waits for this one: a lost "running" report only delays the view.
-                (await self._report(producer, started)).add_done_callback(_ignore_failure)
+                (await self._report(producer, started, correlation)).add_done_callback(_ignore_failure)
             result = await run
             finished_at = _now()
             delivered = await self._report(
@@ -410,6 +414,7 @@ class Executor:
                     attempt=event.attempt, worker=self.worker_id, status=result.status, error=result.error,
                     result=result.result, started_at=started_at, finished_at=finished_at,
                 ),
+                correlation,
             )  # fmt: skip
             # The offset may be committed once this returns: the outcome must be on the broker.
             await delivered
@@ -443,9 +448,12 @@ class Executor:
         return RunResult(result.status, scrub(result.result, clears), scrub(result.error, clears))
 
     async def _report(
-        self, producer: AIOKafkaProducer, command: ReportExecutionStarted | ReportExecutionOutcome
+        self,
+        producer: AIOKafkaProducer,
+        command: ReportExecutionStarted | ReportExecutionOutcome,
+        correlation: str | None = None,
     ) -> asyncio.Future[None]:
-        return await self._batcher.add(command)
+        return await self._batcher.add(command, correlation)
 
 
 class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
@@ -479,6 +487,15 @@ class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped bas
             committed = {}
         for tp in assigned:
             self.executor._offsets.resume(tp, committed.get(tp))
+
+
+def _correlation_of(raw: bytes) -> str | None:
+    """The correlation id of an (already validated) event envelope."""
+    try:
+        found = orjson.loads(raw).get("correlationid")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 def _ignore_failure(future: asyncio.Future[None]) -> None:

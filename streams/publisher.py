@@ -46,12 +46,13 @@ class Publisher:
         self.dead_letter_topic = names.dead_letter
         self.dispatch_topics = {p: names.dispatch(p) for p in PRIORITIES}
 
-    async def events(self, key: bytes, events: Iterable[Event]) -> None:
-        """Send a task's events, each to every topic it belongs on."""
+    async def events(self, key: bytes, events: Iterable[Event], correlation_id: str | None = None) -> None:
+        """Send a task's events, each to every topic it belongs on, with the correlation id of
+        what caused them (the command's, or the tick's id for scheduled wakes)."""
         for e in events:
             self.stats.events += 1
             metrics.EVENTS.inc()
-            value = encode(event_envelope(e, source=self.source, correlation_id=None))
+            value = encode(event_envelope(e, source=self.source, correlation_id=correlation_id))
             await self._send(self.events_topic, key, value, None)
             if isinstance(e, ExecutionDispatched):
                 if e.attempt == 1:
