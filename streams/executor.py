@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
@@ -374,6 +375,10 @@ class Executor:
         # Reports carry the dispatch's correlation id: one id from the request (or tick) that
         # caused the run to its outcome.
         correlation = _correlation_of(record.value or b"")
+        # Every record logged while this attempt runs names it (this task's context only).
+        structlog.contextvars.bind_contextvars(
+            task_id=event.task_id, execution_id=event.execution_id, correlation_id=correlation
+        )
         if not self._first_time((event.execution_id, event.attempt)):
             self.stats.duplicates += 1
             return
