@@ -36,13 +36,14 @@ async def published_event_ids(
     None when they could not be read in time: the caller then sends everything (duplicates
     are harmless to every consumer; a lost event is not).
     """
+    tps = [TopicPartition(topic, p) for p in sorted(set(partitions))]
+    if not tps:
+        # Before the consumer exists: one created and never stopped logs "Unclosed AIOKafkaConsumer".
+        return set()
     # ``options``: the deployment's connection options (streams.connections.kafka_options).
     consumer = AIOKafkaConsumer(
         **{"bootstrap_servers": bootstrap, **(options or {})}, group_id=None, enable_auto_commit=False
     )
-    tps = [TopicPartition(topic, p) for p in sorted(set(partitions))]
-    if not tps:
-        return set()
     try:
         await consumer.start()
         consumer.assign(tps)
