@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
@@ -39,7 +41,9 @@ from schemas.errors import DecodeError
 from schemas.events import ExecutionDispatched
 from schemas.secrets import SecretError, open_work, scrub
 from schemas.topics import PRIORITIES
+from streams import metrics
 from streams.batcher import ReportBatcher
+from streams.connections import kafka_options
 from streams.deadletter import dead_letter_record
 from streams.fence import TopicFence, fenced_http_client
 from streams.runners import Attempt, Runners, RunResult
@@ -223,8 +227,9 @@ class Executor:
     async def run(self) -> None:
         """Run until cancelled."""
         group = topic_name(self.settings, "executors")
+        kafka = kafka_options(self.settings)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka,
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -232,8 +237,8 @@ class Executor:
             session_timeout_ms=int(self.settings.session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(self.settings.session_timeout_seconds * 250),
         )
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=1)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=1)
+        admin = AIOKafkaAdminClient(**kafka)
         consumer.subscribe(list(self._topic_priority), listener=_Handover(self, consumer, admin, group))
         async with fenced_http_client(self.settings, self.settings.executor_concurrency) as http:
             await admin.start()
@@ -249,11 +254,13 @@ class Executor:
             )
             dispatcher = asyncio.create_task(self._dispatch_loop(producer, runners))
             committer = asyncio.create_task(self._commit_loop(consumer))
+            lag = asyncio.create_task(metrics.measure_lag(self.settings, {group: list(self._topic_priority)}))
             try:
                 await self._fetch_loop(consumer, producer)
             finally:
                 dispatcher.cancel()
                 committer.cancel()
+                lag.cancel()
                 for task in list(self._tasks):
                     task.cancel()
                 with contextlib.suppress(Exception):
@@ -365,16 +372,28 @@ class Executor:
                 **dead_letter_record(record, DecodeError(f"expected ExecutionDispatched, got {event.type}")),
             )
             return
+        # Reports carry the dispatch's correlation id: one id from the request (or tick) that
+        # caused the run to its outcome.
+        correlation = _correlation_of(record.value or b"")
+        # Every record logged while this attempt runs names it (this task's context only).
+        structlog.contextvars.bind_contextvars(
+            task_id=event.task_id, execution_id=event.execution_id, correlation_id=correlation
+        )
         if not self._first_time((event.execution_id, event.attempt)):
             self.stats.duplicates += 1
             return
         stats = self.stats
         stats.started += 1
         stats.in_flight += 1
+        metrics.IN_FLIGHT.inc()
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
         stats.by_priority[str(event.priority)] = stats.by_priority.get(str(event.priority), 0) + 1
         try:
             started_at = _now()
+            if event.attempt == 1:
+                late = metrics.lateness(event.slot, started_at)
+                if late is not None:
+                    metrics.START_LATENESS.observe(late)
             started = ReportExecutionStarted(
                 command_id=str(uuid.uuid4()), task_id=event.task_id, tenant=event.tenant,
                 actor=f"executor:{self.worker_id}", at=started_at, execution_id=event.execution_id,
@@ -389,7 +408,7 @@ class Executor:
             done, _ = await asyncio.wait({run}, timeout=max(delay, 0.0))
             if not done:
                 # Nothing waits for this one: a lost "running" report only delays the view.
-                (await self._report(producer, started)).add_done_callback(_ignore_failure)
+                (await self._report(producer, started, correlation)).add_done_callback(_ignore_failure)
             result = await run
             finished_at = _now()
             delivered = await self._report(
@@ -400,15 +419,18 @@ class Executor:
                     attempt=event.attempt, worker=self.worker_id, status=result.status, error=result.error,
                     result=result.result, started_at=started_at, finished_at=finished_at,
                 ),
+                correlation,
             )  # fmt: skip
             # The offset may be committed once this returns: the outcome must be on the broker.
             await delivered
+            metrics.outcome(result.status)
             if result.status == "succeeded":
                 stats.succeeded += 1
             else:
                 stats.failed += 1
         finally:
             stats.in_flight -= 1
+            metrics.IN_FLIGHT.dec()
 
     async def _run(self, event: ExecutionDispatched, runners: Runners, budget: float) -> RunResult:
         """Run the attempt with its secrets decrypted, here and only here; none leaks into the outcome."""
@@ -431,9 +453,12 @@ class Executor:
         return RunResult(result.status, scrub(result.result, clears), scrub(result.error, clears))
 
     async def _report(
-        self, producer: AIOKafkaProducer, command: ReportExecutionStarted | ReportExecutionOutcome
+        self,
+        producer: AIOKafkaProducer,
+        command: ReportExecutionStarted | ReportExecutionOutcome,
+        correlation: str | None = None,
     ) -> asyncio.Future[None]:
-        return await self._batcher.add(command)
+        return await self._batcher.add(command, correlation)
 
 
 class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
@@ -467,6 +492,15 @@ class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped bas
             committed = {}
         for tp in assigned:
             self.executor._offsets.resume(tp, committed.get(tp))
+
+
+def _correlation_of(raw: bytes) -> str | None:
+    """The correlation id of an (already validated) event envelope."""
+    try:
+        found = orjson.loads(raw).get("correlationid")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 def _ignore_failure(future: asyncio.Future[None]) -> None:
