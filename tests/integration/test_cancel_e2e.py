@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,17 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
-from schemas.commands import CancelExecution, CreateTask, TriggerTask
+from schemas.commands import CancelExecution, CreateTask, DeleteTask, TriggerTask
 from schemas.ids import execution_id_for_trigger
-from schemas.specs import HandlerWork, HttpPoll, HttpRequestSpec, HttpWork, TaskDefinition
+from schemas.specs import (
+    HandlerWork,
+    HttpPoll,
+    HttpRequestSpec,
+    HttpWork,
+    IntervalSchedule,
+    OverlapPolicy,
+    TaskDefinition,
+)
 from tests.conftest import Infra
 from tests.integration.harness import Bus, HttpTarget, WorkerProc, new_id, now, worker_env
 
@@ -205,26 +214,54 @@ async def test_an_engine_run_that_passes_keeps_its_run_id_and_report_url(bus: Bu
         await engine.stop()
 
 
-async def test_a_handler_is_cancelled_and_reports_nothing(bus: Bus, infra: Infra, prefix: str) -> None:
+@pytest.fixture
+async def reports(infra: Infra, prefix: str) -> AsyncIterator[list[bytes]]:
+    """The executors' outcome reports on ``commands``, raw (a stale one never reaches ``outcomes``)."""
     commands = AIOKafkaConsumer(
         f"{prefix}.commands", bootstrap_servers=infra.bootstrap, auto_offset_reset="earliest", group_id=None
     )
     await commands.start()
-    reports: list[bytes] = []
+    seen: list[bytes] = []
 
     async def follow() -> None:
         async for record in commands:
             if b"ReportExecutionOutcome" in (record.value or b""):
-                reports.append(record.value or b"")
+                seen.append(record.value or b"")
 
     follower = asyncio.create_task(follow())
     try:
-        definition = TaskDefinition(name="slow", work=HandlerWork(name="sleep", params={"seconds": 4}))
-        _, execution_id = await _start_then_cancel(bus, definition, lambda t: bool(bus.events(t, "ExecutionStarted")))
-        outcomes = await _outcomes(bus, execution_id, 5.0)  # past the handler's 4 seconds
-        assert [e.status for e in outcomes] == ["cancelled"]
-        # Without the cancellation the handler would have finished and reported "succeeded".
-        assert not [r for r in reports if execution_id.encode() in r]
+        yield seen
     finally:
         follower.cancel()
         await commands.stop()
+
+
+async def test_a_handler_is_cancelled_and_reports_nothing(bus: Bus, reports: list[bytes]) -> None:
+    definition = TaskDefinition(name="slow", work=HandlerWork(name="sleep", params={"seconds": 4}))
+    _, execution_id = await _start_then_cancel(bus, definition, lambda t: bool(bus.events(t, "ExecutionStarted")))
+    outcomes = await _outcomes(bus, execution_id, 5.0)  # past the handler's 4 seconds
+    assert [e.status for e in outcomes] == ["cancelled"]
+    # Without the cancellation the handler would have finished and reported "succeeded".
+    assert not [r for r in reports if execution_id.encode() in r]
+
+
+async def test_the_overlap_policy_cancel_other_stops_the_running_slot(bus: Bus, reports: list[bytes]) -> None:
+    # A slot every 3 s of work taking 5 s: each new slot cancels the running one.
+    task_id = f"acme/{new_id()}"
+    definition = TaskDefinition(
+        name="overlapping",
+        schedule=IntervalSchedule(every_seconds=3, anchor=now() + timedelta(seconds=1)),
+        work=HandlerWork(name="sleep", params={"seconds": 5}),
+        overlap=OverlapPolicy.CANCEL_OTHER,
+    )
+    await bus.send(_create(task_id, definition))
+    await bus.wait_for(lambda: bool(bus.events(task_id, "ExecutionCompleted", "outcomes")), 30, "a slot cancelled")
+    first = bus.events(task_id, "ExecutionCompleted", "outcomes")[0]
+    assert first.status == "cancelled" and "overlap policy" in (first.error or "")
+    await bus.send(DeleteTask(command_id=new_id(), task_id=task_id, tenant="acme", actor="t", at=now()))
+    await asyncio.sleep(6.0)  # past the first slot's 5 s of work
+    assert [e.status for e in bus.events(task_id, topic="outcomes") if e.execution_id == first.execution_id] == [
+        "cancelled"
+    ]
+    # Without the cancellation reaching the executor, the handler would have reported "succeeded".
+    assert not [r for r in reports if first.execution_id.encode() in r]
