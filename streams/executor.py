@@ -356,8 +356,8 @@ class Executor:
             event = decode_event(value)
         except DecodeError:
             return False  # dead-lettered by the dispatch path
-        if not isinstance(event, ExecutionCompleted):
-            return False
+        if not isinstance(event, ExecutionCompleted) or event.status != "cancelled":
+            return False  # not something the task processor puts here: dead-lettered
         self.cancel(event.execution_id)
         return True
 

@@ -56,7 +56,7 @@ async def _run_then_cancel(api: Running, work: HttpWork, running: Callable[[], b
 
 
 async def test_cancelling_through_the_api_stops_a_long_http_request(api: Running) -> None:
-    target = await HttpTarget(slow_paths={"/work": 15}).start()
+    target = await HttpTarget(slow_paths={"/work": 6}).start()
     try:
         work = HttpWork(url=target.url, cancel=HttpRequestSpec(method="DELETE", url=f"{target.url}/stop"))
         execution = await _run_then_cancel(api, work, lambda: any(r["path"] == "/work" for r in target.requests))

@@ -161,7 +161,7 @@ async def _outcomes(bus: Bus, execution_id: str, settle: float) -> list[Any]:
 
 
 async def test_a_long_http_request_is_stopped_and_the_cancel_request_sent(bus: Bus) -> None:
-    target = await HttpTarget(slow_paths={"/work": 15}).start()
+    target = await HttpTarget(slow_paths={"/work": 6}).start()
     try:
         definition = TaskDefinition(
             name="long", work=HttpWork(method="POST", url=target.url, cancel=HttpRequestSpec(url=f"{target.url}/stop"))
@@ -169,8 +169,12 @@ async def test_a_long_http_request_is_stopped_and_the_cancel_request_sent(bus: B
         _, execution_id = await _start_then_cancel(
             bus, definition, lambda _: any(r["path"] == "/work" for r in target.requests)
         )
+        cancelled_at = now()
         await bus.wait_for(lambda: any(r["path"] == "/work/stop" for r in target.requests), 30, "the cancel request")
         stop = next(r for r in target.requests if r["path"] == "/work/stop")
+        print(
+            f"CancelExecution sent -> cancel request at the target: {(stop['at'] - cancelled_at).total_seconds():.3f}s"
+        )
         assert stop["key"] == execution_id  # the same Idempotency-Key as the work it cancels
         outcomes = await _outcomes(bus, execution_id, 2.0)
         assert [e.status for e in outcomes] == ["cancelled"]

@@ -247,6 +247,7 @@ def test_a_dispatch_is_not_a_cancellation_even_when_its_params_say_so() -> None:
     executor, _ = _executor()
     event = _dispatch("x5").model_copy(update={"params": {"note": "ExecutionCompleted"}})
     assert not executor._is_cancellation(_record(event))
+    assert not executor._is_cancellation(_record(_cancelled("x5").model_copy(update={"status": "succeeded"})))
     assert "x5" not in executor._cancelled
 
 
