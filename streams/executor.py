@@ -423,6 +423,7 @@ class Executor:
         stats.in_flight += 1
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
         stats.by_priority[str(event.priority)] = stats.by_priority.get(str(event.priority), 0) + 1
+        cancellation = Cancellation()
         try:
             started_at = _now()
             started = ReportExecutionStarted(
@@ -431,7 +432,6 @@ class Executor:
                 attempt=event.attempt, worker=self.worker_id, started_at=started_at,
             )  # fmt: skip
             budget = (event.deadline - _now()).total_seconds()
-            cancellation = Cancellation()
             run = asyncio.ensure_future(self._run(event, runners, budget, cancellation))
             self._running[event.execution_id] = (run, cancellation)
             # "Running" is reported only for work that is still running after a short while:
@@ -466,7 +466,9 @@ class Executor:
                 stats.failed += 1
         finally:
             stats.in_flight -= 1
-            self._running.pop(event.execution_id, None)
+            # Only this attempt's entry: a later attempt of the execution may have replaced it.
+            if self._running.get(event.execution_id, (None, None))[1] is cancellation:
+                del self._running[event.execution_id]
 
     def _stopped_by_cancellation(self, cancellation: Cancellation) -> bool:
         """After the attempt's run raised CancelledError: True when the execution was cancelled

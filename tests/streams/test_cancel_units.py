@@ -167,10 +167,10 @@ def _record(event: Event, offset: int = 0) -> ConsumerRecord[bytes, bytes]:
     return ConsumerRecord("dispatch.normal", 0, offset, 0, 0, b"acme/t1", value, None, 7, len(value), [])
 
 
-def _dispatch(execution_id: str) -> ExecutionDispatched:
+def _dispatch(execution_id: str, attempt: int = 1) -> ExecutionDispatched:
     return ExecutionDispatched(
         event_id=f"d-{execution_id}", task_id="acme/t1", tenant="acme", sequence=2, at=T0, causation_id="c",
-        actor="a", execution_id=execution_id, attempt=1, reason="manual", priority=Priority.NORMAL,
+        actor="a", execution_id=execution_id, attempt=attempt, reason="manual", priority=Priority.NORMAL,
         work=HandlerWork(name="sleep"), params={}, scheduled_for=T0, deadline=datetime.now(UTC) + timedelta(hours=1),
     )  # fmt: skip
 
@@ -230,6 +230,38 @@ async def test_a_shutdown_is_not_taken_for_a_cancellation() -> None:
         await job
     assert not runners.attempts[0].cancellation.requested and executor.stats.cancelled == 0
     assert reports.outcomes() == []
+
+
+class _PerAttemptRunners(_BlockingRunners):
+    """Fake runners: each attempt number waits for its own release."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.releases: dict[int, asyncio.Event] = {}
+
+    async def run(self, work: Any, attempt: Attempt, budget: float) -> RunResult:
+        self.attempts.append(attempt)
+        try:
+            await self.releases.setdefault(attempt.attempt, asyncio.Event()).wait()
+        except asyncio.CancelledError:
+            self.stopped.append(f"{attempt.execution_id}#{attempt.attempt}")
+            raise
+        return RunResult("failed", error="boom")
+
+
+async def test_the_retry_of_a_stale_attempt_is_the_one_cancelled() -> None:
+    # The owner timed attempt 1 out and dispatched attempt 2 while attempt 1 still ran here.
+    executor, _ = _executor()
+    runners = _PerAttemptRunners()
+    first = asyncio.create_task(executor._execute_record(_record(_dispatch("x7", 1)), None, runners))  # type: ignore[arg-type]
+    second = asyncio.create_task(executor._execute_record(_record(_dispatch("x7", 2)), None, runners))  # type: ignore[arg-type]
+    while len(runners.attempts) < 2:  # noqa: ASYNC110 (two starts to wait for)
+        await asyncio.sleep(0.01)
+    runners.releases[1].set()
+    await asyncio.wait_for(first, 5)
+    executor.cancel("x7")
+    await asyncio.wait_for(second, 5)
+    assert runners.stopped == ["x7#2"] and executor.stats.cancelled == 1
 
 
 async def test_a_shutdown_during_a_cancellation_still_stops_the_executor() -> None:
