@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiokafka import ConsumerRecord
+from pydantic import ValidationError
 
 from schemas.envelope import encode, event_envelope
 from schemas.events import Event, ExecutionCompleted, ExecutionDispatched
@@ -306,3 +307,9 @@ async def test_a_cancelled_dispatched_execution_goes_to_every_dispatch_topic(eve
         expected |= {"p.dispatch.high", "p.dispatch.normal", "p.dispatch.low"}
     assert {topic for topic, _ in sent} == expected and len(sent) == len(expected)
     assert {key for _, key in sent} == {b"acme/t1"}  # same key: the dispatch's partition
+
+
+def test_the_report_url_pointer_must_be_a_json_pointer() -> None:
+    with pytest.raises(ValidationError) as caught:
+        HttpPoll(status_url="https://engine.example/runs/{job_id}", report_url_pointer="links/report")
+    assert caught.value.errors()[0]["loc"] == ("report_url_pointer",)
