@@ -1,7 +1,9 @@
 """Where the task processor's output goes: events to their topics, bad input to dead-letter.
 
 Every event goes to ``task-events``; ``ExecutionDispatched`` also to ``dispatch.<priority>``,
-``ExecutionCompleted`` also to ``outcomes``. Messages are sent straight through the app's
+``ExecutionCompleted`` also to ``outcomes``, and a cancelled one that had been dispatched also to
+every ``dispatch.<priority>`` topic, where it tells the executor running (or holding) the attempt
+to stop it (see ``streams.executor``). Messages are sent straight through the app's
 producer (see ``streams.app`` for why), keyed by task id.
 """
 
@@ -63,6 +65,12 @@ class Publisher:
                 await self._send(self.dispatch_topics[str(e.priority)], key, value, None)
             elif isinstance(e, ExecutionCompleted):
                 await self._send(self.outcomes_topic, key, value, None)
+                if e.status == "cancelled" and e.attempts > 0:
+                    # Same key, so the same partition the dispatch went to. Every priority's
+                    # topic, because the event does not say which one the attempt went on (the
+                    # task's priority may have changed since); cancellations are rare.
+                    for topic in self.dispatch_topics.values():
+                        await self._send(topic, key, value, None)
             elif e.type == "CommandRejected":
                 self.stats.rejected += 1
 
