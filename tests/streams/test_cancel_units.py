@@ -153,7 +153,7 @@ class _Reports:
     def __init__(self) -> None:
         self.commands: list[Any] = []
 
-    async def add(self, command: Any) -> asyncio.Future[None]:
+    async def add(self, command: Any, correlation_id: str | None = None) -> asyncio.Future[None]:
         self.commands.append(command)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
