@@ -234,6 +234,7 @@ class Executor:
         self._running: dict[str, tuple[asyncio.Future[RunResult], Cancellation]] = {}
         """Attempts running, by execution id, so a cancellation can stop them."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._task_partition: dict[asyncio.Task[None], TopicPartition] = {}
         self._wakeup = asyncio.Event()
         self._topic_priority = {settings.topics.dispatch(p): p for p in PRIORITIES}
         self._commands = settings.topics.commands
@@ -340,7 +341,12 @@ class Executor:
                 record = self._queues.pop()
             task = asyncio.create_task(self._execute(record, producer, runners))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._task_partition[task] = TopicPartition(record.topic, record.partition)
+            task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._task_partition.pop(task, None)
 
     async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
         # Work finished since the last commit runs again after a crash: commit often.
@@ -547,6 +553,11 @@ class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped bas
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         offsets = self.executor._offsets
         gone = set(revoked)
+        # Let what runs for these partitions finish, briefly: committed as finished, the next
+        # owner skips it; cut off, the next owner runs it again while it still runs here.
+        running = [t for t, tp in self.executor._task_partition.items() if tp in gone]
+        if running:
+            await asyncio.wait(running, timeout=self.executor.settings.session_timeout_seconds / 4)
         mine = {tp: o for tp, o in offsets.committable().items() if tp in gone}
         if mine:
             try:
