@@ -12,6 +12,7 @@ from pymongo import AsyncMongoClient
 from api import errors
 from api.auth import TokenVerifier
 from api.bus import CommandBus
+from api.correlation import CorrelationMiddleware
 from api.deps import ApiState
 from api.idempotency import IdempotencyKeys
 from api.metrics import Metrics, MetricsMiddleware
@@ -20,6 +21,7 @@ from api.queries import Views
 from api.quotas import Quotas
 from api.routes import events, executions, health, stats, tasks, ui
 from api.settings import ApiSettings
+from streams.connections import mongo_options
 
 DESCRIPTION = """
 Commands are validated, put on the `commands` topic and answered **202 Accepted** with their
@@ -52,6 +54,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             connectTimeoutMS=settings.mongo_timeout_ms,
             socketTimeoutMS=max(10_000, settings.mongo_timeout_ms),
             appname="scheduler-api",
+            **mongo_options(settings),
         )
         bus = CommandBus(settings)
         await bus.start()  # Kafka may be down: the API still starts, commands answer 503
@@ -84,7 +87,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     errors.install(app, settings.retry_after_seconds)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s too
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # counts 413s too
+    app.add_middleware(CorrelationMiddleware)  # outermost: every answer carries X-Request-Id
     for router in (tasks.router, executions.router, stats.router, events.router, health.router, ui.router):
         app.include_router(router)
     app.include_router(health.metrics_router(settings))

@@ -14,10 +14,12 @@ import logging
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from api import correlation
 from api.errors import ServiceUnavailable
 from api.settings import ApiSettings
 from schemas.commands import CommandBase
 from schemas.envelope import command_envelope, encode
+from streams.connections import kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class CommandBus:
                 return self._producer
             timeout_ms = int(self._settings.kafka_send_timeout_seconds * 1000)
             producer = AIOKafkaProducer(
-                bootstrap_servers=self._settings.kafka_bootstrap,
+                **kafka_options(self._settings),
                 acks="all",
                 enable_idempotence=True,
                 # A batch not delivered within the send timeout expires instead of lingering and
@@ -77,7 +79,8 @@ class CommandBus:
             deduplicated by the task processor.
         """
         producer = await self._ensure()
-        value = encode(command_envelope(command, source=SOURCE))
+        # The request's id (X-Request-Id) correlates the command and every event it causes.
+        value = encode(command_envelope(command, source=SOURCE, correlation_id=correlation.current.get()))
         try:
             await asyncio.wait_for(
                 producer.send_and_wait(self._settings.commands_topic, key=command.task_id.encode(), value=value),

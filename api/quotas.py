@@ -139,7 +139,7 @@ class Quotas:
             if ahead > limit or attempt == self.ATTEMPTS - 1:
                 return None
             # Racing requests saw each other; a random pause lets some of them through.
-            await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+            await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # nosec B311  # a pause, not a secret
         return None
 
     async def _tasks_in_use(self, tenant: str, mine: str, now: datetime) -> tuple[int, int]:

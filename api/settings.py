@@ -44,6 +44,13 @@ class ApiSettings(Settings):
     """Interface ``python -m api`` listens on."""
     api_port: int = Field(default=8000, ge=0, le=65535)
     """Port ``python -m api`` listens on."""
+    api_tls_cert_file: Path | None = None
+    """PEM certificate (chain) the API serves HTTPS with; with ``api_tls_key_file``. Unset: plain
+    HTTP (behind a TLS-terminating proxy, or on a trusted network only)."""
+    api_tls_key_file: Path | None = None
+    """PEM private key of ``api_tls_cert_file``."""
+    api_tls_key_password: SecretStr | None = None
+    """Password of ``api_tls_key_file`` when it is encrypted."""
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     """Largest request body accepted; larger ones get 413."""
 
@@ -108,6 +115,15 @@ class ApiSettings(Settings):
         if triggers is None:
             triggers = self.quota_triggers_per_minute
         return max_tasks, triggers
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.api_tls_cert_file is None) != (self.api_tls_key_file is None):
+            raise ValueError("api_tls_cert_file and api_tls_key_file must be set together")
+        for path in (self.api_tls_cert_file, self.api_tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return self
 
     @model_validator(mode="after")
     def _sane_secret(self) -> ApiSettings:

@@ -120,6 +120,7 @@ class Projector:
         retry_initial: float = 0.2,
         retry_max: float = 30.0,
         cache_documents: int = 20_000,
+        kafka: dict[str, Any] | None = None,
     ) -> None:
         self.topic = topic
         self.group_id = group_id
@@ -134,15 +135,17 @@ class Projector:
         self.cache_documents = cache_documents
         self.applied_total = 0
         self.dead_letters_total = 0
+        # ``kafka``: the security options of the clients (streams.connections.kafka_options).
+        clients: dict[str, Any] = {**(kafka or {}), "bootstrap_servers": bootstrap}
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **clients,
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             # Events of an aborted transaction never happened.
             isolation_level="read_committed",
         )
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        self._producer = AIOKafkaProducer(**clients, acks="all")
         self._views: ActiveViews | None = None
         self._store: ViewStore | None = None
         # Partitions owned now; a batch is written under the lock, and a revocation takes it.

@@ -8,24 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from datetime import timedelta
 from typing import Any
 
 from pymongo import AsyncMongoClient
 
+from projections import metrics as projector_metrics
 from projections.projector import Projector, ensure_indexes
 from projections.read import active_collections
 from projections.retention import setup_retention
 from projections.settings import ProjectionSettings
+from streams.connections import kafka_options, mongo_options
+from streams.logs import configure as configure_logs
 
 
 async def main(settings: ProjectionSettings | None = None) -> None:
     """Run the projector (and the retention sweeper if needed) until SIGINT/SIGTERM."""
     settings = settings or ProjectionSettings()
-    logging.basicConfig(level=settings.log_level.upper())
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url, tz_aware=True)
+    configure_logs(settings)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_url, tz_aware=True, **mongo_options(settings)
+    )
     db = client[settings.mongo_database]
     projector = Projector(
         settings.kafka_bootstrap,
@@ -34,8 +38,10 @@ async def main(settings: ProjectionSettings | None = None) -> None:
         db,
         max_records=settings.projector_batch_max,
         cache_documents=settings.projector_cache_documents,
+        kafka=kafka_options(settings),
     )
     sweeper_task: asyncio.Task[None] | None = None
+    metrics_task = asyncio.create_task(projector_metrics.run(settings))
     try:
         names = await active_collections(db)
         await ensure_indexes(db, names)
@@ -49,6 +55,7 @@ async def main(settings: ProjectionSettings | None = None) -> None:
             loop.add_signal_handler(sig, projector.stop)
         await projector.run()
     finally:
+        metrics_task.cancel()
         if sweeper_task is not None:
             sweeper_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

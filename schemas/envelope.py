@@ -146,16 +146,21 @@ def decode_message(raw: bytes) -> Command | Tick | CommandBatch:
     :raises InvalidCommand: a command envelope whose body is invalid.
     :raises DecodeError: anything else is wrong, including an invalid control message.
     """
+    return decode_message_correlated(raw)[0]
+
+
+def decode_message_correlated(raw: bytes) -> tuple[Command | Tick | CommandBatch, str | None]:
+    """:func:`decode_message`, and the envelope's correlation id (carried on to the events it causes)."""
     env = decode_envelope(raw)
     name = _suffix(env.type, CONTROL_TYPE_PREFIX)
     if name is None:
-        return _command_of(env)
+        return _command_of(env), env.correlationid
     if name not in CONTROL_TYPES:
         raise DecodeError(f"unknown control message type {env.type!r}", "type")
     data = dict(env.data)
     data.setdefault("type", name)
     try:
-        return _CONTROL_ADAPTER.validate_python(data)
+        return _CONTROL_ADAPTER.validate_python(data), env.correlationid
     except ValidationError as exc:
         field, reason = _first_error(exc, data)
         raise DecodeError(reason, f"data.{field}" if field else "data") from None

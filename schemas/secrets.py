@@ -42,7 +42,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.specs import HttpWork, TaskDefinition, Work
 
-TOKEN_PREFIX = "enc:v1:"
+TOKEN_PREFIX = "enc:v1:"  # nosec B105  # a format marker, not a password
 """Start of every token (version 1: AES-256-GCM, 96-bit random nonce, JSON plaintext)."""
 MARKER = "***"
 """What readers see instead of a secret; in an update it means "keep the stored secret"."""

@@ -299,11 +299,19 @@ class HttpPoll(WireModel):
     """Delay between status requests."""
     headers: dict[str, str] = Field(default_factory=dict)
     """Headers for the status requests."""
+    report_url_pointer: str | None = None
+    """JSON pointer to the engine's report URL in the start or status response; kept in the
+    execution's result as ``report_url`` (with ``job_id``). None: no report URL is kept."""
 
     @field_validator("status_url")
     @classmethod
     def _url(cls, value: str) -> str:
         return _http_url(value)
+
+    @field_validator("report_url_pointer")
+    @classmethod
+    def _report_pointer(cls, value: str | None) -> str | None:
+        return None if value is None else _json_pointer(value)
 
     @field_validator("job_id_pointer", "status_pointer")
     @classmethod

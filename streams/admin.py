@@ -8,6 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from schemas.topics import PRIORITIES
+from streams.connections import kafka_options
 from streams.settings import Settings
 
 FOREVER = {"retention.ms": "-1"}
@@ -32,7 +33,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the deployment's topics that do not exist yet; returns the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

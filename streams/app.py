@@ -42,9 +42,10 @@ import orjson
 from scheduler import Decision, TaskState, decision, next_wakeup, rejection
 from schemas.commands import Command, Wake
 from schemas.control import CommandBatch, Tick
-from schemas.envelope import control_envelope, decode_command_object, decode_message, encode
+from schemas.envelope import control_envelope, decode_command_object, decode_message_correlated, encode
 from schemas.errors import DecodeError, InvalidCommand
-from streams import faust_tuning
+from streams import faust_tuning, metrics
+from streams.connections import faust_options, kafka_options
 from streams.executor import Executor
 from streams.firing import Firing
 from streams.publisher import Publisher
@@ -112,7 +113,7 @@ class TaskProcessor:
         faust_tuning.install(settings.fetch_max_wait_ms)
         self.app = faust.App(
             topic_name(settings, settings.app_id),
-            broker=f"kafka://{settings.kafka_bootstrap}",
+            **faust_options(settings),
             store=settings.store,
             topic_partitions=settings.partitions,
             topic_replication_factor=1,
@@ -162,6 +163,7 @@ class TaskProcessor:
         self.app.agent(self.commands, name="task-processor", concurrency=1)(self._process)
         self.app.task(self._firing_loop)
         self.app.task(self._report_stats)
+        self.app.task(self._measure_lag)
         self.executor: Executor | None = None
         if settings.executor_enabled:
             self.executor = Executor(settings)
@@ -183,9 +185,9 @@ class TaskProcessor:
     async def apply(self, key: bytes | None, raw: bytes, source: _Source) -> None:
         """Apply one message of ``commands``: a command, a batch of commands, or a tick."""
         try:
-            message = decode_message(raw)
+            message, correlation = decode_message_correlated(raw)
         except InvalidCommand as exc:
-            await self._apply_one(key, exc, raw, source)
+            await self._apply_one(key, exc, raw, source, None)
             return
         except DecodeError as exc:
             await self._dead(source, key, raw, exc)
@@ -196,12 +198,18 @@ class TaskProcessor:
             case CommandBatch():
                 await self._apply_batch(message, key, raw, source)
             case _:
-                await self._apply_one(key, message, raw, source)
+                await self._apply_one(key, message, raw, source, correlation)
 
     async def _apply_one(
-        self, key: bytes | None, command: Command | InvalidCommand, raw: bytes, source: _Source
+        self,
+        key: bytes | None,
+        command: Command | InvalidCommand,
+        raw: bytes,
+        source: _Source,
+        correlation: str | None,
     ) -> None:
-        """Load, decide, save, publish: one command (or the rejection of an invalid one)."""
+        """Load, decide, save, publish: one command (or the rejection of an invalid one); its
+        events carry the command's ``correlation`` id."""
         self.stats.commands += 1
         task_id = command.task_id
         if key != task_id.encode():
@@ -209,13 +217,13 @@ class TaskProcessor:
             return
         state = self.store.load(key)
         decided = rejection(command, state) if isinstance(command, InvalidCommand) else decision(command, state)
-        await self._commit(key, decided, source.partition)
+        await self._commit(key, decided, source.partition, correlation)
 
-    async def _commit(self, key: bytes, decided: Decision, partition: int) -> None:
+    async def _commit(self, key: bytes, decided: Decision, partition: int, correlation: str | None) -> None:
         if not decided.events:
             return
         self.store.save(key, decided.state, decided.events, partition)
-        await self.publisher.events(key, decided.events)
+        await self.publisher.events(key, decided.events, correlation)
         self._track(key.decode(), decided.state, partition)
 
     def _track(self, task_id: str, state: TaskState | None, partition: int) -> None:
@@ -243,7 +251,10 @@ class TaskProcessor:
                 self.stats.forwarded += 1
                 await self._send(source.topic, item_key, item_raw, None)
                 continue
-            await self._apply_one(item_key, command, item_raw, source)
+            # Each report keeps the correlation id of its own envelope, not the batch's.
+            found = item.get("correlationid") if isinstance(item, dict) else None
+            correlation = found if isinstance(found, str) else None
+            await self._apply_one(item_key, command, item_raw, source, correlation)
 
     async def _apply_tick(self, tick: Tick, source: _Source) -> None:
         """Wake every task of this partition that is due at or before the tick's time."""
@@ -259,7 +270,7 @@ class TaskProcessor:
             )
             state = self.store.load(key)
             decided = decision(wake, state)
-            await self._commit(key, decided, partition)
+            await self._commit(key, decided, partition, tick.tick_id)  # a wake's cause is its tick
             if not decided.events and state is not None:
                 # Nothing to do although the index said so: look again a little later rather
                 # than at every tick.
@@ -279,10 +290,12 @@ class TaskProcessor:
     async def _on_assigned(self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         # Recovery of the new assignment is about to start: fire nothing until it is done.
         self.ready = False
+        metrics.WORKER_READY.set(0)
         self.store.clear_cache()
 
     async def _on_revoked(self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         self.ready = False
+        metrics.WORKER_READY.set(0)
         self.store.clear_cache()
 
     async def _on_recovered(self) -> None:
@@ -303,6 +316,7 @@ class TaskProcessor:
             self.publisher.events_topic,
             {stored.partition for _, stored in resend},
             int((cutoff - RESEND_CLOCK_MARGIN) * 1000),
+            options=kafka_options(self.settings),
         )
         missing = 0
         for key, stored in resend:
@@ -320,16 +334,13 @@ class TaskProcessor:
             len(self.firing), self.stats.last_rebuild_seconds, read, len(resend), RESEND_WINDOW, missing,
         )  # fmt: skip
         self.ready = True
+        metrics.WORKER_READY.set(1)
+        metrics.TASKS_OWNED.set(len(self.firing))
         self._fire_now.set()
 
     # ------------------------------------------------------------------ firing
 
     async def _firing_loop(self) -> None:
-        # The worker configured logging by now. Per-message debug records of the Kafka and
-        # Faust internals were created (and dropped) on the hot path: cap them at our level.
-        level = logging.getLevelName(self.settings.log_level.upper())
-        for name in ("faust", "mode", "aiokafka"):
-            logging.getLogger(name).setLevel(level if isinstance(level, int) else logging.INFO)
         tick = self.settings.firing_tick_seconds
         commands = self.commands.get_topic_name()
         worker = self.settings.worker_id
@@ -359,6 +370,7 @@ class TaskProcessor:
         while True:
             await asyncio.sleep(every)
             st, fs = self.stats, self.firing.stats
+            metrics.TASKS_OWNED.set(len(self.firing))
             n = st.commands - last_commands
             log.info(
                 "processor: %.0f commands/s, %.3f ms per command, %.0f ticks/s, %.0f wakes/s, %d tasks due-indexed",
@@ -368,6 +380,10 @@ class TaskProcessor:
             last_commands, last_apply, last_wakes, last_ticks = (
                 st.commands, st.apply_seconds, fs.wakes_applied, fs.ticks_sent,
             )  # fmt: skip
+
+    async def _measure_lag(self) -> None:
+        """Keep ``scheduler_consumer_lag_messages`` of the processor's group on ``commands``."""
+        await metrics.measure_lag(self.settings, {self.app.conf.id: [self.commands.get_topic_name()]})
 
     async def _run_executor(self) -> None:
         assert self.executor is not None

@@ -42,10 +42,10 @@ class ReportBatcher:
         self._sending: set[asyncio.Task[None]] = set()
         self.batches_sent = 0
 
-    async def add(self, command: CommandBase) -> asyncio.Future[None]:
+    async def add(self, command: CommandBase, correlation_id: str | None = None) -> asyncio.Future[None]:
         """Queue ``command`` for its partition; the future resolves once it is on the broker."""
         partition = partition_for(command.task_id.encode(), self.partitions)
-        envelope = command_envelope(command, source=self.source).model_dump(mode="json")
+        envelope = command_envelope(command, source=self.source, correlation_id=correlation_id).model_dump(mode="json")
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         pending = self._pending.setdefault(partition, [])
         pending.append((envelope, delivered))

@@ -54,14 +54,23 @@ def worker(worker_id: str | None, no_executor: bool, data_dir: str | None) -> No
 
     from streams.admin import ensure_topics
     from streams.app import TaskProcessor
+    from streams.logs import configure as configure_logs
+    from streams.metrics import serve as serve_metrics
 
     settings = _settings(worker_id=worker_id, data_dir=data_dir, executor_enabled=False if no_executor else None)
     _load_handlers(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings))
     processor = TaskProcessor(settings)
+    serve_metrics(settings)
     level = settings.log_level.lower()
-    Worker(processor.app, loglevel={"warning": "warn"}.get(level, level), quiet=True).execute_from_commandline()
+
+    class _Worker(Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            # Faust has set up its own logging by now: replace it with ours (streams/logs.py).
+            configure_logs(settings)
+
+    _Worker(processor.app, loglevel={"warning": "warn"}.get(level, level), quiet=True).execute_from_commandline()
 
 
 @main.command()
@@ -70,10 +79,14 @@ def executor(worker_id: str | None) -> None:
     """Run an executor only: consume the dispatch topics and run the work."""
     from streams.admin import ensure_topics
     from streams.executor import Executor
+    from streams.logs import configure as configure_logs
+    from streams.metrics import serve as serve_metrics
 
     settings = _settings(worker_id=worker_id)
     _load_handlers(settings)
-    logging.basicConfig(level=settings.log_level.upper())
+    configure_logs(settings)
+
+    serve_metrics(settings)
 
     async def run() -> None:
         await ensure_topics(settings)

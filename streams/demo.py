@@ -36,7 +36,7 @@ from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 LOGS = REPO / ".stack" / "logs"
-DEV_SECRET = "local-development-secret-not-for-production"
+DEV_SECRET = "local-development-secret-not-for-production"  # nosec B105  # the local demo only
 TENANT = "demo"
 
 
@@ -142,7 +142,7 @@ async def _run(
         body = {
             "name": "sample heartbeat",
             "schedule": {"kind": "interval", "every_seconds": 5},
-            "work": {"kind": "handler", "name": "echo", "params": {"hello": "world", "api_token": "demo-token"}},
+            "work": {"kind": "handler", "name": "echo", "params": {"hello": "world", "api_token": "demo-token"}},  # nosec B105  # sample data
             "sensitive_params": ["/api_token"],  # stored encrypted, shown as ***
             "tags": ["demo"],
         }

@@ -13,6 +13,15 @@
   ``ReportExecutionOutcome``): retries, timeouts and overlap stay its decisions. They are
   batched per partition of ``commands`` for a few milliseconds (``streams.batcher``): one
   message to the owner carries many reports.
+- Cancellation reaches the work: the task processor also puts a cancelled
+  ``ExecutionCompleted`` on the dispatch topics, keyed like the dispatch, so it lands on the
+  partition, and so normally the executor, that got the dispatch. That executor cancels the
+  attempt's asyncio task (the HTTP runner then sends the work's cancel request, a handler gets
+  ``CancelledError``) or drops the dispatch if it is still queued or arrives later. The
+  execution already ended ``cancelled`` at its owner, so nothing is reported for it. An
+  executor that no longer holds the partition does not see the cancellation; the attempt's
+  new owner does (it reads the partition from the last commit, dispatch then cancellation).
+  While all slots are busy and the consumer is paused, a cancellation waits like any message.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
@@ -36,13 +47,15 @@ from aiokafka.structs import OffsetAndMetadata
 from schemas.commands import ReportExecutionOutcome, ReportExecutionStarted
 from schemas.envelope import decode_event
 from schemas.errors import DecodeError
-from schemas.events import ExecutionDispatched
+from schemas.events import ExecutionCompleted, ExecutionDispatched
 from schemas.secrets import SecretError, open_work, scrub
 from schemas.topics import PRIORITIES
+from streams import metrics
 from streams.batcher import ReportBatcher
+from streams.connections import kafka_options
 from streams.deadletter import dead_letter_record
 from streams.fence import TopicFence, fenced_http_client
-from streams.runners import Attempt, Runners, RunResult
+from streams.runners import Attempt, Cancellation, Runners, RunResult
 from streams.settings import Settings, topic_name
 
 log = logging.getLogger(__name__)
@@ -198,6 +211,8 @@ class ExecutorStats:
     duplicates: int = 0
     skipped_finished: int = 0
     """Dispatches a previous owner of the partition had finished, not run again."""
+    cancelled: int = 0
+    """Attempts stopped (running or not yet started) because their execution was cancelled."""
     in_flight: int = 0
     peak_in_flight: int = 0
     by_priority: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PRIORITIES, 0))
@@ -214,7 +229,12 @@ class Executor:
         self._offsets = OffsetTracker()
         self._slots = asyncio.Semaphore(settings.executor_concurrency)
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
+        """Execution ids cancelled lately (bounded): their dispatches, queued or late, are dropped."""
+        self._running: dict[str, tuple[asyncio.Future[RunResult], Cancellation]] = {}
+        """Attempts running, by execution id, so a cancellation can stop them."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._task_partition: dict[asyncio.Task[None], TopicPartition] = {}
         self._wakeup = asyncio.Event()
         self._topic_priority = {settings.topics.dispatch(p): p for p in PRIORITIES}
         self._commands = settings.topics.commands
@@ -223,8 +243,9 @@ class Executor:
     async def run(self) -> None:
         """Run until cancelled."""
         group = topic_name(self.settings, "executors")
+        kafka = kafka_options(self.settings)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka,
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -232,8 +253,8 @@ class Executor:
             session_timeout_ms=int(self.settings.session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(self.settings.session_timeout_seconds * 250),
         )
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=1)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=1)
+        admin = AIOKafkaAdminClient(**kafka)
         consumer.subscribe(list(self._topic_priority), listener=_Handover(self, consumer, admin, group))
         async with fenced_http_client(self.settings, self.settings.executor_concurrency) as http:
             await admin.start()
@@ -249,11 +270,13 @@ class Executor:
             )
             dispatcher = asyncio.create_task(self._dispatch_loop(producer, runners))
             committer = asyncio.create_task(self._commit_loop(consumer))
+            lag = asyncio.create_task(metrics.measure_lag(self.settings, {group: list(self._topic_priority)}))
             try:
                 await self._fetch_loop(consumer, producer)
             finally:
                 dispatcher.cancel()
                 committer.cancel()
+                lag.cancel()
                 for task in list(self._tasks):
                     task.cancel()
                 with contextlib.suppress(Exception):
@@ -301,6 +324,9 @@ class Executor:
                         self.stats.skipped_finished += 1
                         self._offsets.finished(tp, record.offset)
                         continue
+                    if self._is_cancellation(record):
+                        self._offsets.finished(tp, record.offset)
+                        continue
                     self._queues.push(priority, record)
             if batch:
                 self._wakeup.set()
@@ -315,7 +341,12 @@ class Executor:
                 record = self._queues.pop()
             task = asyncio.create_task(self._execute(record, producer, runners))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._task_partition[task] = TopicPartition(record.topic, record.partition)
+            task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._task_partition.pop(task, None)
 
     async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
         # Work finished since the last commit runs again after a crash: commit often.
@@ -327,6 +358,35 @@ class Executor:
                     await consumer.commit(offsets)
                 except Exception as exc:  # a rebalance in progress; the next round retries
                     log.warning("executor: commit failed: %s", exc)
+
+    def _is_cancellation(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Whether ``record`` is a cancellation (applied here, at once, not queued behind work)."""
+        value = record.value or b""
+        # A cheap filter first: decoding every dispatch twice would cost the hot path.
+        if b"ExecutionCompleted" not in value:
+            return False
+        try:
+            event = decode_event(value)
+        except DecodeError:
+            return False  # dead-lettered by the dispatch path
+        if not isinstance(event, ExecutionCompleted) or event.status != "cancelled":
+            return False  # not something the task processor puts here: dead-lettered
+        self.cancel(event.execution_id)
+        return True
+
+    def cancel(self, execution_id: str) -> None:
+        """Stop the execution's attempt if it runs here, and drop its dispatch if it comes later.
+
+        Idempotent: a cancellation delivered twice, or after the attempt ended, changes nothing.
+        """
+        self._cancelled[execution_id] = None
+        if len(self._cancelled) > 100_000:
+            self._cancelled.popitem(last=False)
+        running = self._running.get(execution_id)
+        if running is not None and not running[0].done():
+            future, cancellation = running
+            cancellation.requested = True  # read by the runner's cleanup: stop the external work too
+            future.cancel()
 
     def _first_time(self, key: tuple[str, int]) -> bool:
         if key in self._seen:
@@ -365,23 +425,40 @@ class Executor:
                 **dead_letter_record(record, DecodeError(f"expected ExecutionDispatched, got {event.type}")),
             )
             return
+        # Reports carry the dispatch's correlation id: one id from the request (or tick) that
+        # caused the run to its outcome.
+        correlation = _correlation_of(record.value or b"")
+        # Every record logged while this attempt runs names it (this task's context only).
+        structlog.contextvars.bind_contextvars(
+            task_id=event.task_id, execution_id=event.execution_id, correlation_id=correlation
+        )
         if not self._first_time((event.execution_id, event.attempt)):
             self.stats.duplicates += 1
+            return
+        if event.execution_id in self._cancelled:
+            self.stats.cancelled += 1  # cancelled while queued: the owner already ended it
             return
         stats = self.stats
         stats.started += 1
         stats.in_flight += 1
+        metrics.IN_FLIGHT.inc()
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
         stats.by_priority[str(event.priority)] = stats.by_priority.get(str(event.priority), 0) + 1
+        cancellation = Cancellation()
         try:
             started_at = _now()
+            if event.attempt == 1:
+                late = metrics.lateness(event.slot, started_at)
+                if late is not None:
+                    metrics.START_LATENESS.observe(late)
             started = ReportExecutionStarted(
                 command_id=str(uuid.uuid4()), task_id=event.task_id, tenant=event.tenant,
                 actor=f"executor:{self.worker_id}", at=started_at, execution_id=event.execution_id,
                 attempt=event.attempt, worker=self.worker_id, started_at=started_at,
             )  # fmt: skip
             budget = (event.deadline - _now()).total_seconds()
-            run = asyncio.ensure_future(self._run(event, runners, budget))
+            run = asyncio.ensure_future(self._run(event, runners, budget, cancellation))
+            self._running[event.execution_id] = (run, cancellation)
             # "Running" is reported only for work that is still running after a short while:
             # the outcome carries started_at anyway, and for quick work the extra command
             # would be a third of the task owner's load.
@@ -389,8 +466,13 @@ class Executor:
             done, _ = await asyncio.wait({run}, timeout=max(delay, 0.0))
             if not done:
                 # Nothing waits for this one: a lost "running" report only delays the view.
-                (await self._report(producer, started)).add_done_callback(_ignore_failure)
-            result = await run
+                (await self._report(producer, started, correlation)).add_done_callback(_ignore_failure)
+            try:
+                result = await run
+            except asyncio.CancelledError:
+                if self._stopped_by_cancellation(cancellation):
+                    return
+                raise
             finished_at = _now()
             delivered = await self._report(
                 producer,
@@ -400,17 +482,35 @@ class Executor:
                     attempt=event.attempt, worker=self.worker_id, status=result.status, error=result.error,
                     result=result.result, started_at=started_at, finished_at=finished_at,
                 ),
+                correlation,
             )  # fmt: skip
             # The offset may be committed once this returns: the outcome must be on the broker.
             await delivered
+            metrics.outcome(result.status)
             if result.status == "succeeded":
                 stats.succeeded += 1
             else:
                 stats.failed += 1
         finally:
             stats.in_flight -= 1
+            metrics.IN_FLIGHT.dec()
+            # Only this attempt's entry: a later attempt of the execution may have replaced it.
+            if self._running.get(event.execution_id, (None, None))[1] is cancellation:
+                del self._running[event.execution_id]
 
-    async def _run(self, event: ExecutionDispatched, runners: Runners, budget: float) -> RunResult:
+    def _stopped_by_cancellation(self, cancellation: Cancellation) -> bool:
+        """After the attempt's run raised CancelledError: True when the execution was cancelled
+        (counted; no outcome is reported, the owner already ended it ``cancelled``), False when
+        this task itself is being cancelled (a shutdown; the attempt is not finished)."""
+        current = asyncio.current_task()
+        if not cancellation.requested or (current is not None and current.cancelling()):
+            return False
+        self.stats.cancelled += 1
+        return True
+
+    async def _run(
+        self, event: ExecutionDispatched, runners: Runners, budget: float, cancellation: Cancellation | None = None
+    ) -> RunResult:
         """Run the attempt with its secrets decrypted, here and only here; none leaks into the outcome."""
         try:
             work, params, clears = open_work(
@@ -423,7 +523,9 @@ class Executor:
             )
         except SecretError as exc:
             return RunResult("failed", error=f"secret at {exc}")
-        attempt = Attempt(event.task_id, event.tenant, event.execution_id, event.attempt, params)
+        attempt = Attempt(
+            event.task_id, event.tenant, event.execution_id, event.attempt, params, cancellation or Cancellation()
+        )
         result = await runners.run(work, attempt, budget)
         if not clears:
             return result
@@ -431,9 +533,12 @@ class Executor:
         return RunResult(result.status, scrub(result.result, clears), scrub(result.error, clears))
 
     async def _report(
-        self, producer: AIOKafkaProducer, command: ReportExecutionStarted | ReportExecutionOutcome
+        self,
+        producer: AIOKafkaProducer,
+        command: ReportExecutionStarted | ReportExecutionOutcome,
+        correlation: str | None = None,
     ) -> asyncio.Future[None]:
-        return await self._batcher.add(command)
+        return await self._batcher.add(command, correlation)
 
 
 class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
@@ -448,6 +553,11 @@ class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped bas
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         offsets = self.executor._offsets
         gone = set(revoked)
+        # Let what runs for these partitions finish, briefly: committed as finished, the next
+        # owner skips it; cut off, the next owner runs it again while it still runs here.
+        running = [t for t, tp in self.executor._task_partition.items() if tp in gone]
+        if running:
+            await asyncio.wait(running, timeout=self.executor.settings.session_timeout_seconds / 4)
         mine = {tp: o for tp, o in offsets.committable().items() if tp in gone}
         if mine:
             try:
@@ -467,6 +577,15 @@ class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped bas
             committed = {}
         for tp in assigned:
             self.executor._offsets.resume(tp, committed.get(tp))
+
+
+def _correlation_of(raw: bytes) -> str | None:
+    """The correlation id of an (already validated) event envelope."""
+    try:
+        found = orjson.loads(raw).get("correlationid")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 def _ignore_failure(future: asyncio.Future[None]) -> None:

@@ -1,7 +1,9 @@
 """Where the task processor's output goes: events to their topics, bad input to dead-letter.
 
 Every event goes to ``task-events``; ``ExecutionDispatched`` also to ``dispatch.<priority>``,
-``ExecutionCompleted`` also to ``outcomes``. Messages are sent straight through the app's
+``ExecutionCompleted`` also to ``outcomes``, and a cancelled one that had been dispatched also to
+every ``dispatch.<priority>`` topic, where it tells the executor running (or holding) the attempt
+to stop it (see ``streams.executor``). Messages are sent straight through the app's
 producer (see ``streams.app`` for why), keyed by task id.
 """
 
@@ -10,11 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from schemas.envelope import encode, event_envelope
 from schemas.events import Event, ExecutionCompleted, ExecutionDispatched
 from schemas.topics import PRIORITIES
+from streams import metrics
 from streams.deadletter import dead_letter_value
 from streams.settings import Settings
 
@@ -44,16 +48,29 @@ class Publisher:
         self.dead_letter_topic = names.dead_letter
         self.dispatch_topics = {p: names.dispatch(p) for p in PRIORITIES}
 
-    async def events(self, key: bytes, events: Iterable[Event]) -> None:
-        """Send a task's events, each to every topic it belongs on."""
+    async def events(self, key: bytes, events: Iterable[Event], correlation_id: str | None = None) -> None:
+        """Send a task's events, each to every topic it belongs on, with the correlation id of
+        what caused them (the command's, or the tick's id for scheduled wakes)."""
         for e in events:
             self.stats.events += 1
-            value = encode(event_envelope(e, source=self.source, correlation_id=None))
+            metrics.EVENTS.inc()
+            value = encode(event_envelope(e, source=self.source, correlation_id=correlation_id))
             await self._send(self.events_topic, key, value, None)
             if isinstance(e, ExecutionDispatched):
+                if e.attempt == 1:
+                    # Slot to dispatch, by the wall clock at publish: what a scheduled run waited.
+                    late = metrics.lateness(e.slot, datetime.now(UTC))
+                    if late is not None:
+                        metrics.DISPATCH_LATENESS.observe(late)
                 await self._send(self.dispatch_topics[str(e.priority)], key, value, None)
             elif isinstance(e, ExecutionCompleted):
                 await self._send(self.outcomes_topic, key, value, None)
+                if e.status == "cancelled" and e.attempts > 0:
+                    # Same key, so the same partition the dispatch went to. Every priority's
+                    # topic, because the event does not say which one the attempt went on (the
+                    # task's priority may have changed since); cancellations are rare.
+                    for topic in self.dispatch_topics.values():
+                        await self._send(topic, key, value, None)
             elif e.type == "CommandRejected":
                 self.stats.rejected += 1
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -22,17 +23,27 @@ log = logging.getLogger(__name__)
 
 
 async def published_event_ids(
-    bootstrap: str, topic: str, partitions: Iterable[int], since_ms: int, *, timeout_s: float = 30.0
+    bootstrap: str,
+    topic: str,
+    partitions: Iterable[int],
+    since_ms: int,
+    *,
+    timeout_s: float = 30.0,
+    options: dict[str, Any] | None = None,
 ) -> set[str] | None:
     """Ids of the events on ``topic``'s ``partitions`` written at or after ``since_ms``.
 
     None when they could not be read in time: the caller then sends everything (duplicates
     are harmless to every consumer; a lost event is not).
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     tps = [TopicPartition(topic, p) for p in sorted(set(partitions))]
     if not tps:
+        # Before the consumer exists: one created and never stopped logs "Unclosed AIOKafkaConsumer".
         return set()
+    # ``options``: the deployment's connection options (streams.connections.kafka_options).
+    consumer = AIOKafkaConsumer(
+        **{"bootstrap_servers": bootstrap, **(options or {})}, group_id=None, enable_auto_commit=False
+    )
     try:
         await consumer.start()
         consumer.assign(tps)

@@ -8,16 +8,19 @@ that a redelivered dispatch is harmless at the target.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from schemas.specs import HandlerWork, HttpPoll, HttpWork, KafkaWork
+from schemas.specs import HandlerWork, HttpPoll, HttpRequestSpec, HttpWork, KafkaWork
 from streams import handlers
 from streams.fence import AddressRefused, TopicFence
+
+log = logging.getLogger(__name__)
 
 RESULT_LIMIT = 4096
 """Bytes of a response body (and characters of an error) kept in the execution's result."""
@@ -35,6 +38,20 @@ class RunResult:
     error: str | None = None
 
 
+@dataclass
+class Cancellation:
+    """Whether the scheduler cancelled the execution an attempt runs.
+
+    The executor sets it before it cancels the attempt's asyncio task, so a runner's cleanup
+    can tell a cancelled execution (stop the external work too) from a process shutting down
+    (leave the external work alone: the partition's next owner runs the attempt again, with the
+    same execution id). A future runner (shell work) checks it the same way: on
+    ``CancelledError`` with ``requested`` set, terminate then kill its process.
+    """
+
+    requested: bool = False
+
+
 @dataclass(frozen=True)
 class Attempt:
     """The execution an attempt belongs to."""
@@ -44,6 +61,8 @@ class Attempt:
     execution_id: str
     attempt: int
     params: dict[str, Any]
+    cancellation: Cancellation = field(default_factory=Cancellation, compare=False)
+    """Set by the executor when the scheduler cancels the execution."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,31 @@ def _pointer(doc: Any, pointer: str) -> Any:
     return cur
 
 
+def _report_url(doc: Any, poll: HttpPoll) -> Any:
+    """The engine's report URL in a start or status response, if ``poll.report_url_pointer`` finds one."""
+    if poll.report_url_pointer is None:
+        return None
+    try:
+        return _pointer(doc, poll.report_url_pointer)
+    except (KeyError, IndexError, ValueError):
+        return None  # engines often add the report only once the run ends
+
+
+def _needs_job_id(spec: HttpRequestSpec) -> bool:
+    return "{job_id}" in spec.url or "{job_id}" in str(spec.body)
+
+
+def _substitute(value: Any, job_id: str) -> Any:
+    """``value`` with ``{job_id}`` replaced in every string in it."""
+    if isinstance(value, str):
+        return value.replace("{job_id}", job_id)
+    if isinstance(value, list):
+        return [_substitute(v, job_id) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, job_id) for k, v in value.items()}
+    return value
+
+
 class Runners:
     """Shared clients for the runners (one HTTP pool, one Kafka producer) and the fences."""
 
@@ -128,10 +172,10 @@ class Runners:
         if budget <= 0:
             return RunResult("failed", error="deadline passed before the attempt started")
         try:
-            async with asyncio.timeout(budget):
+            async with asyncio.timeout(budget) as deadline:
                 match work:
                     case HttpWork():
-                        return await self._http(work, at, budget)
+                        return await self._http(work, at, budget, deadline)
                     case KafkaWork():
                         return await self._kafka(work, at)
                     case HandlerWork():
@@ -183,9 +227,41 @@ class Runners:
                     break
             return Fetched(response.status, bytes(body), response.charset, truncated)
 
-    async def _http(self, work: HttpWork, at: Attempt, budget: float) -> RunResult:
-        body = work.body
-        headers = self._headers(work.headers, at)
+    async def _http(self, work: HttpWork, at: Attempt, budget: float, deadline: asyncio.Timeout) -> RunResult:
+        job_id: Any = None
+        try:
+            body = work.body
+            headers = self._headers(work.headers, at)
+            data: bytes | str | None = None
+            if isinstance(body, str | bytes):
+                data = body
+            elif body is not None:
+                data = orjson.dumps(body)
+                if not any(name.lower() == "content-type" for name in headers):
+                    headers["Content-Type"] = "application/json"
+            response = await self._fetch(work.method, work.url, headers, min(work.timeout_seconds, budget), data)
+            if response.status_code not in work.accepted_statuses:
+                return RunResult("failed", response.result(), f"HTTP {response.status_code} from {work.url}")
+            if work.poll is None:
+                return RunResult("succeeded", response.result())
+            start = response.json()
+            job_id = _pointer(start, work.poll.job_id_pointer)
+            return await self._poll(work, work.poll, job_id, _report_url(start, work.poll), at)
+        except asyncio.CancelledError:
+            # Cancelled by the scheduler, or out of time: the request in flight is dropped (its
+            # connection closed) and the external job is told to stop. Not on a shutdown.
+            if work.cancel is not None and (at.cancellation.requested or deadline.expired()):
+                await self._send_cancel(work, work.cancel, job_id, at)
+            raise
+
+    async def _send_cancel(self, work: HttpWork, cancel: HttpRequestSpec, job_id: Any, at: Attempt) -> None:
+        """Send ``work.cancel`` (``{job_id}`` substituted) through the same fenced client; never raises."""
+        if job_id is None and _needs_job_id(cancel):
+            log.warning("%s: not cancelled at the target: no job id known yet", at.execution_id)
+            return
+        ident = "" if job_id is None else str(job_id)
+        body = _substitute(cancel.body, ident)
+        headers = self._headers({**work.headers, **cancel.headers}, at)
         data: bytes | str | None = None
         if isinstance(body, str | bytes):
             data = body
@@ -193,17 +269,19 @@ class Runners:
             data = orjson.dumps(body)
             if not any(name.lower() == "content-type" for name in headers):
                 headers["Content-Type"] = "application/json"
-        response = await self._fetch(work.method, work.url, headers, min(work.timeout_seconds, budget), data)
-        if response.status_code not in work.accepted_statuses:
-            return RunResult("failed", response.result(), f"HTTP {response.status_code} from {work.url}")
-        if work.poll is None:
-            return RunResult("succeeded", response.result())
-        return await self._poll(work, work.poll, response, at)
+        url = cancel.url.replace("{job_id}", ident)
+        try:
+            response = await self._fetch(cancel.method, url, headers, cancel.timeout_seconds, data)
+        except Exception as exc:  # the execution is over either way; the engine may time the job out
+            log.warning("%s: cancel request to %s failed: %s", at.execution_id, url, exc)
+            return
+        if response.status_code >= 400:
+            log.warning("%s: cancel request to %s answered HTTP %d", at.execution_id, url, response.status_code)
 
-    async def _poll(self, work: HttpWork, poll: HttpPoll, started: Fetched, at: Attempt) -> RunResult:
-        """Drive an external engine: the start response names a job; poll it to an end state."""
-        job_id = _pointer(started.json(), poll.job_id_pointer)
+    async def _poll(self, work: HttpWork, poll: HttpPoll, job_id: Any, report_url: Any, at: Attempt) -> RunResult:
+        """Drive an external engine: the start response named a job; poll it to an end state."""
         url = poll.status_url.replace("{job_id}", str(job_id))
+        kept = {"job_id": job_id} if report_url is None else {"job_id": job_id, "report_url": report_url}
         while True:
             await asyncio.sleep(poll.interval_seconds)
             # The same fenced client: the status URL is checked like the start URL.
@@ -211,15 +289,14 @@ class Runners:
             response = await self._fetch("GET", url, headers, work.timeout_seconds)
             if response.status_code >= 400:
                 continue  # a transient error of the engine; the deadline bounds the wait
-            state = _pointer(response.json(), poll.status_pointer)
+            status = response.json()
+            state = _pointer(status, poll.status_pointer)
+            if report_url is None and (found := _report_url(status, poll)) is not None:
+                kept = {**kept, "report_url": found}
             if state in poll.success_values:
-                return RunResult("succeeded", {"job_id": job_id, "state": state, **response.result()})
+                return RunResult("succeeded", {**kept, "state": state, **response.result()})
             if state in poll.failure_values:
-                return RunResult(
-                    "failed",
-                    {"job_id": job_id, "state": state, **response.result()},
-                    f"job ended {state}",
-                )
+                return RunResult("failed", {**kept, "state": state, **response.result()}, f"job ended {state}")
 
     async def _kafka(self, work: KafkaWork, at: Attempt) -> RunResult:
         # Authoritative: dispatches reach executors whether or not their task went through

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -110,6 +111,44 @@ class Settings(BaseSettings):
     saying so. Only for a migration: re-submit those tasks, then turn it off."""
 
     log_level: str = "info"
+    """Level of this process's logs; ``debug`` also lets the Kafka, Faust and HTTP client
+    libraries log below WARNING (they log every request or fetch otherwise)."""
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """``json``: one JSON object a line (for log collectors); ``text``: plain lines; ``auto``:
+    text on a terminal, JSON otherwise."""
+
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the Prometheus endpoint of a worker, executor or projector process (``/metrics``
+    over HTTP). Unset (the default): none, so several processes on one host do not collide;
+    set it in deployments that are scraped. The API serves its own at ``SCHED_METRICS_PATH``."""
+    metrics_host: str = "0.0.0.0"  # nosec B104  # a scrape target must be reachable by Prometheus
+    """Interface the metrics endpoint listens on."""
+    lag_interval_seconds: float = Field(default=15.0, gt=0)
+    """How often a process measures its consumer groups' lag (end offsets minus committed)."""
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How every Kafka client (worker, executor, projector, API, CLI) talks to the brokers."""
+    kafka_ssl_cafile: Path | None = None
+    """PEM file of the CA that signed the brokers' certificates (unset: the system's CAs)."""
+    kafka_ssl_certfile: Path | None = None
+    """PEM client certificate, for brokers that require mutual TLS."""
+    kafka_ssl_keyfile: Path | None = None
+    """PEM key of ``kafka_ssl_certfile``."""
+    kafka_ssl_check_hostname: bool = True
+    """Check that a broker's certificate names the host connected to."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    """SASL mechanism, with ``SASL_PLAINTEXT`` or ``SASL_SSL``."""
+    kafka_sasl_username: str | None = None
+    """SASL user name."""
+    kafka_sasl_password: SecretStr | None = None
+    """SASL password."""
+
+    mongo_tls: bool = False
+    """Connect to MongoDB over TLS (as ``tls=true`` in the URL would)."""
+    mongo_tls_ca_file: Path | None = None
+    """PEM file of the CA of the MongoDB servers (unset: the system's CAs)."""
+    mongo_tls_certificate_key_file: Path | None = None
+    """PEM file with a client certificate and its key, for servers that require mutual TLS."""
 
     @field_validator("kafka_work_topics")
     @classmethod

@@ -21,6 +21,7 @@ from api.queries import public_task_id
 from schemas.envelope import decode_envelope
 from schemas.errors import DecodeError
 from schemas.secrets import mask_clear, redact
+from streams.connections import kafka_options
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=ERROR_RESPONSES)
 
@@ -55,7 +56,7 @@ async def _start_consumer(state: ApiState) -> AIOKafkaConsumer:
     settings = state.settings
     consumer = AIOKafkaConsumer(
         settings.events_topic,
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_options(settings),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="latest",

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import TopicPartition
+import orjson
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from schemas.envelope import encode, event_envelope
 from schemas.events import ExecutionDispatched
 from schemas.secrets import new_key, seal_definition, seal_params
 from schemas.specs import Priority, TaskDefinition
+from streams import metrics
 from streams.executor import (
     METADATA_LIMIT,
     Executor,
@@ -21,6 +27,7 @@ from streams.executor import (
     decode_in_flight,
     encode_in_flight,
 )
+from streams.logs import configure as configure_logs
 from streams.runners import RunResult
 from streams.settings import Settings
 
@@ -146,3 +153,50 @@ async def test_the_executor_runs_work_with_secrets_opened_and_reports_none_of_th
     result = await executor._run(_dispatched(plain, {}), runners, 10.0)  # type: ignore[arg-type]
     assert result.status == "failed" and "sent in clear" in str(result.error)
     assert len(runners.seen) == 1
+
+
+class _Batcher:
+    """A fake of the report batcher: keeps each report with its correlation id."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[Any, str | None]] = []
+
+    async def add(self, command: Any, correlation_id: str | None = None) -> asyncio.Future[None]:
+        self.reports.append((command, correlation_id))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class _LoggingRunners:
+    async def run(self, work: Any, attempt: Any, budget: float) -> RunResult:
+        logging.getLogger("streams.runners").warning("target slow")
+        return RunResult("succeeded", {"ok": True})
+
+
+async def test_reports_and_logs_of_an_attempt_carry_its_ids_and_correlation() -> None:
+    executor = Executor(Settings(executor_started_report_after_seconds=5))
+    batcher = _Batcher()
+    executor._batcher = batcher  # type: ignore[assignment]
+    definition = TaskDefinition.model_validate({"name": "t", "work": {"kind": "handler", "name": "noop"}})
+    event = _dispatched(definition, {})
+    value = encode(event_envelope(event, source="tests", correlation_id="req-7"))
+    record = ConsumerRecord("dispatch.normal", 0, 0, 0, 0, b"acme/t1", value, None, len(value), len(value), [])
+    out = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    succeeded = metrics.OUTCOMES.labels(status="succeeded")._value.get()
+    try:
+        configure_logs(Settings(log_format="json"), out)
+        # As the dispatch loop does: each attempt in its own task (so its bound ids stay there).
+        await asyncio.create_task(executor._execute_record(record, None, _LoggingRunners()))  # type: ignore[arg-type]
+    finally:
+        root.handlers, root.level = handlers, level
+    ((outcome, correlation),) = batcher.reports
+    assert outcome.status == "succeeded" and correlation == "req-7"
+    logged = orjson.loads(out.getvalue().splitlines()[-1])
+    assert (logged["event"], logged["task_id"], logged["execution_id"], logged["correlation_id"]) == (
+        "target slow", "acme/t1", "x", "req-7",
+    )  # fmt: skip
+    assert metrics.OUTCOMES.labels(status="succeeded")._value.get() == succeeded + 1
+    assert metrics.IN_FLIGHT._value.get() == 0

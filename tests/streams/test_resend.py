@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
 import time
 
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.admin import ensure_topics
@@ -31,3 +35,13 @@ async def test_reads_the_ids_written_since_the_cutoff_on_the_given_partitions(in
     assert {i for i in ids if i} == {f"e{n}" for n in range(50) if n % 3 in (0, 1)}
     assert await published_event_ids(infra.bootstrap, topic, [3], now_ms - 60_000) == set()
     assert await published_event_ids(infra.bootstrap, topic, [], now_ms) == set()
+
+
+async def test_nothing_to_read_creates_no_consumer(caplog: pytest.LogCaptureFixture) -> None:
+    # A worker that owns no recently touched task (every fresh start) asked this and left an
+    # unstopped consumer behind, logged as an error by asyncio ("Unclosed AIOKafkaConsumer").
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        assert await published_event_ids("127.0.0.1:1", "t", [], 0) == set()
+        gc.collect()
+        await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]

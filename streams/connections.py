@@ -1,0 +1,79 @@
+"""Connection options of every Kafka and MongoDB client, from the settings, in one place.
+
+Each process creates its clients with ``**kafka_options(settings)`` (aiokafka producer,
+consumer, admin), ``faust_options(settings)`` (the worker's Faust app) or
+``**mongo_options(settings)`` (pymongo), so TLS and SASL are configured once for all of them.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import faust
+from aiokafka.helpers import create_ssl_context
+
+from streams.settings import Settings
+
+
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of Kafka connections, or None when the protocol does not use TLS."""
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context: ssl.SSLContext = create_ssl_context(
+        cafile=settings.kafka_ssl_cafile,
+        certfile=settings.kafka_ssl_certfile,
+        keyfile=settings.kafka_ssl_keyfile,
+    )
+    context.check_hostname = settings.kafka_ssl_check_hostname
+    return context
+
+
+def kafka_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of ``AIOKafkaProducer``/``AIOKafkaConsumer``/``AIOKafkaAdminClient``:
+    the bootstrap servers, the security protocol, TLS context and SASL credentials."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    context = kafka_ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        password = settings.kafka_sasl_password
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=None if password is None else password.get_secret_value(),
+        )
+    return options
+
+
+def faust_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of ``faust.App`` for the brokers: URL and credentials (TLS, SASL)."""
+    options: dict[str, Any] = {"broker": f"kafka://{settings.kafka_bootstrap}"}
+    context = kafka_ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        password = settings.kafka_sasl_password
+        options["broker_credentials"] = faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=None if password is None else password.get_secret_value(),
+            ssl_context=context,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    elif context is not None:
+        options["broker_credentials"] = faust.SSLCredentials(context)
+    return options
+
+
+def mongo_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of ``AsyncMongoClient``/``MongoClient`` for TLS (none when it is off;
+    a ``tls=true`` in the URL still works)."""
+    if not settings.mongo_tls:
+        return {}
+    options: dict[str, Any] = {"tls": True}
+    if settings.mongo_tls_ca_file is not None:
+        options["tlsCAFile"] = str(settings.mongo_tls_ca_file)
+    if settings.mongo_tls_certificate_key_file is not None:
+        options["tlsCertificateKeyFile"] = str(settings.mongo_tls_certificate_key_file)
+    return options
