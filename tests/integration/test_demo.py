@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -15,22 +14,27 @@ import pytest
 
 from streams.demo import DEV_SECRET
 from tests.conftest import Infra
+from tests.integration.harness import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_demo_prints_outcomes_of_the_sample_schedule(infra: Infra, tmp_path: Path) -> None:
+def _demo_env(infra: Infra, tmp_path: Path) -> tuple[dict[str, str], int]:
+    """The demo's environment on the test stack, with an API port of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCHED_")}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env.update(
         SCHED_KAFKA_BOOTSTRAP=infra.bootstrap,
         SCHED_MONGO_URL=infra.mongo_url,
         SCHED_DATA_DIR=str(tmp_path),
         SCHED_API_PORT=str(port),
     )
+    return env, port
+
+
+def test_demo_prints_outcomes_of_the_sample_schedule(infra: Infra, tmp_path: Path) -> None:
+    env, port = _demo_env(infra, tmp_path)
     prefix = f"demo{uuid.uuid4().hex[:8]}."
     out = subprocess.run(
         [sys.executable, "-m", "streams.demo", "--seconds", "16", "--prefix", prefix],
@@ -51,16 +55,7 @@ def test_demo_prints_outcomes_of_the_sample_schedule(infra: Infra, tmp_path: Pat
 
 def test_demo_counts_what_it_printed_when_a_process_dies(infra: Infra, tmp_path: Path) -> None:
     """The last line counts the outcomes printed, however the demo ends (it said 0 after 12)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHED_")}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env.update(
-        SCHED_KAFKA_BOOTSTRAP=infra.bootstrap,
-        SCHED_MONGO_URL=infra.mongo_url,
-        SCHED_DATA_DIR=str(tmp_path),
-        SCHED_API_PORT=str(port),
-    )
+    env, _ = _demo_env(infra, tmp_path)
     prefix = f"demo{uuid.uuid4().hex[:8]}."
     proc = subprocess.Popen(
         [sys.executable, "-m", "streams.demo", "--seconds", "60", "--prefix", prefix],
