@@ -115,6 +115,10 @@ async def _view(http: httpx.AsyncClient, task_id: str, attempts: int = 3) -> dic
     return None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _check_alive(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     for name, proc in procs.items():
         if proc.poll() is not None:
@@ -207,6 +211,10 @@ def main(seconds: float | None, prefix: str) -> None:
     port = os.environ.setdefault("SCHED_API_PORT", "8000")
     api = f"http://127.0.0.1:{port}"
 
+    # Stopped by SIGTERM or SIGHUP (a closed terminal, `timeout`, a service manager) as by
+    # Ctrl-C: the processes it started run in sessions of their own and would outlive it.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, _interrupt)
     procs = {
         "worker": _start("worker", "worker", "--worker-id", "demo-worker"),
         "projector": _start("projector", "projector"),

@@ -84,3 +84,31 @@ def test_demo_counts_what_it_printed_when_a_process_dies(infra: Infra, tmp_path:
     printed = sum(" succeeded: slot " in line for line in lines)
     assert printed >= 2, output
     assert any(f"stopped after {printed} outcomes;" in line for line in lines), output
+
+
+def test_demo_stopped_by_sigterm_stops_what_it_started(infra: Infra, tmp_path: Path) -> None:
+    """`timeout make run` or a closed terminal must not leave the worker, projector and API running."""
+    env, _ = _demo_env(infra, tmp_path)
+    prefix = f"demo{uuid.uuid4().hex[:8]}."
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.demo", "--seconds", "60", "--prefix", prefix],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    started: list[int] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if " started (pid " in line:
+                started.append(int(line.split("(pid ")[1].split(",")[0]))
+            if " succeeded: slot " in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(started) == 3, started
+    assert "stopped after" in rest, rest
+    for pid in started:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
