@@ -64,6 +64,9 @@ RESEND_CLOCK_MARGIN = 5.0
 WAKE_NAMESPACE = uuid.UUID("3b0f8a2e-6c1d-5e47-9a13-5d7c2b9e4f61")
 """Namespace of the ids of the ``Wake`` commands a tick applies (derived from tick and task)."""
 
+COVERED_POLL_SECONDS = 0.003
+"""How often the firing loop looks for tasks falling due while ticks are on their way."""
+
 TICK_KEY = b"tick"
 BATCH_KEY = b"batch"
 """Keys of the control messages; they address a partition, not a task."""
@@ -355,11 +358,14 @@ class TaskProcessor:
             await self._sleep(tick)
 
     async def _sleep(self, longest: float) -> None:
-        """Until the next wakeup of a partition free to tick, a tick is applied, or ``longest``."""
+        """Until the next wakeup of a partition free to tick, a tick is applied, or ``longest``;
+        every few milliseconds while ticks are on their way (tasks may fall due behind them)."""
         delay = longest
         nxt = self.firing.next_time()
         if nxt is not None:
             delay = min(delay, max((nxt - _now()).total_seconds(), 0.0))
+        if self.firing.covered():
+            delay = min(delay, COVERED_POLL_SECONDS)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._fire_now.wait(), delay)
 

@@ -70,6 +70,28 @@ class DueIndex:
             due.append((task_id, when))
         return due
 
+    def due_after(self, after: datetime, now: datetime, budget: int = 256) -> bool:
+        """Whether a task's wakeup lies in ``(after, now]``; True too when that takes more than
+        ``budget`` entries to tell (a large backlog: the caller bounds what follows).
+
+        Walks only the heap entries at or before ``now`` (the due ones): below an entry later
+        than ``now`` every entry is later still.
+        """
+        heap, when_of = self._heap, self._when
+        stack = [0] if heap else []
+        while stack:
+            budget -= 1
+            if budget < 0:
+                return True
+            i = stack.pop()
+            when, task_id = heap[i]
+            if when > now:
+                continue
+            if after < when and when_of.get(task_id) == when:
+                return True
+            stack.extend(c for c in (2 * i + 1, 2 * i + 2) if c < len(heap))
+        return False
+
     def _drop_stale(self) -> None:
         while self._heap and self._when.get(self._heap[0][1]) != self._heap[0][0]:
             heapq.heappop(self._heap)

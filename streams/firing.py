@@ -2,8 +2,11 @@
 
 The worker keeps, for the partitions it owns, each task's next wakeup (one due-index per
 partition) and where the task lives (tenant and partition). The firing loop sends at most
-one :class:`~schemas.control.Tick` to a partition with anything due, and none while one is
-on its way (applied, it is marked done; lost, it is sent again after ``resend_seconds``).
+one :class:`~schemas.control.Tick` to a partition with anything due. While ticks are on
+their way, another leaves only for tasks that fell due after the newest one's time, at most
+:data:`MAX_IN_FLIGHT` per partition (a tick applied clears the ticks it covers; a lost one is
+sent again after ``resend_seconds``). Waiting for the tick on its way instead cost a task
+falling due meanwhile one more round trip through Kafka and Faust.
 The agent, applying a tick, takes the partition's due tasks and wakes each of them in one
 go. A tick lost or repeated changes nothing: the next one covers everything due, and a stale
 one finds nothing due.
@@ -18,6 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from streams.due_index import DueIndex
+
+MAX_IN_FLIGHT = 3
+"""Most ticks on their way to one partition: bounds the messages when the partition lags."""
 
 
 @dataclass
@@ -39,8 +45,9 @@ class Firing:
         """Task -> (tenant, partition), for the tasks that have a wakeup. The tuples are shared
         (one per tenant and partition), so a million tasks cost a million dict slots, no more."""
         self._homes: dict[tuple[str, int], tuple[str, int]] = {}
-        self._in_flight: dict[int, float] = {}
-        """Partition -> when (monotonic seconds) its last tick was sent, until one is applied."""
+        self._in_flight: dict[int, list[tuple[float, datetime]]] = {}
+        """Partition -> (when sent, monotonic seconds; the tick's time) of its ticks on their way,
+        oldest first."""
 
     def __len__(self) -> int:
         return len(self._home)
@@ -78,26 +85,35 @@ class Firing:
             when = index.next_time()
             if when is None or when > now:
                 continue
-            sent = self._in_flight.get(partition)
-            if sent is not None:
-                if clock - sent < self.resend_seconds:
-                    continue
+            flights = self._in_flight.setdefault(partition, [])
+            if flights and clock - flights[0][0] >= self.resend_seconds:
+                # The oldest is taken for lost (or the partition is that far behind): start over.
                 self.stats.ticks_resent += 1
-            self._in_flight[partition] = clock
+                flights.clear()
+            if flights and (len(flights) >= MAX_IN_FLIGHT or not index.due_after(flights[-1][1], now)):
+                continue  # what is due is covered by a tick on its way
+            flights.append((clock, now))
             chosen.append(partition)
         self.stats.ticks_sent += len(chosen)
         return chosen
 
     def next_time(self) -> datetime | None:
         """The earliest wakeup of a partition that has no tick on its way."""
-        return _earliest(index for p, index in self.partitions.items() if p not in self._in_flight)
+        return _earliest(index for p, index in self.partitions.items() if not self._in_flight.get(p))
+
+    def covered(self) -> bool:
+        """Whether some partition has ticks on their way (tasks may fall due behind them)."""
+        return any(self._in_flight.values())
 
     def take_due(self, partition: int, at: datetime, limit: int = 10_000) -> list[tuple[str, str]]:
         """Apply a tick: the tasks of ``partition`` due at or before ``at`` (task id, tenant), earliest first.
 
         They leave the index; the agent puts each back with its new wakeup once woken.
         """
-        self._in_flight.pop(partition, None)
+        flights = self._in_flight.get(partition)
+        if flights:
+            # This tick, and any sent before it, are applied now (they cover no later time).
+            flights[:] = [f for f in flights if f[1] > at]
         self.stats.ticks_applied += 1
         index = self.partitions.get(partition)
         if index is None:

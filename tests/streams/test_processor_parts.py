@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas.commands import CreateTask, ReportExecutionOutcome
 from schemas.control import CommandBatch, Tick
@@ -19,7 +21,8 @@ from schemas.events import Event, ExecutionDispatched
 from schemas.specs import HandlerWork, IntervalSchedule, TaskDefinition
 from streams.app import TaskProcessor, _Source
 from streams.batcher import ReportBatcher
-from streams.firing import Firing
+from streams.due_index import DueIndex
+from streams.firing import MAX_IN_FLIGHT, Firing
 from streams.publisher import Publisher
 from streams.settings import Settings
 from streams.store import DataDirInUse, StateStore, claim_data_dir, partition_for
@@ -41,7 +44,7 @@ def task_in(partition: int, n: int = 0) -> str:
 # -- firing -------------------------------------------------------------------------------------
 
 
-def test_one_tick_per_due_partition_and_none_while_it_is_on_its_way() -> None:
+def test_one_tick_per_due_partition_and_none_for_what_a_tick_on_its_way_covers() -> None:
     firing = Firing(resend_seconds=5)
     firing.track("a", "acme", 0, at(1))
     firing.track("b", "acme", 0, at(2))
@@ -54,6 +57,39 @@ def test_one_tick_per_due_partition_and_none_while_it_is_on_its_way() -> None:
     assert firing.take_due(0, at(5)) == [("a", "acme"), ("b", "acme")]
     assert firing.take_due(0, at(5)) == []  # a repeated tick finds nothing
     assert firing.stats.ticks_sent == 2 and firing.stats.wakes_applied == 2
+
+
+def test_a_task_falling_due_behind_a_tick_on_its_way_gets_one_of_its_own() -> None:
+    firing = Firing(resend_seconds=5)
+    firing.track("a", "acme", 0, at(1))
+    firing.track("b", "acme", 0, at(3))
+    assert firing.to_tick(at(2), clock=0) == [0]  # covers a
+    assert firing.to_tick(at(2.5), clock=0.01) == []  # nothing new due
+    assert firing.to_tick(at(3), clock=0.02) == [0]  # b fell due after the first tick's time
+    assert firing.covered()
+    # Applying the second tick covers the first too.
+    assert firing.take_due(0, at(3)) == [("a", "acme"), ("b", "acme")]
+    assert not firing.covered()
+
+
+def test_ticks_on_their_way_to_a_lagging_partition_are_bounded() -> None:
+    firing = Firing(resend_seconds=5)
+    for n in range(100):
+        firing.track(f"t{n}", "acme", 0, at(n))
+    sent = [firing.to_tick(at(n), clock=n / 1000) for n in range(100)]
+    assert sum(len(s) for s in sent) == MAX_IN_FLIGHT
+
+
+@given(st.lists(st.integers(0, 50), max_size=40), st.integers(0, 50), st.integers(0, 50))
+def test_due_after_agrees_with_a_scan(wakeups: list[int], after: int, now: int) -> None:
+    index = DueIndex()
+    for n, w in enumerate(wakeups):
+        index.set(f"t{n}", at(w))
+    for n in range(0, len(wakeups), 3):
+        index.set(f"t{n}", at(wakeups[n] + 7))  # moved: leaves a stale heap entry behind
+    live = [index.get(f"t{n}") for n in range(len(wakeups))]
+    expected = any(w is not None and at(after) < w <= at(now) for w in live)
+    assert index.due_after(at(after), at(now), budget=10_000) == expected
 
 
 def test_a_lost_tick_is_sent_again_after_the_resend_time() -> None:
