@@ -106,6 +106,16 @@ def capped(result: RunResult) -> RunResult:
     return RunResult(result.status, value, error)
 
 
+def _request_body(body: Any, headers: dict[str, str]) -> bytes | str | None:
+    """The bytes of a request body: text as given, anything else as JSON (then the content
+    type is JSON unless ``headers`` name one)."""
+    if body is None or isinstance(body, str | bytes):
+        return body
+    if not any(name.lower() == "content-type" for name in headers):
+        headers["Content-Type"] = "application/json"
+    return orjson.dumps(body)
+
+
 def _pointer(doc: Any, pointer: str) -> Any:
     """Resolve a JSON pointer (RFC 6901) in ``doc``; KeyError naming the missing part."""
     if pointer in ("", "/"):
@@ -230,15 +240,8 @@ class Runners:
     async def _http(self, work: HttpWork, at: Attempt, budget: float, deadline: asyncio.Timeout) -> RunResult:
         job_id: Any = None
         try:
-            body = work.body
             headers = self._headers(work.headers, at)
-            data: bytes | str | None = None
-            if isinstance(body, str | bytes):
-                data = body
-            elif body is not None:
-                data = orjson.dumps(body)
-                if not any(name.lower() == "content-type" for name in headers):
-                    headers["Content-Type"] = "application/json"
+            data = _request_body(work.body, headers)
             response = await self._fetch(work.method, work.url, headers, min(work.timeout_seconds, budget), data)
             if response.status_code not in work.accepted_statuses:
                 return RunResult("failed", response.result(), f"HTTP {response.status_code} from {work.url}")
@@ -260,15 +263,8 @@ class Runners:
             log.warning("%s: not cancelled at the target: no job id known yet", at.execution_id)
             return
         ident = "" if job_id is None else str(job_id)
-        body = _substitute(cancel.body, ident)
         headers = self._headers({**work.headers, **cancel.headers}, at)
-        data: bytes | str | None = None
-        if isinstance(body, str | bytes):
-            data = body
-        elif body is not None:
-            data = orjson.dumps(body)
-            if not any(name.lower() == "content-type" for name in headers):
-                headers["Content-Type"] = "application/json"
+        data = _request_body(_substitute(cancel.body, ident), headers)
         url = cancel.url.replace("{job_id}", ident)
         try:
             response = await self._fetch(cancel.method, url, headers, cancel.timeout_seconds, data)
