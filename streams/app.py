@@ -51,7 +51,7 @@ from streams.firing import Firing
 from streams.publisher import Publisher
 from streams.resend import published_event_ids
 from streams.settings import Settings, topic_name
-from streams.store import IndexEntry, StateStore, Stored, claim_data_dir, partition_for
+from streams.store import StateStore, Stored, claim_data_dir, partition_for
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,6 @@ COVERED_POLL_SECONDS = 0.003
 TICK_KEY = b"tick"
 BATCH_KEY = b"batch"
 """Keys of the control messages; they address a partition, not a task."""
-
-__all__ = ["IndexEntry", "ProcessorStats", "Stored", "TaskProcessor"]
 
 
 def _now() -> datetime:
