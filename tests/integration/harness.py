@@ -11,7 +11,8 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from schemas.commands import Command, CreateTask
 from schemas.envelope import command_envelope, decode_event, encode
 from schemas.events import Event
-from schemas.specs import CatchUpMode, CatchUpPolicy, HttpWork, IntervalSchedule, OverlapPolicy, TaskDefinition
+from schemas.specs import (
+    CatchUpMode,
+    CatchUpPolicy,
+    HandlerWork,
+    HttpWork,
+    IntervalSchedule,
+    OverlapPolicy,
+    TaskDefinition,
+)
 from streams.admin import ensure_topics
 from streams.settings import Settings
 
@@ -282,3 +291,38 @@ async def create_every_second_tasks(
             CreateTask(command_id=new_id(), task_id=task_id, tenant="acme", actor="t", at=now(), definition=definition)
         )
     return ids
+
+
+STARTUP = 60.0
+"""Seconds a cold worker may take to join its group and create its changelog (~5-15 s)."""
+
+
+@contextmanager
+def running_worker(env: dict[str, str], tmp: Path, worker_id: str) -> Iterator[WorkerProc]:
+    """A worker process for the tests of a module; the tail of its log is printed at the end."""
+    proc = WorkerProc(env, tmp / "worker.log", worker_id).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(proc.tail())
+
+
+async def ready_bus(bootstrap: str, prefix: str, *, wait: bool = True) -> Bus:
+    """A bus on ``prefix``, once a worker there applies commands (``wait``): a probe task is
+    created and its ``TaskCreated`` awaited, so tests measure scheduling, not start-up."""
+    bus = await Bus(bootstrap, prefix).start()
+    if wait:
+        probe = f"probe-{new_id()}"
+        definition = TaskDefinition(name="probe", work=HandlerWork(name="noop"))
+        try:
+            await bus.send(
+                CreateTask(
+                    command_id=new_id(), task_id=probe, tenant="acme", actor="tests", at=now(), definition=definition
+                )
+            )
+            await bus.wait_for(lambda: bool(bus.events(probe, "TaskCreated")), STARTUP, "the worker to start")
+        except BaseException:
+            await bus.stop()
+            raise
+    return bus

@@ -28,11 +28,18 @@ from schemas.specs import (
     TaskDefinition,
 )
 from tests.conftest import Infra
-from tests.integration.harness import Bus, HttpTarget, WorkerProc, new_id, now, worker_env
+from tests.integration.harness import (
+    Bus,
+    HttpTarget,
+    WorkerProc,
+    new_id,
+    now,
+    ready_bus,
+    running_worker,
+    worker_env,
+)
 
 pytestmark = pytest.mark.slow
-
-STARTUP = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +50,13 @@ def prefix() -> str:
 @pytest.fixture(scope="module")
 def worker(infra: Infra, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
     tmp: Path = tmp_path_factory.mktemp("worker")
-    proc = WorkerProc(worker_env(infra.bootstrap, infra.mongo_url, prefix, tmp / "data"), tmp / "w.log", "cancel-w1")
-    proc.start()
-    try:
+    with running_worker(worker_env(infra.bootstrap, infra.mongo_url, prefix, tmp / "data"), tmp, "cancel-w1") as proc:
         yield proc
-    finally:
-        proc.stop()
-        print(proc.tail())
 
 
 @pytest.fixture
 async def bus(infra: Infra, prefix: str, worker: WorkerProc) -> AsyncIterator[Bus]:
-    b = await Bus(infra.bootstrap, prefix).start()
-    probe = f"probe-{new_id()}"
-    await b.send(_create(probe, TaskDefinition(name="probe", work=HandlerWork(name="noop"))))
-    await b.wait_for(lambda: bool(b.events(probe, "TaskCreated")), STARTUP, "the worker to start")
+    b = await ready_bus(infra.bootstrap, prefix)
     try:
         yield b
     finally:

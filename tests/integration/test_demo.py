@@ -53,14 +53,24 @@ def test_demo_prints_outcomes_of_the_sample_schedule(infra: Infra, tmp_path: Pat
     assert claims["tenant"] == "demo" and claims["roles"] == ["admin"]
 
 
-def test_demo_counts_what_it_printed_when_a_process_dies(infra: Infra, tmp_path: Path) -> None:
-    """The last line counts the outcomes printed, however the demo ends (it said 0 after 12)."""
+def _popen_demo(infra: Infra, tmp_path: Path) -> subprocess.Popen[str]:
+    """The demo for a minute, its output (stdout and stderr) to read line by line."""
     env, _ = _demo_env(infra, tmp_path)
     prefix = f"demo{uuid.uuid4().hex[:8]}."
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "streams.demo", "--seconds", "60", "--prefix", prefix],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+
+
+def _pid(line: str) -> int:
+    """The pid in a line such as ``12:00:00 api started (pid 123, log ...)``."""
+    return int(line.split("(pid ")[1].split(",")[0])
+
+
+def test_demo_counts_what_it_printed_when_a_process_dies(infra: Infra, tmp_path: Path) -> None:
+    """The last line counts the outcomes printed, however the demo ends (it said 0 after 12)."""
+    proc = _popen_demo(infra, tmp_path)
     lines: list[str] = []
     api_pid = None
     try:
@@ -68,7 +78,7 @@ def test_demo_counts_what_it_printed_when_a_process_dies(infra: Infra, tmp_path:
         for line in proc.stdout:
             lines.append(line)
             if " api started (pid " in line:
-                api_pid = int(line.split("(pid ")[1].split(",")[0])
+                api_pid = _pid(line)
             if sum(" succeeded: slot " in seen for seen in lines) == 2:
                 assert api_pid is not None
                 os.killpg(api_pid, signal.SIGKILL)
@@ -88,18 +98,13 @@ def test_demo_counts_what_it_printed_when_a_process_dies(infra: Infra, tmp_path:
 
 def test_demo_stopped_by_sigterm_stops_what_it_started(infra: Infra, tmp_path: Path) -> None:
     """`timeout make run` or a closed terminal must not leave the worker, projector and API running."""
-    env, _ = _demo_env(infra, tmp_path)
-    prefix = f"demo{uuid.uuid4().hex[:8]}."
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.demo", "--seconds", "60", "--prefix", prefix],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    proc = _popen_demo(infra, tmp_path)
     started: list[int] = []
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             if " started (pid " in line:
-                started.append(int(line.split("(pid ")[1].split(",")[0]))
+                started.append(_pid(line))
             if " succeeded: slot " in line:
                 proc.send_signal(signal.SIGTERM)
                 break

@@ -25,11 +25,19 @@ from schemas.specs import (
     TaskDefinition,
 )
 from tests.conftest import Infra
-from tests.integration.harness import Bus, HttpTarget, WorkerProc, new_id, now, worker_env
+from tests.integration.harness import (
+    STARTUP,
+    Bus,
+    HttpTarget,
+    WorkerProc,
+    new_id,
+    now,
+    ready_bus,
+    running_worker,
+    worker_env,
+)
 
 pytestmark = pytest.mark.slow
-
-STARTUP = 60.0  # a cold Faust worker joins its group and creates its changelog in ~5-15 s
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +48,8 @@ def prefix() -> str:
 @pytest.fixture(scope="module")
 def worker(infra: Infra, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
     tmp: Path = tmp_path_factory.mktemp("worker")
-    proc = WorkerProc(worker_env(infra.bootstrap, infra.mongo_url, prefix, tmp / "data"), tmp / "worker.log", "w1")
-    proc.start()
-    try:
+    with running_worker(worker_env(infra.bootstrap, infra.mongo_url, prefix, tmp / "data"), tmp, "w1") as proc:
         yield proc
-    finally:
-        proc.stop()
-        print(proc.tail())
 
 
 _warm: set[str] = set()
@@ -54,14 +57,9 @@ _warm: set[str] = set()
 
 @pytest.fixture
 async def bus(infra: Infra, prefix: str, worker: WorkerProc) -> AsyncIterator[Bus]:
-    b = await Bus(infra.bootstrap, prefix).start()
-    if prefix not in _warm:
-        # Wait until the worker has joined its group and applies commands, so the tests
-        # below measure scheduling, not the worker's start-up.
-        probe = f"probe-{new_id()}"
-        await b.send(_create(probe, TaskDefinition(name="probe", schedule=None, work=HandlerWork(name="noop"))))
-        await b.wait_for(lambda: bool(b.events(probe, "TaskCreated")), STARTUP, "the worker to start")
-        _warm.add(prefix)
+    # Wait for the worker once per module: later tests measure scheduling, not start-up.
+    b = await ready_bus(infra.bootstrap, prefix, wait=prefix not in _warm)
+    _warm.add(prefix)
     try:
         yield b
     finally:

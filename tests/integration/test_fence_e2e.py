@@ -12,13 +12,20 @@ from pathlib import Path
 import pytest
 
 from schemas.commands import CreateTask, TriggerTask
-from schemas.specs import HandlerWork, HttpWork, TaskDefinition
+from schemas.specs import HttpWork, TaskDefinition
 from tests.conftest import Infra
-from tests.integration.harness import Bus, HttpTarget, WorkerProc, new_id, now, worker_env
+from tests.integration.harness import (
+    Bus,
+    HttpTarget,
+    WorkerProc,
+    new_id,
+    now,
+    ready_bus,
+    running_worker,
+    worker_env,
+)
 
 pytestmark = pytest.mark.slow
-
-STARTUP = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +38,13 @@ def worker(infra: Infra, prefix: str, tmp_path_factory: pytest.TempPathFactory) 
     tmp: Path = tmp_path_factory.mktemp("worker")
     # The deployment default: no internal network allowed.
     env = worker_env(infra.bootstrap, infra.mongo_url, prefix, tmp / "data", SCHED_HTTP_ALLOW_NETWORKS="[]")
-    proc = WorkerProc(env, tmp / "worker.log", "fence-w1")
-    proc.start()
-    try:
+    with running_worker(env, tmp, "fence-w1") as proc:
         yield proc
-    finally:
-        proc.stop()
-        print(proc.tail())
 
 
 @pytest.fixture
 async def bus(infra: Infra, prefix: str, worker: WorkerProc) -> AsyncIterator[Bus]:
-    b = await Bus(infra.bootstrap, prefix).start()
-    probe = f"probe-{new_id()}"
-    await b.send(_create(probe, TaskDefinition(name="probe", work=HandlerWork(name="noop"))))
-    await b.wait_for(lambda: bool(b.events(probe, "TaskCreated")), STARTUP, "the worker to start")
+    b = await ready_bus(infra.bootstrap, prefix)
     try:
         yield b
     finally:
