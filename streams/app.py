@@ -211,14 +211,19 @@ class TaskProcessor:
     ) -> None:
         """Load, decide, save, publish: one command (or the rejection of an invalid one); its
         events carry the command's ``correlation`` id."""
-        self.stats.commands += 1
-        task_id = command.task_id
-        if key != task_id.encode():
+        if key != command.task_id.encode():
+            self.stats.commands += 1
             await self._dead(source, key, raw, DecodeError("message key must be the task id", field="key"))
             return
+        await self._decide(key, command, source.partition, correlation)
+
+    async def _decide(
+        self, key: bytes, command: Command | InvalidCommand, partition: int, correlation: str | None
+    ) -> None:
+        self.stats.commands += 1
         state = self.store.load(key)
         decided = rejection(command, state) if isinstance(command, InvalidCommand) else decision(command, state)
-        await self._commit(key, decided, source.partition, correlation)
+        await self._commit(key, decided, partition, correlation)
 
     async def _commit(self, key: bytes, decided: Decision, partition: int, correlation: str | None) -> None:
         if not decided.events:
@@ -237,25 +242,25 @@ class TaskProcessor:
         """Apply each command of a batch as if it had come alone, in this partition."""
         self.stats.batches += 1
         for item in batch.commands:
-            item_raw = orjson.dumps(item)
             try:
                 command: Command | InvalidCommand = decode_command_object(item)
             except InvalidCommand as exc:
                 command = exc
             except DecodeError as exc:
-                await self._dead(source, key, item_raw, exc)
+                await self._dead(source, key, orjson.dumps(item), exc)
                 continue
             item_key = command.task_id.encode()
             if partition_for(item_key, self.settings.partitions) != source.partition:
                 # Applied here, its state would land on another partition's changelog: send it
                 # on its own, keyed by task, to the partition that owns it.
                 self.stats.forwarded += 1
-                await self._send(source.topic, item_key, item_raw, None)
+                await self._send(source.topic, item_key, orjson.dumps(item), None)
                 continue
             # Each report keeps the correlation id of its own envelope, not the batch's.
             found = item.get("correlationid") if isinstance(item, dict) else None
             correlation = found if isinstance(found, str) else None
-            await self._apply_one(item_key, command, item_raw, source, correlation)
+            # Keyed by its own task id: decided as is (no key to check, no bytes to keep).
+            await self._decide(item_key, command, source.partition, correlation)
 
     async def _apply_tick(self, tick: Tick, source: _Source) -> None:
         """Wake every task of this partition that is due at or before the tick's time."""
