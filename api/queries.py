@@ -12,7 +12,7 @@ import base64
 import binascii
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -23,6 +23,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from api.errors import FieldError, Unprocessable
+from api.reports import ROW_FIELDS, TaskLabel
 from projections.folds import stats_id
 from projections.read import CollectionNames, active_collections, tenant_stats
 
@@ -310,6 +311,38 @@ class Views:
         """The tenant's summed statistics."""
         return await tenant_stats(self.db, tenant, await self.names())
 
+    # -- reports -----------------------------------------------------------------------------
+
+    async def report_rows(
+        self, tenant: str, start: datetime, end: datetime, *, task_ids: list[str] | None, batch_size: int = 1000
+    ) -> AsyncIterator[Doc]:
+        """The tenant's executions scheduled in ``[start, end)``, reduced to :data:`api.reports.ROW_FIELDS`.
+
+        ``task_ids`` (internal ids) narrows them to those tasks. Unsorted: a report needs every
+        document once, in any order, and a sort would make the server hold the range. MongoDB
+        serves the range from the ``(tenant, scheduled_for)`` index; FerretDB v1 reads the
+        collection (it pushes down only bare ``_id`` filters).
+        """
+        query: Doc = {"tenant": tenant, "scheduled_for": {"$gte": start, "$lt": end}}
+        if task_ids is not None:
+            query["task_id"] = task_ids[0] if len(task_ids) == 1 else {"$in": task_ids}
+        projection = {"_id": 0, **dict.fromkeys(ROW_FIELDS, 1)}
+        names = await self.names()
+        async for doc in self.db[names.executions].find(query, projection, batch_size=batch_size):
+            yield doc
+
+    async def task_labels(self, tenant: str) -> dict[str, TaskLabel]:
+        """Public id, name and tags of every task of the tenant the tasks view holds (deleted
+        ones too: their executions stay), by internal id."""
+        names = await self.names()
+        found = self.db[names.tasks].find({"tenant": tenant}, {"name": 1, "tags": 1, "tenant": 1})
+        return {doc["_id"]: _label(tenant, doc) async for doc in found if doc.get("tenant") == tenant}
+
+    async def task_label(self, tenant: str, public_id: str) -> TaskLabel | None:
+        """The label of one task of the tenant, or None (read by ``_id`` alone)."""
+        doc = await self.task(tenant, public_id)
+        return None if doc is None else _label(tenant, doc)
+
     # -- pagination --------------------------------------------------------------------------
 
     async def _page(
@@ -342,3 +375,13 @@ class Views:
             # No null-keyed document shown yet: the next page starts at the first of them.
             return docs, encode_cursor(kind, 1, None, taken[-1]["_id"] if taken else None)
         return docs, None
+
+
+def _label(tenant: str, doc: Doc) -> TaskLabel:
+    tags = doc.get("tags")
+    name = doc.get("name")
+    return TaskLabel(
+        public_task_id(tenant, str(doc["_id"])),
+        name if isinstance(name, str) else None,
+        tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
+    )

@@ -94,6 +94,13 @@ class ApiSettings(Settings):
     """With MongoDB unreachable, a create is still accepted (the views catch up from the log),
     without the quota and ``Idempotency-Key`` checks; False answers 503 instead."""
 
+    report_max_span_days: int = Field(default=400, ge=1, le=3660)
+    """Longest range ``[from, to)`` of a report (``GET /v1/reports``, ``GET /v1/stats``); a longer
+    one is a 422 naming ``to``."""
+    report_max_executions: int = Field(default=200_000, ge=1)
+    """Most execution documents one report reads (each costs a read and two integers of memory
+    while the report is computed); a range holding more is a 422 asking for a narrower one."""
+
     metrics_path: str = "/metrics"
     """Where Prometheus metrics are served; empty: not served at all."""
     metrics_token: SecretStr | None = None
