@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Header, Query, Response
-from pydantic import AwareDatetime
+from pydantic import AfterValidator, AwareDatetime
 
 from api.deps import State, Viewer
 from api.errors import ERROR_RESPONSES, FieldError, NotFound, Unprocessable, problem_responses
@@ -18,8 +18,19 @@ router = APIRouter(prefix="/v1", tags=["reports"], responses=ERROR_RESPONSES)
 
 CSV_MEDIA_TYPE = "text/csv"
 
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first UTC instant there is
+        raise ValueError("must be an instant between the years 1 and 9999 in UTC") from None
+
+
+UtcInstant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+"""An RFC 3339 date-time with its offset, as the UTC instant it names (BSON stores UTC)."""
+
 From = Annotated[
-    AwareDatetime,
+    UtcInstant,
     Query(
         alias="from",
         description="Start of the range (included): an RFC 3339 date-time with its offset. "
@@ -28,7 +39,7 @@ From = Annotated[
     ),
 ]
 To = Annotated[
-    AwareDatetime,
+    UtcInstant,
     Query(
         alias="to",
         description="End of the range (excluded), after `from`; at most `SCHED_REPORT_MAX_SPAN_DAYS` (400) "

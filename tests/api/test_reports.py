@@ -316,6 +316,8 @@ async def test_stats_carry_the_report_figures_of_a_range_and_of_the_last_day(rep
         ({"from": RANGE["to"], "to": RANGE["from"]}, "to"),
         ({"from": RANGE["from"], "to": RANGE["from"]}, "to"),
         ({"from": "2025-01-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "to"),  # 424 days
+        ({"from": "0001-01-01T00:00:00+01:00", "to": "0001-01-02T00:00:00Z"}, "from"),  # before year 1 in UTC
+        ({"from": "9999-12-31T00:00:00Z", "to": "9999-12-31T23:59:59-01:00"}, "to"),  # after year 9999 in UTC
         ({**RANGE, "group_by": "week"}, "group_by"),
         ({**RANGE, "timezone": "Mars/Olympus"}, "timezone"),
         ({**RANGE, "timezone": "Europe"}, "timezone"),  # a directory of the zone database
@@ -333,9 +335,33 @@ async def test_bad_report_parameters_are_422s_naming_the_parameter(
     assert field in [e["field"] for e in r.json()["errors"]]
 
 
-async def test_stats_refuse_a_bad_window(reports: httpx.AsyncClient) -> None:
-    r = await reports.get("/v1/stats", params={"from": RANGE["to"], "to": RANGE["from"]}, headers=auth(TENANT))
-    assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["to"]
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"from": RANGE["to"], "to": RANGE["from"]},
+        {"to": "0001-01-01T01:00:00Z"},  # 24 hours before it is no date
+        {"to": "9999-12-31T23:59:59-01:00"},
+    ],
+)
+async def test_stats_refuse_a_bad_window(reports: httpx.AsyncClient, params: dict[str, str]) -> None:
+    r = await reports.get("/v1/stats", params=params, headers=auth(TENANT))
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["to"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"from": "0001-01-01T00:00:00Z", "to": "0001-01-02T00:00:00+23:59"},
+        {"from": "9999-12-30T00:00:00+02:00", "to": "9999-12-31T23:59:59.999999Z"},
+    ],
+)
+async def test_the_first_and_last_days_there_are_make_empty_reports(
+    reports: httpx.AsyncClient, params: dict[str, str]
+) -> None:
+    r = await reports.get("/v1/reports", params={**params, "group_by": "day"}, headers=auth(TENANT, ["viewer"]))
+    assert r.status_code == 200, r.text
+    assert r.json()["groups"] == [] and r.json()["totals"]["runs"] == 0
 
 
 async def test_an_unknown_task_is_404_and_a_report_needs_a_token(reports: httpx.AsyncClient) -> None:
