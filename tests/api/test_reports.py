@@ -8,6 +8,7 @@ from the history (percentiles by nearest rank).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from projections.projector import ensure_indexes
 from projections.read import CollectionNames
 from projections.store import apply_events
 from schemas.specs import HttpWork, IntervalSchedule, TaskDefinition
-from tests.api.conftest import AUDIENCE, ISSUER, SECRET, Running, _running, auth
+from tests.api.conftest import AUDIENCE, ISSUER, SECRET, Running, _running, auth, new_tenant
 from tests.conftest import Infra, Names
 from tests.projections.history import TaskHistory, positioned
 
@@ -126,6 +127,7 @@ async def reports(infra: Infra, names: Names, mongo_db: Db) -> AsyncIterator[htt
 
 
 async def _report(http: httpx.AsyncClient, tenant: str = TENANT, **params: str) -> dict[str, Any]:
+    """The JSON report of ``tenant`` over ``RANGE`` (unless ``params`` say another)."""
     r = await http.get("/v1/reports", params={**RANGE, **params}, headers=auth(tenant, ["viewer"]))
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
@@ -395,3 +397,44 @@ async def test_the_report_is_documented_in_openapi(reports: httpx.AsyncClient) -
     assert content["application/json"]["schema"]["$ref"].endswith("/ReportPublic")
     assert "text/csv" in content
     assert "window" in spec["components"]["schemas"]["StatsWithWindow"]["properties"]
+
+
+async def test_a_report_of_runs_made_by_the_worker_and_folded_by_the_live_projector(api: Running) -> None:
+    """The whole path: the API triggers runs, the session's worker runs them, its projector folds
+    the events, and the report shows them (with durations and lateness the worker measured)."""
+    http, tenant = api.http, new_tenant()
+    admin = auth(tenant)
+    began = datetime.now(UTC) - timedelta(seconds=5)
+    ids: dict[str, str] = {}
+    for name, work in (("ok", {"name": "sleep", "params": {"seconds": 0.2}}), ("bad", {"name": "fail"})):
+        body = {"name": name, "work": {"kind": "handler", **work}, "tags": ["e2e"]}
+        r = await http.post("/v1/tasks?wait=20", json=body, headers={**admin, "Idempotency-Key": name})
+        assert r.status_code == 200, r.text
+        ids[name] = r.json()["task_id"]
+        r = await http.post(f"/v1/tasks/{ids[name]}/trigger?wait=20", headers=admin)
+        assert r.status_code == 200, r.text
+    params = {"from": began.isoformat(), "to": (datetime.now(UTC) + timedelta(minutes=1)).isoformat()}
+
+    async def both_finished() -> dict[str, Any] | None:
+        r = await http.get("/v1/reports", params={**params, "group_by": "task"}, headers=auth(tenant, ["viewer"]))
+        assert r.status_code == 200, r.text
+        totals = r.json()["totals"]
+        return r.json() if totals["succeeded"] + totals["failed"] == 2 else None
+
+    deadline = asyncio.get_running_loop().time() + 30
+    report = await both_finished()
+    while report is None:
+        assert asyncio.get_running_loop().time() < deadline, "the two runs did not finish in 30 s"
+        await asyncio.sleep(0.2)
+        report = await both_finished()
+    groups = {g["key"]: g for g in report["groups"]}
+    ok, bad = groups[ids["ok"]], groups[ids["bad"]]
+    assert (ok["name"], ok["runs"], ok["succeeded"], ok["success_rate"]) == ("ok", 1, 1, 1.0)
+    assert ok["duration_ms"]["count"] == 1 and ok["duration_ms"]["p50"] >= 200
+    assert (bad["runs"], bad["failed"], bad["success_rate"], bad["missed"]) == (1, 1, 0.0, 0)
+    for group in (ok, bad):
+        # Lateness: from the trigger (its scheduled time) to the worker's start.
+        assert group["lateness_ms"]["count"] == 1 and 0 <= group["lateness_ms"]["p50"] < 30_000
+    by_tag = await _report(http, tenant, **params, group_by="tag")
+    [e2e] = by_tag["groups"]
+    assert (e2e["key"], e2e["runs"], e2e["success_rate"]) == ("e2e", 2, 0.5)
