@@ -10,6 +10,9 @@ so the report reads the range once (the few fields it needs, one pass, no sort) 
 exact percentiles in Python. The cost is one document read per execution in the range and two
 integers kept per execution (per group it falls in); the reader stops, and the request is
 refused, past ``SCHED_REPORT_MAX_EXECUTIONS`` documents, so the work of one request is bounded.
+MongoDB serves the range from the ``(tenant, scheduled_for)`` index; FerretDB v1 reads the whole
+collection to find it (it pushes down only ``_id`` filters): 4,000-8,000 documents a second
+measured there, against about 3 microseconds a document for the computation itself.
 
 Nothing here does I/O: :class:`ReportBuilder` folds the documents the route streams to it.
 """
