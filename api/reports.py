@@ -319,6 +319,39 @@ def _internal(tenant: str, public_id: str) -> str:
 # CSV
 # ---------------------------------------------------------------------------------------------
 
+
+def prefers_csv(accept: str | None) -> bool:
+    """Whether an ``Accept`` header ranks ``text/csv`` above JSON (RFC 9110 section 12.5.1).
+
+    Each type takes the quality of its most specific matching range (``text/csv``, ``text/*``,
+    ``*/*``); JSON wins ties, an absent header and anything unparsable.
+    """
+    if not accept:
+        return False
+    ranges: dict[str, float] = {}
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = min(1.0, max(0.0, float(value)))
+                except ValueError:
+                    quality = 0.0
+        if media:
+            ranges[media.lower()] = max(quality, ranges.get(media.lower(), 0.0))
+
+    def quality_of(kind: str, sub: str) -> float:
+        for media in (f"{kind}/{sub}", f"{kind}/*", "*/*"):
+            if media in ranges:
+                return ranges[media]
+        return 0.0
+
+    csv_q = quality_of("text", "csv")
+    return csv_q > 0 and csv_q > quality_of("application", "json")
+
+
 CSV_COLUMNS: tuple[str, ...] = (
     "key",
     "name",

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, AwareDatetime
 from api.deps import State, Viewer
 from api.errors import ERROR_RESPONSES, FieldError, NotFound, Unprocessable, problem_responses
 from api.queries import PUBLIC_ID, internal_task_id
-from api.reports import GroupBy, ReportBuilder, ReportFormat, ReportPublic, TaskLabel, report_csv
+from api.reports import GroupBy, ReportBuilder, ReportFormat, ReportPublic, TaskLabel, prefers_csv, report_csv
 
 router = APIRouter(prefix="/v1", tags=["reports"], responses=ERROR_RESPONSES)
 
@@ -158,7 +158,7 @@ async def get_report(
         state, principal.tenant, start, end, group_by=group_by, zone=zone, task_id=task_id, tag=tag
     )
     groups = builder.groups()
-    if format == "csv" or (format is None and accept is not None and CSV_MEDIA_TYPE in accept.lower()):
+    if format == "csv" or (format is None and prefers_csv(accept)):
         headers = {"Content-Disposition": 'attachment; filename="report.csv"'}
         return Response(report_csv(groups), media_type=f"{CSV_MEDIA_TYPE}; charset=utf-8", headers=headers)
     return ReportPublic(

@@ -24,7 +24,7 @@ from projections.projector import ensure_indexes
 from projections.read import CollectionNames
 from projections.store import apply_events
 from schemas.specs import HttpWork, IntervalSchedule, TaskDefinition
-from tests.api.conftest import AUDIENCE, ISSUER, SECRET, Running, _running, auth, new_tenant
+from tests.api.conftest import AUDIENCE, ISSUER, SECRET, Running, _running, auth, free_port, new_tenant
 from tests.conftest import Infra, Names
 from tests.projections.history import TaskHistory, positioned
 
@@ -438,3 +438,12 @@ async def test_a_report_of_runs_made_by_the_worker_and_folded_by_the_live_projec
     by_tag = await _report(http, tenant, **params, group_by="tag")
     [e2e] = by_tag["groups"]
     assert (e2e["key"], e2e["runs"], e2e["success_rate"]) == ("e2e", 2, 0.5)
+
+
+async def test_reports_and_stats_are_503_while_the_views_are_unreachable(infra: Infra, names: Names) -> None:
+    url = f"mongodb://127.0.0.1:{free_port()}/"
+    async for running in _running(_settings(infra, names, mongo_url=url, mongo_timeout_ms=300)):
+        for path in ("/v1/reports", "/v1/stats"):
+            r = await running.http.get(path, params=RANGE, headers=auth(TENANT, ["viewer"]))
+            assert r.status_code == 503, (path, r.text)
+            assert r.headers["content-type"] == "application/problem+json" and int(r.headers["Retry-After"]) > 0

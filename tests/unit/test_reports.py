@@ -13,7 +13,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.reports import CSV_COLUMNS, ReportBuilder, ReportGroup, TaskLabel, percentile, report_csv, safe_cell
+from api.reports import (
+    CSV_COLUMNS,
+    ReportBuilder,
+    ReportGroup,
+    TaskLabel,
+    percentile,
+    prefers_csv,
+    report_csv,
+    safe_cell,
+)
 
 T = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -114,3 +123,25 @@ def test_days_follow_the_zone_across_a_dst_change() -> None:
     for hour in (23, 24, 47):  # 23:00 and 00:00 GMT on the 28th/29th, 00:00 BST on the 30th
         b.add(_doc(scheduled_for=datetime(2026, 3, 28, tzinfo=UTC) + timedelta(hours=hour)))
     assert [(g.key, g.runs) for g in b.groups()] == [("2026-03-28", 1), ("2026-03-29", 1), ("2026-03-30", 1)]
+
+
+@pytest.mark.parametrize(
+    ("accept", "csv_wanted"),
+    [
+        (None, False),
+        ("", False),
+        ("text/csv", True),
+        ("TEXT/CSV; charset=utf-8", True),
+        ("text/*", True),
+        ("application/json", False),
+        ("*/*", False),  # a tie goes to JSON
+        ("text/csv, application/json", False),
+        ("application/json;q=0.5, text/csv", True),
+        ("text/csv;q=0.1, */*", False),
+        ("text/csv;q=0", False),
+        ("text/csv;q=nope", False),
+        (",,;;q=", False),
+    ],
+)
+def test_the_accept_header_picks_csv_only_when_it_ranks_it_above_json(accept: str | None, csv_wanted: bool) -> None:
+    assert prefers_csv(accept) is csv_wanted
