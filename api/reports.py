@@ -57,7 +57,7 @@ class Percentiles(BaseModel):
     """Percentiles of a set of durations in milliseconds, by nearest rank (each one an observed
     value); None when nothing was observed."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     p50: int | None = None
     """The median: half of the observations are at most this."""
@@ -72,16 +72,18 @@ class Percentiles(BaseModel):
 class ReportFigures(BaseModel):
     """What the executions of a group did."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     runs: int = 0
     """Executions (each counted once, however many attempts it took), finished or not."""
     succeeded: int = 0
+    """Succeeded (perhaps after retries)."""
     failed: int = 0
     """Failed after its last attempt."""
     timed_out: int = 0
     """Its last attempt ran past the deadline."""
     cancelled: int = 0
+    """Cancelled by an operator (before or while running)."""
     pending: int = 0
     """Not finished yet (buffered, scheduled, running or waiting to retry)."""
     missed: int = 0
@@ -110,13 +112,14 @@ class ReportGroup(ReportFigures):
 class ReportPublic(BaseModel):
     """A report over ``[from, to)`` of the caller's tenant."""
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, use_attribute_docstrings=True)
 
     from_: datetime = Field(alias="from")
     """Start of the range (included), by ``scheduled_for``."""
     to: datetime
     """End of the range (excluded)."""
     group_by: GroupBy
+    """What the groups are: tasks, tags or days."""
     timezone: str
     """IANA time zone the days are counted in."""
     task_id: str | None = None
@@ -135,7 +138,7 @@ class ReportPublic(BaseModel):
 class StatsWindow(BaseModel):
     """The report figures of the tenant's executions over ``[from, to)``."""
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, use_attribute_docstrings=True)
 
     from_: datetime = Field(alias="from")
     to: datetime

@@ -7,6 +7,7 @@ from typing import Annotated
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query
+from pydantic import ConfigDict
 
 from api.deps import State, Viewer
 from api.errors import ERROR_RESPONSES, FieldError, Unprocessable
@@ -22,6 +23,8 @@ DEFAULT_WINDOW = timedelta(hours=24)
 
 class StatsWithWindow(StatsPublic):
     """The tenant's statistics, and the report figures of its executions over a range."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     window: StatsWindow
     """Runs, outcomes, missed slots, success rate, duration and lateness percentiles of the

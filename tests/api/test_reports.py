@@ -396,7 +396,13 @@ async def test_the_report_is_documented_in_openapi(reports: httpx.AsyncClient) -
     content = get["responses"]["200"]["content"]
     assert content["application/json"]["schema"]["$ref"].endswith("/ReportPublic")
     assert "text/csv" in content
-    assert "window" in spec["components"]["schemas"]["StatsWithWindow"]["properties"]
+    schemas = spec["components"]["schemas"]
+    assert "window" in schemas["StatsWithWindow"]["properties"]
+    # Every figure is described where a client reads the schema.
+    for model in ("ReportPublic", "ReportFigures", "Percentiles"):
+        fields = schemas[model]["properties"]
+        undescribed = [f for f, s in fields.items() if not s.get("description")]
+        assert undescribed == [], (model, undescribed)
 
 
 async def test_a_report_of_runs_made_by_the_worker_and_folded_by_the_live_projector(api: Running) -> None:
