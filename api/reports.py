@@ -180,11 +180,11 @@ class _Tally:
     lateness: list[int] = field(default_factory=list)
 
     def add(self, row: _Row) -> None:
-        if row.missed:
+        if row.status == "skipped":
             self.counts["missed"] += row.missed
             return
         self.counts["runs"] += 1
-        if row.status in self.counts:
+        if row.status in FINAL_STATUSES:
             self.counts[row.status] += 1
         elif row.status in PENDING_STATUSES:
             self.counts["pending"] += 1
@@ -214,6 +214,9 @@ class _Row:
     lateness_ms: int | None
 
 
+_MS = timedelta(milliseconds=1)
+
+
 def _aware(value: Any) -> datetime | None:
     if not isinstance(value, datetime):
         return None
@@ -228,16 +231,14 @@ def _row(doc: Mapping[str, Any]) -> _Row | None:
         return None
     if status == "skipped":
         missed = doc.get("missed_count")
-        return _Row(str(doc.get("task_id")), status, scheduled, missed if isinstance(missed, int) else 1, None, None)
+        count = missed if isinstance(missed, int) and not isinstance(missed, bool) and missed > 0 else 1
+        return _Row(str(doc.get("task_id")), status, scheduled, count, None, None)
     started = _aware(doc.get("started_at"))
     lateness = None if started is None else (started - scheduled) // _MS
     duration = doc.get("duration_ms") if status in FINAL_STATUSES else None
     return _Row(
         str(doc.get("task_id")), status, scheduled, 0, duration if isinstance(duration, int) else None, lateness
     )
-
-
-_MS = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)

@@ -96,11 +96,12 @@ def test_the_builder_counts_only_its_tenant_and_rows_it_can_place() -> None:
     b.add(_doc(tenant="evil", duration_ms=99))  # another tenant's: never counted
     b.add(_doc(scheduled_for=None))  # cannot be placed in time
     b.add(_doc(status="skipped", missed_count=None))  # a missed range without a count: one slot
+    b.add(_doc(status="skipped", missed_count=0))  # nor a run, whatever its count says
     b.add(_doc(status="running", started_at=(T + timedelta(seconds=1)).replace(tzinfo=None)))  # naive is UTC
     b.add(_doc(status="cancelled", duration_ms=None))
-    assert b.read == 6
+    assert b.read == 7
     totals = b.totals()
-    assert (totals.runs, totals.succeeded, totals.pending, totals.cancelled, totals.missed) == (3, 1, 1, 1, 1)
+    assert (totals.runs, totals.succeeded, totals.pending, totals.cancelled, totals.missed) == (3, 1, 1, 1, 2)
     assert totals.success_rate == 1.0
     assert (totals.duration_ms.max, totals.duration_ms.count) == (30, 1)
     assert (totals.lateness_ms.p50, totals.lateness_ms.max, totals.lateness_ms.count) == (1000, 2000, 2)
