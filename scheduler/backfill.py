@@ -60,20 +60,27 @@ class RangeProblem:
 
 
 def checked_range(
-    definition: TaskDefinition, created_at: datetime, start: datetime, end: datetime, at: datetime
+    definition: TaskDefinition,
+    created_at: datetime,
+    start: datetime,
+    end: datetime,
+    at: datetime,
+    *,
+    limit: int = MAX_BACKFILL_SLOTS,
 ) -> int | RangeProblem:
     """How many slots a backfill of ``[start, end)`` asked at ``at`` holds, or why it is refused.
 
     Refused: a task without a schedule; ``to`` after ``at`` (no future slots); more than
-    :data:`MAX_BACKFILL_SLOTS` slots (naming ``to``); no slot at all (naming ``from``).
+    ``limit`` slots (naming ``to``; the decider's limit is :data:`MAX_BACKFILL_SLOTS`, the
+    API's may be lower); no slot at all (naming ``from``).
     """
     if definition.schedule is None:
         return RangeProblem("the task has no schedule to backfill", None)
     if end > at:
         return RangeProblem(f"must not be in the future (after {at.isoformat()})", "to")
-    n = count_slots(definition, created_at, start, end, MAX_BACKFILL_SLOTS)
-    if n > MAX_BACKFILL_SLOTS:
-        return RangeProblem(f"the range holds more than {MAX_BACKFILL_SLOTS} slots; backfill a shorter range", "to")
+    n = count_slots(definition, created_at, start, end, limit)
+    if n > limit:
+        return RangeProblem(f"the range holds more than {limit} slots; backfill a shorter range", "to")
     if n == 0:
         return RangeProblem("the range holds no slot of the task's schedule", "from")
     return n
