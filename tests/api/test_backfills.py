@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.api.conftest import Running, auth, new_tenant
+from tests.api.conftest import Keys, Running, Stack, _running, auth, new_tenant, settings_for
 
 EVERY_MINUTE: dict[str, Any] = {
     "name": "minutely",
@@ -180,3 +180,19 @@ async def test_pause_after_consecutive_failures_shows_the_reason(api: Running) -
     # A bound out of range is a 422 naming the field.
     r = await http.post("/v1/tasks", json={**body, "pause_after_failures": 0}, headers=auth(tenant, ["admin"]))
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "definition.pause_after_failures", r.text
+
+
+async def test_the_configured_bound_is_a_422_naming_to(warm: Stack, keys: Keys) -> None:
+    """``SCHED_BACKFILL_MAX_SLOTS`` lowers the bound for requests through the API."""
+    async for api in _running(settings_for(warm, keys, backfill_max_slots=3)):
+        tenant = new_tenant()
+        task_id = await _create(api, tenant, EVERY_MINUTE)
+        start = minute_ago(30)
+        url = f"/v1/tasks/{task_id}/backfills"
+        body = {"from": iso(start), "to": iso(start + timedelta(minutes=4))}
+        r = await api.http.post(url, json=body, headers=auth(tenant, ["operator"]))
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "to" and "more than 3 slots" in r.json()["detail"], r.text
+        body["to"] = iso(start + timedelta(minutes=3))
+        r = await api.http.post(url, json=body, headers=auth(tenant, ["operator"]))
+        assert r.status_code == 202, r.text
