@@ -127,7 +127,7 @@ async def test_bad_backfills_are_422s_naming_the_field_and_change_nothing(api: R
         ({"from": iso(past), "to": iso(past)}, "to", "after from"),
         ({"from": iso(past + timedelta(seconds=1)), "to": iso(past + timedelta(seconds=59))}, "from", "no slot"),
         ({"to": iso(past)}, "from", ""),
-        ({"from": "2026-01-01T00:00:00", "to": iso(past)}, "from", "timezone"),
+        ({"from": "2026-01-01T00:00:00", "to": iso(past)}, "from", "from must be timezone-aware"),
         ({"from": iso(past - timedelta(hours=1)), "to": iso(past), "max_concurrency": 0}, "max_concurrency", ""),
         ({"from": iso(past - timedelta(hours=1)), "to": iso(past), "max_concurrency": 101}, "max_concurrency", ""),
         ({"from": iso(past - timedelta(hours=1)), "to": iso(past), "colour": "red"}, "colour", ""),
