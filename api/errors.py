@@ -255,12 +255,12 @@ def rejection_error(reason: str, field: str | None) -> ApiError:
     """The error answering a ``CommandRejected`` event.
 
     The decider names the field of the command: ``task_id`` (missing task -> 404, id taken
-    -> 409), ``execution_id`` (404), ``expected_revision`` (409), no field (a state conflict
+    -> 409), ``execution_id`` and ``backfill_id`` (404), ``expected_revision`` (409), no field (a state conflict
     such as a completed task, 409), anything else (invalid input, 422).
     """
     if field == "task_id":
         return NotFound(reason) if "not found" in reason else Conflict(reason)
-    if field == "execution_id":
+    if field in ("execution_id", "backfill_id"):
         return NotFound(reason)
     if field is None or field == "expected_revision":
         return Conflict(reason)

@@ -103,6 +103,33 @@ class Histogram(_Public):
     max_ms: int | None = None
 
 
+class BackfillPublic(_Public):
+    """The task's latest backfill and its progress."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
+
+    id: str
+    from_: datetime = Field(alias="from")
+    """First instant of the range (inclusive)."""
+    to: datetime
+    """End of the range (exclusive)."""
+    max_concurrency: int
+    slots: int
+    """Slots of the schedule in the range when it started."""
+    status: Literal["running", "completed", "cancelled"]
+    started_at: datetime | None = None
+    started_by: str | None = None
+    ended_at: datetime | None = None
+    reason: str | None = None
+    """Why it was cancelled."""
+    dispatched: int = 0
+    """Slots dispatched so far."""
+    succeeded: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+
+
 class TaskPublic(_Public):
     """A task as the views show it."""
 
@@ -132,6 +159,12 @@ class TaskPublic(_Public):
     last_finished_at: datetime | None = None
     last_rejection: Rejection | None = None
     paused_note: str | None = None
+    paused_reason: Literal["manual", "consecutive_failures"] | None = None
+    """Why the task is paused: a pause command, or ``pause_after_failures`` failures in a row."""
+    paused_failures: int | None = None
+    """For ``consecutive_failures``: how many executions failed in a row."""
+    backfill: BackfillPublic | None = None
+    """The latest backfill (``POST /v1/tasks/{id}/backfills``) and its progress; None if none ran."""
     completed_reason: str | None = None
     deleted_at: datetime | None = None
     counters: dict[str, int] = Field(default_factory=dict)
@@ -159,7 +192,9 @@ class ExecutionPublic(_Public):
     """``buffered``, ``scheduled``, ``running``, ``retrying``, ``succeeded``, ``failed``,
     ``timed_out``, ``cancelled`` or ``skipped``."""
     reason: str | None = None
-    """Why it ran (``schedule``, ``manual``, ``buffered``) or, for ``skipped``, why not."""
+    """Why it ran (``schedule``, ``manual``, ``buffered``, ``backfill``) or, for ``skipped``, why not."""
+    backfill_id: str | None = None
+    """The backfill that ran it (reason ``backfill``)."""
     attempt: int = 0
     attempts: int = 0
     slot: datetime | None = None

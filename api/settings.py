@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from schemas.commands import MAX_BACKFILL_SLOTS
 from streams.settings import Settings
 
 
@@ -64,6 +65,9 @@ class ApiSettings(Settings):
     """``Retry-After`` sent with 503 answers."""
     max_wait_seconds: float = Field(default=30.0, gt=0, le=300)
     """Upper bound of the ``?wait=`` parameter of commands."""
+    backfill_max_slots: int = Field(default=MAX_BACKFILL_SLOTS, ge=1, le=MAX_BACKFILL_SLOTS)
+    """Most slots a backfill asked through the API may hold (a 422 naming ``to`` beyond it); the
+    task processor refuses more than ``MAX_BACKFILL_SLOTS`` (10,000) whoever asks."""
     wait_poll_seconds: float = Field(default=0.05, gt=0, le=5)
     """How often a waiting command looks at the views."""
     views_cache_seconds: float = Field(default=1.0, ge=0, le=60)

@@ -25,6 +25,8 @@ from typing import Any, Literal, assert_never
 
 from schemas.events import (
     AttemptFailed,
+    BackfillEnded,
+    BackfillStarted,
     CommandRejected,
     Event,
     ExecutionBuffered,
@@ -328,10 +330,22 @@ def task_update(event: Event, status: str | None) -> Doc:
             }
             return {"$set": {**common, **fields}}
         case TaskPaused():
-            fields = {"status": "paused", "paused_note": event.note, "revision": event.revision}
+            fields = {
+                "status": "paused",
+                "paused_note": event.note,
+                "paused_reason": event.reason,
+                "paused_failures": event.failures,
+                "revision": event.revision,
+            }
             return {"$set": {**common, **fields, "updated_at": event.at}}
         case TaskResumed():
-            fields = {"status": "active", "paused_note": None, "revision": event.revision}
+            fields = {
+                "status": "active",
+                "paused_note": None,
+                "paused_reason": None,
+                "paused_failures": None,
+                "revision": event.revision,
+            }
             fields |= _next_run(event.next_slot, event.next_fire_at)
             return {"$set": {**common, **fields, "updated_at": event.at}}
         case TaskDeleted():
@@ -361,6 +375,8 @@ def task_update(event: Event, status: str | None) -> Doc:
             update = {"$set": {**common, "last_run": last_run}, "$inc": {"counters.runs": 1}}
             if event.reason == "schedule":
                 update["$inc"]["counters.scheduled_runs"] = 1
+            if event.reason == "backfill":
+                update["$inc"]["backfill.dispatched"] = 1
             if event.reason == "schedule" and event.slot is not None:
                 update["$max"] = {"last_slot": event.slot}
             return update
@@ -384,6 +400,10 @@ def task_update(event: Event, status: str | None) -> Doc:
                 "last_finished_at": event.finished_at,
             }
             update = {"$set": {**common, **fields}, "$inc": {f"counters.{event.status}": 1}}
+            if event.backfill_id is not None:
+                # A backfill's executions all end before (completed) or right after (cancelled,
+                # deleted) its BackfillEnded, so they count on the latest backfill, which is theirs.
+                update["$inc"][f"backfill.{event.status}"] = 1
             if event.duration_ms is not None:
                 bucket = bucket_for(event.duration_ms)
                 update["$inc"].update(
@@ -395,6 +415,24 @@ def task_update(event: Event, status: str | None) -> Doc:
                 )
                 update["$max"] = {"duration.max_ms": event.duration_ms}
             return update
+        case BackfillStarted():
+            backfill = {
+                "id": event.backfill_id,
+                "from": event.from_,
+                "to": event.to,
+                "max_concurrency": event.max_concurrency,
+                "slots": event.slots,
+                "status": "running",
+                "started_at": event.at,
+                "started_by": event.actor,
+                "ended_at": None,
+                "reason": None,
+                **dict.fromkeys(("dispatched", *OUTCOMES), 0),
+            }
+            return {"$set": {**common, "backfill": backfill}}
+        case BackfillEnded():
+            fields = {"backfill.status": event.status, "backfill.ended_at": event.at, "backfill.reason": event.reason}
+            return {"$set": {**common, **fields}}
         case CommandRejected():
             rejection = {
                 "command_id": event.command_id,
@@ -526,6 +564,7 @@ def _execution_update(event: Event, doc: Doc | None, kind: str) -> Doc:
                 "deadline": event.deadline,
                 "dispatched_at": event.at,
                 "next_retry_at": None,
+                "backfill_id": event.backfill_id,
                 "version": seq,
             }
             if event.reason != "retry":
@@ -610,6 +649,8 @@ def _execution_update(event: Event, doc: Doc | None, kind: str) -> Doc:
             | TaskResumed()
             | TaskDeleted()
             | TaskCompleted()
+            | BackfillStarted()
+            | BackfillEnded()
             | CommandRejected()
         ):
             raise ValueError(f"{event.type} changes no execution")
@@ -770,7 +811,7 @@ def stats_delta(event: Event, prior: TaskFacts | None) -> dict[str, int]:
                 count("retries")
             else:
                 count("dispatched")
-            if event.reason in ("schedule", "manual"):
+            if event.reason in ("schedule", "manual", "backfill"):
                 # A buffered execution was already counted in flight when it was buffered.
                 count("in_flight")
         case ExecutionBuffered():
@@ -795,6 +836,8 @@ def stats_delta(event: Event, prior: TaskFacts | None) -> dict[str, int]:
             | TaskCompleted()
             | ExecutionStarted()
             | AttemptFailed()
+            | BackfillStarted()
+            | BackfillEnded()
             | CommandRejected()
         ):
             pass

@@ -43,6 +43,23 @@ Decisions where the brief left room (documented once, here):
 * **Long outages**: one ``Wake`` handles at most :data:`MAX_SLOTS_PER_DECISION` due slots;
   the oldest are recorded as missed and the task stays due, so the firing loop wakes it again
   at once and the rest are handled in the next batch.
+* **Backfill** (``BackfillTask``) runs every slot of the schedule in ``[from, to)`` once (see
+  :mod:`scheduler.backfill` for which slots), whether or not the schedule ran or missed it then:
+  its execution ids derive from the backfill id and the slot, so they differ from the
+  schedule's. One backfill per task at a time (a second is rejected until the first ends; a
+  repeated backfill id yields nothing). The state holds its range and a cursor, never a list of
+  slots; the next slots are dispatched as its executions finish. Backfill executions run in a
+  lane of their own: the overlap policy applies among them (``allow_all``: up to
+  ``max_concurrency`` at once; ``skip``, ``buffer_one`` and ``cancel_other``: one at a time),
+  and they neither hold back, cancel nor are cancelled by scheduled slots. They do not count
+  towards ``max_runs``. A paused task holds its backfill's pending slots (executions in flight
+  finish) until resumed; a completed task still backfills. Cancelling (``CancelBackfill``)
+  drops the pending slots and cancels the executions in flight; deleting the task cancels it too.
+* **Pause after failures**: with ``pause_after_failures`` N, the execution whose final outcome
+  makes N ``failed``/``timed_out`` in a row (scheduled, manual and backfill alike; a success
+  resets the count, a cancellation does not) pauses an active task in the same decision
+  (``TaskPaused`` reason ``consecutive_failures``), so no further slot is dispatched. Resuming
+  clears the count.
 """
 
 from __future__ import annotations
@@ -52,11 +69,14 @@ from datetime import datetime, timedelta
 from itertools import accumulate
 from typing import Any, Literal, TypeVar, assert_never, cast
 
+from scheduler.backfill import RangeProblem, checked_range, slot_after
 from scheduler.retry import backoff, should_retry
 from scheduler.schedule import anchor_for, fire_at, next_slot
-from scheduler.state import Buffered, Counters, Execution, TaskState, execution_key, remember
+from scheduler.state import Backfill, Buffered, Counters, Execution, TaskState, execution_key, remember
 from schemas._types import LATEST
 from schemas.commands import (
+    BackfillTask,
+    CancelBackfill,
     CancelExecution,
     Command,
     CreateTask,
@@ -72,6 +92,8 @@ from schemas.commands import (
 from schemas.errors import InvalidCommand
 from schemas.events import (
     AttemptFailed,
+    BackfillEnded,
+    BackfillStarted,
     CommandRejected,
     Event,
     EventBase,
@@ -89,7 +111,7 @@ from schemas.events import (
     TaskResumed,
     TaskUpdated,
 )
-from schemas.ids import event_id, execution_id_for_slot, execution_id_for_trigger
+from schemas.ids import event_id, execution_id_for_backfill, execution_id_for_slot, execution_id_for_trigger
 from schemas.specs import CatchUpMode, OnceSchedule, OverlapPolicy, TaskDefinition
 
 initial_state: TaskState | None = None
@@ -145,6 +167,10 @@ def decision(command: Command, state: TaskState | None) -> Decision:
             _trigger(d, command)
         case CancelExecution():
             _cancel(d, command)
+        case BackfillTask():
+            _backfill(d, command)
+        case CancelBackfill():
+            _cancel_backfill(d, command)
         case Wake():
             _wake(d)
         case ReportExecutionStarted():
@@ -241,6 +267,7 @@ def _update(d: _Decision, cmd: UpdateTask) -> None:
         next_fire_at=_fire_at(d.meta.task_id, definition, nxt),
     )
     d.complete_if_exhausted()
+    _advance_backfill(d)  # the new overlap policy may allow more at once
 
 
 def _supersede(d: _Decision, state: TaskState, old: TaskDefinition, until: datetime) -> None:
@@ -284,6 +311,7 @@ def _resume(d: _Decision) -> None:
     elif state.status == "paused":
         # next_slot is kept: the next Wake applies catch-up to everything missed meanwhile.
         d.emit(TaskResumed, revision=state.revision + 1)
+        _advance_backfill(d)  # a pause held the backfill's pending slots
 
 
 def _delete(d: _Decision) -> None:
@@ -293,6 +321,15 @@ def _delete(d: _Decision) -> None:
     if (live := d.live()) is None:
         return
     state, _ = live
+    if state.backfill is not None:
+        # Ended first, so that cancelling its executions does not dispatch its next slots.
+        d.emit(
+            BackfillEnded,
+            backfill_id=state.backfill.backfill_id,
+            status="cancelled",
+            dispatched=state.backfill.dispatched,
+            reason="task deleted",
+        )
     for execution in sorted(state.in_flight.values(), key=lambda e: e.execution_id):
         d.complete(execution, "cancelled", error="task deleted")
     if state.buffered is not None:
@@ -333,6 +370,7 @@ def _cancel(d: _Decision, cmd: CancelExecution) -> None:
     if (execution := state.in_flight.get(cmd.execution_id)) is not None:
         d.complete(execution, "cancelled", error=reason)
         d.dispatch_buffered_if_idle()
+        _advance_backfill(d)
     elif state.buffered is not None and state.buffered.execution_id == cmd.execution_id:
         d.cancel_buffered(state.buffered, reason)
     else:
@@ -386,6 +424,99 @@ def _report_outcome(d: _Decision, cmd: ReportExecutionOutcome) -> None:
             started_at=cmd.started_at,
             finished_at=cmd.finished_at,
         )
+    _advance_backfill(d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backfill
+# ---------------------------------------------------------------------------------------------
+
+
+def _backfill(d: _Decision, cmd: BackfillTask) -> None:
+    if (live := d.live()) is None:
+        return
+    state, definition = live
+    if cmd.backfill_id in state.recent_backfill_ids:
+        return  # the same backfill asked again (a redelivery or a retried request)
+    if state.backfill is not None:
+        d.reject(f"backfill {state.backfill.backfill_id} is still running; cancel it or wait for it to end", None)
+        return
+    assert state.created_at is not None  # set by TaskCreated on every existing task
+    checked = checked_range(definition, state.created_at, cmd.from_, cmd.to, cmd.at)
+    if isinstance(checked, RangeProblem):
+        d.reject(checked.reason, checked.field)
+        return
+    d.emit(
+        BackfillStarted,
+        backfill_id=cmd.backfill_id,
+        from_=cmd.from_,
+        to=cmd.to,
+        max_concurrency=cmd.max_concurrency,
+        slots=checked,
+    )
+    _advance_backfill(d)
+
+
+def _cancel_backfill(d: _Decision, cmd: CancelBackfill) -> None:
+    if (live := d.live()) is None:
+        return
+    state, _ = live
+    backfill = state.backfill
+    if backfill is None or backfill.backfill_id != cmd.backfill_id:
+        if cmd.backfill_id in state.recent_backfill_ids:
+            d.reject("backfill already ended", None)
+        else:
+            d.reject("backfill not found", "backfill_id")
+        return
+    reason = cmd.reason or f"cancelled by {cmd.actor}"
+    # Ended first, so that cancelling its executions does not dispatch its next slots.
+    d.emit(
+        BackfillEnded,
+        backfill_id=backfill.backfill_id,
+        status="cancelled",
+        dispatched=backfill.dispatched,
+        reason=reason,
+    )
+    for execution in sorted(state.backfill_in_flight, key=lambda e: e.execution_id):
+        d.complete(execution, "cancelled", error=reason)
+
+
+def _advance_backfill(d: _Decision) -> None:
+    """Dispatch the running backfill's next slots up to its limit; end it once every slot ran."""
+    state = d.state
+    if state is None or not state.exists or state.backfill is None or state.definition is None:
+        return
+    if state.status == "paused":
+        return
+    assert state.created_at is not None
+    definition = state.definition
+    backfill: Backfill = state.backfill
+    limit = backfill.max_concurrency if definition.overlap is OverlapPolicy.ALLOW_ALL else 1
+    while True:
+        slot = slot_after(definition, state.created_at, backfill.cursor, backfill.start, backfill.end)
+        if slot is None:
+            if not state.backfill_in_flight:
+                d.emit(
+                    BackfillEnded, backfill_id=backfill.backfill_id, status="completed", dispatched=backfill.dispatched
+                )
+            return
+        if len(state.backfill_in_flight) >= limit:
+            return
+        d.dispatch(
+            execution_id=execution_id_for_backfill(execution_key(state), backfill.backfill_id, slot),
+            attempt=1,
+            reason="backfill",
+            slot=slot,
+            trigger_id=None,
+            priority=definition.priority,
+            work=definition.work,
+            params=definition.params,
+            scheduled_for=slot,
+            backfill_id=backfill.backfill_id,
+        )
+        state = d.require_state()
+        assert state.backfill is not None and state.created_at is not None
+        backfill = state.backfill
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,9 +549,11 @@ def _wake(d: _Decision) -> None:
             work=execution.work,
             params=execution.params,
             scheduled_for=execution.scheduled_for,
+            backfill_id=execution.backfill_id,
         )
     if d.require_state().status == "active":
         _fire_due_slots(d)
+    _advance_backfill(d)
 
 
 def _fire_due_slots(d: _Decision) -> None:
@@ -508,7 +641,9 @@ def _run_slot(d: _Decision, slot: datetime) -> None:
     assert definition is not None
     execution_id = execution_id_for_slot(execution_key(state), slot)
     policy = definition.overlap
-    if state.in_flight and policy is not OverlapPolicy.ALLOW_ALL:
+    # Backfill executions run in a lane of their own: they never hold back a scheduled slot.
+    in_flight = state.scheduled_in_flight
+    if in_flight and policy is not OverlapPolicy.ALLOW_ALL:
         match policy:
             case OverlapPolicy.SKIP:
                 d.miss(slot, "overlap")
@@ -520,7 +655,7 @@ def _run_slot(d: _Decision, slot: datetime) -> None:
                     d.miss(slot, "overlap")
                 return
             case OverlapPolicy.CANCEL_OTHER:
-                for execution in sorted(state.in_flight.values(), key=lambda e: e.execution_id):
+                for execution in sorted(in_flight, key=lambda e: e.execution_id):
                     d.complete(execution, "cancelled", error=f"cancelled by overlap policy for slot {slot}")
                 if state.buffered is not None:
                     d.cancel_buffered(state.buffered, f"cancelled by overlap policy for slot {slot}")
@@ -601,6 +736,9 @@ class _MissedRange:
     count: int
     reason: MissedReason
 
+
+_NOTE_ERROR_CHARS = 1000
+"""Most characters of the last error quoted in the note of a pause after failures."""
 
 _NEXT_FIRE_EVENTS = (TaskResumed, SlotsMissed, ExecutionDispatched, ExecutionBuffered)
 
@@ -730,6 +868,7 @@ class _Decision:
             slot=execution.slot,
             scheduled_for=execution.scheduled_for,
             trigger_id=execution.trigger_id,
+            backfill_id=execution.backfill_id,
         )
 
     def cancel_buffered(self, buffered: Buffered, reason: str) -> None:
@@ -772,11 +911,28 @@ class _Decision:
             return
         status: Literal["timed_out", "failed"] = "timed_out" if timed_out else "failed"
         self.complete(execution, status, error=error, result=result, started_at=started_at, finished_at=finished_at)
+        self.pause_if_failing(error)
         self.dispatch_buffered_if_idle()
+
+    def pause_if_failing(self, error: str) -> None:
+        """Pause an active task whose ``pause_after_failures`` executions in a row failed."""
+        state = self.require_state()
+        limit = state.definition.pause_after_failures if state.definition is not None else None
+        if limit is None or state.status != "active" or state.consecutive_failures < limit:
+            return
+        failures = state.consecutive_failures
+        last = error if len(error) <= _NOTE_ERROR_CHARS else error[: _NOTE_ERROR_CHARS - 1] + "…"
+        self.emit(
+            TaskPaused,
+            note=f"paused after {failures} consecutive failures; last error: {last}",
+            revision=state.revision + 1,
+            reason="consecutive_failures",
+            failures=failures,
+        )
 
     def dispatch_buffered_if_idle(self) -> None:
         state = self.require_state()
-        if state.buffered is None or state.in_flight or not state.exists or state.definition is None:
+        if state.buffered is None or state.scheduled_in_flight or not state.exists or state.definition is None:
             return
         definition = state.definition
         self.dispatch(
@@ -848,7 +1004,7 @@ def evolve(state: TaskState | None, event: Event) -> TaskState | None:
         case TaskPaused():
             return _bump(state, event, status="paused", revision=event.revision)
         case TaskResumed():
-            return _bump(state, event, status="active", revision=event.revision)
+            return _bump(state, event, status="active", revision=event.revision, consecutive_failures=0)
         case TaskDeleted():
             return _bump(state, event, status="deleted", next_slot=None, next_fire_at=None, in_flight={}, buffered=None)
         case TaskCompleted():
@@ -896,13 +1052,31 @@ def evolve(state: TaskState | None, event: Event) -> TaskState | None:
             buffered = state.buffered
             if buffered is not None and buffered.execution_id == event.execution_id:
                 buffered = None
+            failures = state.consecutive_failures
+            if event.status in ("failed", "timed_out"):
+                failures += 1
+            elif event.status == "succeeded":
+                failures = 0
             return _bump(
                 state,
                 event,
                 in_flight=in_flight,
                 buffered=buffered,
                 counters=_count_outcome(state.counters, event.status),
+                consecutive_failures=failures,
             )
+        case BackfillStarted():
+            backfill = Backfill(
+                backfill_id=event.backfill_id,
+                start=event.from_,
+                end=event.to,
+                max_concurrency=event.max_concurrency,
+            )
+            ids = remember(state.recent_backfill_ids, event.backfill_id)
+            return _bump(state, event, backfill=backfill, recent_backfill_ids=ids)
+        case BackfillEnded():
+            ended = state.backfill is not None and state.backfill.backfill_id == event.backfill_id
+            return _bump(state, event, backfill=None if ended else state.backfill)
         case TaskCreated() | CommandRejected():  # handled above; listed for exhaustiveness
             return state
         case _:
@@ -931,7 +1105,9 @@ def _created(state: TaskState | None, event: TaskCreated) -> TaskState:
 
 def _dispatched(state: TaskState, event: ExecutionDispatched) -> TaskState:
     previous = state.in_flight.get(event.execution_id)
-    origin: Literal["manual", "schedule"] = "manual" if event.reason == "manual" else "schedule"
+    origin: Literal["manual", "schedule", "backfill"] = (
+        event.reason if event.reason in ("manual", "backfill") else "schedule"
+    )
     execution = Execution(
         execution_id=event.execution_id,
         origin=previous.origin if previous is not None else origin,
@@ -945,6 +1121,7 @@ def _dispatched(state: TaskState, event: ExecutionDispatched) -> TaskState:
         deadline=event.deadline,
         started_at=previous.started_at if previous is not None else None,
         last_error=previous.last_error if previous is not None else None,
+        backfill_id=event.backfill_id if previous is None else previous.backfill_id,
     )
     updates: dict[str, Any] = {"in_flight": {**state.in_flight, event.execution_id: execution}}
     match event.reason:
@@ -961,6 +1138,15 @@ def _dispatched(state: TaskState, event: ExecutionDispatched) -> TaskState:
             updates["buffered"] = None
         case "retry":
             pass
+        case "backfill":
+            # Counted in runs, not in scheduled_runs: max_runs bounds the schedule's own runs.
+            updates["runs"] = state.runs + 1
+            backfill = state.backfill
+            if backfill is not None and backfill.backfill_id == event.backfill_id and event.slot is not None:
+                cursor = event.slot if backfill.cursor is None else max(backfill.cursor, event.slot)
+                updates["backfill"] = backfill.model_copy(
+                    update={"cursor": cursor, "dispatched": backfill.dispatched + 1}
+                )
         case _:
             assert_never(event.reason)
     return _bump(state, event, **updates)

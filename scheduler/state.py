@@ -38,7 +38,7 @@ class Execution(_Frozen):
 
     execution_id: str
     origin: DispatchReason
-    """``schedule`` or ``manual`` (buffered slots are ``schedule`` once dispatched)."""
+    """``schedule``, ``manual`` or ``backfill`` (buffered slots are ``schedule`` once dispatched)."""
     slot: UtcDatetime | None = None
     trigger_id: str | None = None
     scheduled_for: UtcDatetime
@@ -56,6 +56,8 @@ class Execution(_Frozen):
     started_at: UtcDatetime | None = None
     """When the first attempt started."""
     last_error: str | None = None
+    backfill_id: str | None = None
+    """The backfill running this slot; None for scheduled and manual executions."""
 
 
 class Buffered(_Frozen):
@@ -63,6 +65,23 @@ class Buffered(_Frozen):
 
     execution_id: str
     slot: UtcDatetime
+
+
+class Backfill(_Frozen):
+    """The running backfill of a task: its range and how far it got, never a list of slots
+    (they are enumerated from the schedule as they are dispatched, see :mod:`scheduler.backfill`)."""
+
+    backfill_id: str
+    start: UtcDatetime
+    """First instant of the range (inclusive; ``from`` on the wire)."""
+    end: UtcDatetime
+    """End of the range (exclusive; ``to`` on the wire)."""
+    max_concurrency: int
+    """Most of its executions in flight at once, as asked (the overlap policy may lower it to 1)."""
+    cursor: UtcDatetime | None = None
+    """The last slot dispatched; None before the first."""
+    dispatched: int = 0
+    """Slots dispatched so far."""
 
 
 class Counters(_Frozen):
@@ -107,11 +126,29 @@ class TaskState(_Frozen):
     recent_trigger_ids: tuple[str, ...] = ()
     recent_command_ids: tuple[str, ...] = ()
     counters: Counters = Field(default_factory=Counters)
+    backfill: Backfill | None = None
+    """The backfill running now (one at a time per task); None when none is."""
+    recent_backfill_ids: tuple[str, ...] = ()
+    """Ids of the latest backfills started, so a repeated ``BackfillTask`` does not run again."""
+    consecutive_failures: int = 0
+    """Executions in a row whose final outcome was ``failed`` or ``timed_out`` (a success resets
+    it, a resume clears it); compared with ``pause_after_failures``."""
 
     @property
     def exists(self) -> bool:
         """Whether the task exists (not absent and not deleted)."""
         return self.status not in ("absent", "deleted")
+
+    @property
+    def scheduled_in_flight(self) -> list[Execution]:
+        """Executions in flight that are not a backfill's: what the overlap policy of the
+        schedule looks at (backfill executions run in a lane of their own)."""
+        return [e for e in self.in_flight.values() if e.backfill_id is None]
+
+    @property
+    def backfill_in_flight(self) -> list[Execution]:
+        """Executions in flight that belong to a backfill."""
+        return [e for e in self.in_flight.values() if e.backfill_id is not None]
 
     @property
     def pending_retries(self) -> dict[str, datetime]:

@@ -16,12 +16,12 @@ LATEST = datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 def _aware_utc(value: datetime, info: ValidationInfo) -> datetime:
     """Reject naive datetimes and normalise aware ones to UTC."""
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
-        name = info.field_name or "datetime"
+        name = (info.field_name or "datetime").rstrip("_")  # from_ is "from" on the wire
         raise ValueError(f"{name} must be timezone-aware (e.g. '2026-01-01T00:00:00Z'); got a naive datetime")
     utc = value.astimezone(UTC)
     # Bounded so that adding timeouts, intervals and jitter can never overflow datetime.
     if not EARLIEST <= utc <= LATEST:
-        name = info.field_name or "datetime"
+        name = (info.field_name or "datetime").rstrip("_")  # from_ is "from" on the wire
         raise ValueError(f"{name} must be between 1970-01-01 and 2999-12-31 (UTC)")
     return utc
 

@@ -5,9 +5,10 @@ Time comes in on the command (``at``); the pure core never reads a clock.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from schemas._types import UtcDatetime, WireModel
 from schemas.specs import Priority, TaskDefinition
@@ -83,6 +84,50 @@ class CancelExecution(CommandBase):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+MAX_BACKFILL_SLOTS = 10_000
+"""Most slots one backfill may hold: a bigger range is rejected (naming ``to``), so one command
+cannot queue unbounded work. Split a longer range into several backfills."""
+
+
+class BackfillTask(CommandBase):
+    """Run the task for each slot of its schedule in the past range ``[from, to)``, as if it had
+    been up then: every slot once, at most ``max_concurrency`` at a time.
+
+    ``to`` must not be after ``at`` (no future slots), and the range must hold 1 to
+    :data:`MAX_BACKFILL_SLOTS` slots. One backfill runs per task at a time.
+    """
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    type: Literal["BackfillTask"] = "BackfillTask"
+    backfill_id: _Id
+    """Id of the backfill; its execution ids derive from it and the slot, and a repeated id is
+    ignored (redelivery is harmless)."""
+    from_: UtcDatetime = Field(alias="from")
+    """First instant of the range (inclusive). On the wire: ``from``."""
+    to: UtcDatetime
+    """End of the range (exclusive); not after ``at``."""
+    max_concurrency: int = Field(default=1, ge=1, le=100)
+    """Most backfill executions in flight at once. Under an overlap policy other than
+    ``allow_all``, backfill slots run one at a time whatever this says."""
+
+    @field_validator("to")
+    @classmethod
+    def _after_from(cls, value: datetime, info: ValidationInfo) -> datetime:
+        start = info.data.get("from_")
+        if start is not None and value <= start:
+            raise ValueError("to must be after from")
+        return value
+
+
+class CancelBackfill(CommandBase):
+    """Cancel a running backfill: its pending slots are dropped, its executions in flight cancelled."""
+
+    type: Literal["CancelBackfill"] = "CancelBackfill"
+    backfill_id: _Id
+    reason: str | None = Field(default=None, max_length=2000)
+
+
 class Wake(CommandBase):
     """Sent by the firing loop when the task's next wakeup is due; ``at`` is the loop's clock."""
 
@@ -121,6 +166,8 @@ Command = Annotated[
     | DeleteTask
     | TriggerTask
     | CancelExecution
+    | BackfillTask
+    | CancelBackfill
     | Wake
     | ReportExecutionStarted
     | ReportExecutionOutcome,
@@ -138,6 +185,8 @@ COMMAND_TYPES: dict[str, type[CommandBase]] = {
         DeleteTask,
         TriggerTask,
         CancelExecution,
+        BackfillTask,
+        CancelBackfill,
         Wake,
         ReportExecutionStarted,
         ReportExecutionOutcome,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from schemas._types import UtcDatetime, WireModel
 from schemas.specs import Priority, TaskDefinition, Work
@@ -33,7 +33,9 @@ MissedReason = Literal[
 """
 
 ExecutionStatus = Literal["succeeded", "failed", "timed_out", "cancelled"]
-DispatchReason = Literal["schedule", "manual", "retry", "buffered"]
+DispatchReason = Literal["schedule", "manual", "retry", "buffered", "backfill"]
+"""Why an attempt was dispatched: a slot of the schedule, a trigger, a retry, a buffered slot, or
+a slot of a past range run by a backfill (``BackfillTask``)."""
 
 
 class EventBase(WireModel):
@@ -89,6 +91,11 @@ class TaskPaused(EventBase):
     type: Literal["TaskPaused"] = "TaskPaused"
     note: str | None = None
     revision: int = Field(ge=1)
+    reason: Literal["manual", "consecutive_failures"] = "manual"
+    """``manual``: a ``PauseTask``; ``consecutive_failures``: the task's ``pause_after_failures``
+    executions in a row ended failed or timed out (the note names the last error)."""
+    failures: int | None = None
+    """For ``consecutive_failures``: how many executions failed in a row."""
 
 
 class TaskResumed(_NextFire, EventBase):
@@ -140,6 +147,8 @@ class ExecutionDispatched(_NextFire, EventBase):
     """The slot, or the trigger's ``at`` for manual executions."""
     deadline: UtcDatetime
     """The attempt times out at this instant (dispatch time plus the task's timeout)."""
+    backfill_id: str | None = None
+    """The backfill that runs this slot (reason ``backfill``, and its retries); None otherwise."""
 
 
 class ExecutionBuffered(_NextFire, EventBase):
@@ -189,6 +198,43 @@ class ExecutionCompleted(EventBase):
     slot: UtcDatetime | None = None
     scheduled_for: UtcDatetime | None = None
     trigger_id: str | None = None
+    backfill_id: str | None = None
+    """The backfill that ran this execution; None for scheduled and manual executions."""
+
+
+class _Range(WireModel):
+    # The wire names are ``from`` and ``to``; ``from`` is a Python keyword, hence ``from_``.
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+
+class BackfillStarted(_Range, EventBase):
+    """A backfill of the slots in ``[from, to)`` started; its executions are dispatched as slots
+    free up, at most ``max_concurrency`` at once (one at a time unless the overlap policy is
+    ``allow_all``)."""
+
+    type: Literal["BackfillStarted"] = "BackfillStarted"
+    backfill_id: str
+    from_: UtcDatetime = Field(alias="from")
+    """First instant of the range (inclusive)."""
+    to: UtcDatetime
+    """End of the range (exclusive)."""
+    max_concurrency: int = Field(ge=1)
+    """Most backfill executions in flight at once, as asked."""
+    slots: int = Field(ge=0)
+    """How many slots of the schedule the range holds when the backfill starts."""
+
+
+class BackfillEnded(EventBase):
+    """A backfill ended: every slot ran (``completed``), or it was cancelled (pending slots dropped,
+    its executions in flight cancelled; their ``ExecutionCompleted`` events follow this one)."""
+
+    type: Literal["BackfillEnded"] = "BackfillEnded"
+    backfill_id: str
+    status: Literal["completed", "cancelled"]
+    dispatched: int = Field(ge=0)
+    """Slots of the range that were dispatched."""
+    reason: str | None = None
+    """Why it was cancelled."""
 
 
 class CommandRejected(EventBase):
@@ -215,6 +261,8 @@ Event = Annotated[
     | ExecutionStarted
     | AttemptFailed
     | ExecutionCompleted
+    | BackfillStarted
+    | BackfillEnded
     | CommandRejected,
     Field(discriminator="type"),
 ]
@@ -235,6 +283,8 @@ EVENT_TYPES: dict[str, type[EventBase]] = {
         ExecutionStarted,
         AttemptFailed,
         ExecutionCompleted,
+        BackfillStarted,
+        BackfillEnded,
         CommandRejected,
     )
 }

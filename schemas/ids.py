@@ -32,3 +32,12 @@ def execution_id_for_trigger(task_id: str, trigger_id: str) -> str:
 def event_id(task_id: str, sequence: int) -> str:
     """Id of the event at ``sequence`` in the history of ``task_id``."""
     return str(uuid.uuid5(NAMESPACE, f"event\x1f{task_id}\x1f{sequence}"))
+
+
+def execution_id_for_backfill(task_id: str, backfill_id: str, slot: datetime) -> str:
+    """Id of the execution of ``task_id`` for ``slot`` run by the backfill ``backfill_id``.
+
+    Distinct from the slot's scheduled execution id: a backfill may run a slot the schedule ran
+    (or missed) before, and the target must not take it for a redelivery of that run.
+    """
+    return str(uuid.uuid5(NAMESPACE, f"backfill\x1f{task_id}\x1f{backfill_id}\x1f{_instant(slot)}"))

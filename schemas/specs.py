@@ -415,6 +415,12 @@ class TaskDefinition(WireModel):
     tags: list[str] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
     """Parameters passed to the work; a trigger may override them per execution."""
+    pause_after_failures: int | None = Field(default=None, ge=1, le=1000)
+    """Pause the task after this many consecutive executions ended ``failed`` or ``timed_out``
+    (their final outcome, after retries). Scheduled, manual and backfill executions all count; a
+    success resets the count, a cancellation leaves it as it is, and resuming the task clears it.
+    The pause says why (``TaskPaused.reason`` ``consecutive_failures``, with the last error in its
+    note). None: never pause on failures."""
     sensitive_params: list[str] = Field(default_factory=list, max_length=50)
     """JSON pointers (RFC 6901) of params whose values are secrets, e.g. ``/api_token``: in
     ``params``, in a handler's ``work.params`` and in a trigger's overrides, they are encrypted

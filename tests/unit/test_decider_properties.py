@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from scheduler import decide, decision, evolve, next_wakeup
 from scheduler.state import TaskState
 from schemas.commands import (
+    BackfillTask,
+    CancelBackfill,
     CancelExecution,
     CreateTask,
     DeleteTask,
@@ -73,6 +75,8 @@ KINDS = [
     "outcome",
     "outcome",
     "repeat",
+    "backfill",
+    "cancel_backfill",
 ]
 
 
@@ -124,6 +128,19 @@ def draw_command(data: Any, state: TaskState | None, now: Any, issued: list[Any]
                 started_at=now - timedelta(seconds=5),
                 finished_at=now,
             )
+        case "backfill":
+            hours = data.draw(st.sampled_from([1, 6, 48]))
+            return cmd(
+                BackfillTask,
+                now,
+                backfill_id=data.draw(st.sampled_from(["b1", "b2"])),
+                from_=now - timedelta(hours=hours),
+                to=now - timedelta(minutes=data.draw(st.sampled_from([0, 30]))),
+                max_concurrency=data.draw(st.integers(1, 4)),
+                tenant=tenant,
+            )
+        case "cancel_backfill":
+            return cmd(CancelBackfill, now, backfill_id=data.draw(st.sampled_from(["b1", "b2"])), tenant=tenant)
         case "repeat" if issued:
             return data.draw(st.sampled_from(issued))
         case _:
@@ -151,6 +168,11 @@ def test_random_command_sequences(data: Any) -> None:
             states.append(state)
         # The state the decider returns is the fold of its events: a shell stores it as is.
         assert decided.state == state
+        # A backfill dispatches a new slot only below its limit (one at a time unless allow_all).
+        if any(e.type == "ExecutionDispatched" and e.reason == "backfill" for e in events):
+            assert state is not None and state.backfill is not None and state.definition is not None
+            cap = state.backfill.max_concurrency if state.definition.overlap == "allow_all" else 1
+            assert len(state.backfill_in_flight) <= cap
         history.extend(events)
         if events:
             assert decide(command, state) == [], "a repeated command must yield nothing"

@@ -10,6 +10,8 @@ import pytest
 from scheduler import decide, evolve, reject_invalid
 from schemas.commands import (
     COMMAND_TYPES,
+    BackfillTask,
+    CancelBackfill,
     CancelExecution,
     CreateTask,
     DeleteTask,
@@ -53,6 +55,8 @@ def sample_commands() -> list[Any]:
         cmd(Wake, at(40)),
         cmd(TriggerTask, at(40), trigger_id="tr", params={"x": [1, 2]}, priority="high"),
         cmd(CancelExecution, at(41), execution_id="nope", reason="test"),
+        cmd(BackfillTask, at(41), backfill_id="bf", from_=T0, to=at(25), max_concurrency=2),
+        cmd(CancelBackfill, at(41), backfill_id="bf", reason="test"),
         cmd(DeleteTask, at(41)),
     ]
 
