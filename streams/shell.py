@@ -330,7 +330,7 @@ class ShellRunner:
         vetted, problems = self.fence.vet(work)
         if vetted is None:
             return RunResult("failed", error="shell work refused: " + "; ".join(f"{f}: {m}" for f, m in problems))
-        with tempfile.TemporaryDirectory(prefix="sched-shell-") as fresh:
+        with tempfile.TemporaryDirectory(prefix="sched-shell-", ignore_cleanup_errors=True) as fresh:
             cwd = vetted.cwd or fresh
             env = {
                 **work.env,

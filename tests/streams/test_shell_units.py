@@ -9,14 +9,17 @@ import asyncio
 import os
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from schemas.secrets import Keyring, open_work, seal_definition
-from schemas.specs import SHELL_OUTPUT_MAX, ShellLimits, ShellWork, TaskDefinition
+from schemas.events import ExecutionDispatched
+from schemas.secrets import Keyring, new_key, open_work, seal_definition
+from schemas.specs import SHELL_OUTPUT_MAX, Priority, ShellLimits, ShellWork, TaskDefinition
+from streams.executor import Executor
 from streams.fence import TopicFence
 from streams.runners import Attempt, Runners, RunResult
 from streams.settings import Settings
@@ -258,9 +261,9 @@ async def test_a_program_not_allowed_at_the_executor_fails_with_the_reason() -> 
 
 
 async def test_what_the_program_leaves_running_in_its_group_is_killed() -> None:
-    result = await _runner().run(ShellWork(argv=["/bin/sh", "-c", "sleep 300 & echo $!"]), _attempt())
+    result = await _runner().run(ShellWork(argv=["/bin/sh", "-c", "sleep 300 & echo $$"]), _attempt())
     assert result.status == "succeeded"
-    assert await _eventually_gone(int(result.result["stdout"]))
+    assert await _eventually_gone(int(result.result["stdout"]))  # the group the sleep is in
 
 
 async def _start_then_cancel(
@@ -309,3 +312,29 @@ async def test_an_executor_without_a_shell_runner_fails_shell_work() -> None:
     runners = Runners(None, None, None, TopicFence.from_settings(Settings()))  # type: ignore[arg-type]
     result = await runners.run(ShellWork(argv=["/bin/true"]), _attempt(), budget=5)
     assert result == RunResult("failed", error="this executor does not run shell work")
+
+
+async def test_a_sensitive_env_value_reaches_the_program_but_not_the_outcome() -> None:
+    keys = {"k": new_key()}
+    settings = Settings(secret_keys=keys, shell_commands=["/bin/sh"], shell_env=["REPORT_*"])  # type: ignore[arg-type]
+    ring = settings.secret_keyring()
+    definition = TaskDefinition(
+        name="t",
+        work=ShellWork(
+            argv=["/bin/sh", "-c", 'echo "token is $REPORT_TOKEN"; echo "$REPORT_TOKEN" >&2; exit 1'],
+            env={"REPORT_TOKEN": "tok-s3cr3t"},
+            sensitive_env=["REPORT_TOKEN"],
+        ),
+    )
+    sealed = seal_definition(definition, keyring=ring, tenant="acme", task_id="acme/t1")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    event = ExecutionDispatched(
+        event_id="e", task_id="acme/t1", tenant="acme", sequence=2, at=t0, causation_id="c", actor="a",
+        execution_id="x", attempt=1, reason="manual", priority=Priority.NORMAL, work=sealed.work,
+        params={}, scheduled_for=t0, deadline=t0 + timedelta(hours=1),
+    )  # fmt: skip
+    runners = Runners(None, None, None, TopicFence.from_settings(settings), shell=ShellRunner.from_settings(settings))  # type: ignore[arg-type]
+    result = await Executor(settings)._run(event, runners, 10.0)
+    assert result.status == "failed", result
+    assert result.result["stdout"] == "token is ***\n" and result.result["stderr"] == "***\n"
+    assert result.error == "exit code 1: ***"
