@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     Empty: only the default, a fresh empty directory per attempt."""
     shell_path: str = "/usr/local/bin:/usr/bin:/bin"
     """``PATH`` of shell work's processes, and where a bare program name in ``argv[0]`` is looked up."""
+    shell_concurrency: int = Field(default=16, ge=1, le=10_000)
+    """Shell processes an executor runs at once; further shell attempts wait (within their
+    deadline). ``executor_concurrency`` is sized for HTTP calls, far too many processes."""
     shell_kill_grace_seconds: float = Field(default=5.0, ge=0, le=300)
     """On cancel, timeout or shutdown the work's process group gets SIGTERM, then SIGKILL after this long."""
     http_response_limit_bytes: int = Field(default=1024 * 1024, ge=4096)

@@ -17,11 +17,12 @@ How a process is run:
   ``SCHED_ATTEMPT``, ``SCHED_PARAMS``. Nothing of the executor's environment is inherited
   (its secret keys and Kafka credentials stay there).
 - Limits are set by the OS (``setrlimit``: CPU, address space, open files, file size, no core
-  files) in a tiny wrapper that execs the program, rather than in a ``preexec_fn``: the
-  executor has threads (the HTTP resolver's), and Python code between fork and exec in a
-  threaded process can deadlock on a lock held by another thread. The wrapper (``python -I
-  -S``, a few milliseconds) also asks the kernel to SIGKILL the process if the executor dies
-  (``PR_SET_PDEATHSIG``), so a killed executor leaves no orphan to run twice.
+  files) in the child of a small supervisor (``streams/shell_supervisor.py``, ``python -I
+  -S``) rather than in a ``preexec_fn``: the executor has threads (the HTTP resolver's), and
+  Python code between fork and exec in a threaded process can deadlock on a lock held by
+  another thread. The supervisor stays while the program runs and, should the executor die,
+  kills the program's whole process group (``PR_SET_PDEATHSIG``), so a killed executor leaves
+  no orphan running beside the attempt the partition's next owner starts again.
 - The process leads its own session and process group; a cancellation, a timeout or an
   executor shutdown sends SIGTERM to the whole group, then SIGKILL after a grace period. When
   the program exits, whatever it left running in its group is killed.
@@ -42,6 +43,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
@@ -75,42 +77,8 @@ _MEMORY_HINTS = re.compile(
 _NOFILE_HINT = re.compile(rb"Too many open files")
 _FSIZE_HINT = re.compile(rb"File too large")
 
-# Runs between fork and the program: sets the limits, then replaces itself with the program.
-# argv: parent pid, cpu seconds, memory bytes, open files, file size bytes, keep LC_CTYPE (0/1),
-# program, argv... Python ignores SIGPIPE and SIGXFSZ and coerces a C locale by setting LC_CTYPE;
-# the program must get neither (ignored signals survive exec).
-_WRAPPER = r"""
-import os, resource, signal, sys
-parent, cpu, memory, files, fsize, keep_lc = (int(a) for a in sys.argv[1:7])
-signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-if not keep_lc:
-    os.environ.pop("LC_CTYPE", None)
-try:
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-except Exception:
-    pass
-if os.getppid() != parent:
-    os._exit(125)  # the executor died before the prctl: do not run unsupervised
-def cap(kind, value):
-    soft, hard = resource.getrlimit(kind)
-    if hard != resource.RLIM_INFINITY:
-        value = min(value, hard)
-    resource.setrlimit(kind, (value, value))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-cap(resource.RLIMIT_CPU, cpu + 1)
-soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
-resource.setrlimit(resource.RLIMIT_CPU, (min(cpu, hard), hard))
-cap(resource.RLIMIT_AS, memory)
-cap(resource.RLIMIT_NOFILE, files)
-cap(resource.RLIMIT_FSIZE, fsize)
-try:
-    os.execv(sys.argv[7], sys.argv[8:])
-except OSError as exc:
-    sys.stderr.write(f"cannot run {sys.argv[7]}: {exc.strerror}\n")
-    os._exit(127)
-"""
+_SUPERVISOR = str(Path(__file__).with_name("shell_supervisor.py"))
+"""The script that runs a program under its limits (see ``streams/shell_supervisor.py``)."""
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -312,24 +280,30 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
 class ShellRunner:
     """Runs shell work: checks it against the fence, starts it under its limits, reports its exit."""
 
-    def __init__(self, fence: ShellFence, kill_grace_seconds: float = 5.0) -> None:
+    def __init__(self, fence: ShellFence, kill_grace_seconds: float = 5.0, concurrency: int = 16) -> None:
         self.fence = fence
         self.kill_grace_seconds = kill_grace_seconds
+        self._slots = asyncio.Semaphore(concurrency)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ShellRunner:
         """The runner of the deployment ``settings`` describe."""
-        return cls(ShellFence.from_settings(settings), settings.shell_kill_grace_seconds)
+        return cls(ShellFence.from_settings(settings), settings.shell_kill_grace_seconds, settings.shell_concurrency)
 
     async def run(self, work: ShellWork, at: Attempt) -> RunResult:
         """Run one attempt of ``work``; never raises for the work's own failure.
 
-        Cancelled (by the scheduler, the attempt's deadline or a shutdown), it terminates the
-        process group, kills it after the grace period, and lets ``CancelledError`` through.
+        At most ``concurrency`` processes run at once; an attempt waits for a slot. Cancelled
+        (by the scheduler, the attempt's deadline or a shutdown), it terminates the process
+        group, kills it after the grace period, and lets ``CancelledError`` through.
         """
         vetted, problems = self.fence.vet(work)
         if vetted is None:
             return RunResult("failed", error="shell work refused: " + "; ".join(f"{f}: {m}" for f, m in problems))
+        async with self._slots:
+            return await self._run(work, vetted, at)
+
+    async def _run(self, work: ShellWork, vetted: Vetted, at: Attempt) -> RunResult:
         with tempfile.TemporaryDirectory(prefix="sched-shell-", ignore_cleanup_errors=True) as fresh:
             cwd = vetted.cwd or fresh
             env = {
@@ -349,7 +323,7 @@ class ShellRunner:
                 # in the background can hold open for ever.
                 transport, protocol = await loop.subprocess_exec(
                     lambda: _Protocol(loop),
-                    sys.executable, "-I", "-S", "-c", _WRAPPER,
+                    sys.executable, "-I", "-S", _SUPERVISOR,
                     str(os.getpid()), str(limits.cpu_seconds), str(limits.memory_mb * _MIB),
                     str(limits.open_files), str(limits.file_size_mb * _MIB), str(int("LC_CTYPE" in work.env)),
                     vetted.program, *work.argv,
@@ -426,6 +400,13 @@ def _outcome(work: ShellWork, code: int, out: _Tail, err: _Tail) -> RunResult:
             error = f"killed by SIGXFSZ: file size limit of {limits.file_size_mb} MB exceeded"
         elif _MEMORY_HINTS.search(err.data):
             error = f"memory limit of {limits.memory_mb} MB exceeded (killed by {name})"
+        elif -code == signal.SIGKILL:
+            # Not the runner's (it reports nothing for what it stops): the CPU limit's hard stop
+            # for a program that handles SIGXCPU, the kernel's out-of-memory killer, or an operator.
+            error = (
+                f"killed by SIGKILL (the CPU limit's hard stop at {limits.cpu_seconds + 1} s, "
+                "or the system's out-of-memory killer)"
+            )
         else:
             error = f"killed by {name}"
     elif code not in work.success_exit_codes:

@@ -98,10 +98,10 @@ def _group_gone(pid: int) -> bool:
 
 async def test_cancelling_a_long_shell_execution_stops_it(bus: Bus, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
-    work = ShellWork(argv=["/bin/sh", "-c", f"echo $$ > {pidfile}; sleep 300 & sleep 300; wait"])
+    work = ShellWork(argv=["/bin/sh", "-c", f"cut -d' ' -f5 /proc/$$/stat > {pidfile}; sleep 300 & sleep 300; wait"])
     task_id, execution_id = await _trigger(bus, work)
     await bus.wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "", 60, "the process to start")
-    pid = int(pidfile.read_text())
+    pid = int(pidfile.read_text())  # the process group the executor stops
     assert not _group_gone(pid)
     cancelled_at = time.monotonic()
     await bus.send(

@@ -38,6 +38,10 @@ def _runner(grace: float = 1.0, **fence: Any) -> ShellRunner:
     return ShellRunner(ShellFence(fence.pop("commands", ALLOWED), **fence), grace)
 
 
+GROUP = "cut -d' ' -f5 /proc/$$/stat"
+"""A shell command printing the shell's process group id (the group the runner stops)."""
+
+
 def _gone(pid: int) -> bool:
     """Whether no process is left in the process group ``pid`` (zombies are reaped by then)."""
     try:
@@ -261,16 +265,19 @@ async def test_a_program_not_allowed_at_the_executor_fails_with_the_reason() -> 
 
 
 async def test_what_the_program_leaves_running_in_its_group_is_killed() -> None:
-    result = await _runner().run(ShellWork(argv=["/bin/sh", "-c", "sleep 300 & echo $$"]), _attempt())
+    result = await _runner().run(ShellWork(argv=["/bin/sh", "-c", f"sleep 300 & echo $!; {GROUP}"]), _attempt())
     assert result.status == "succeeded"
-    assert await _eventually_gone(int(result.result["stdout"]))  # the group the sleep is in
+    sleeper, group = (int(line) for line in result.result["stdout"].split())
+    assert await _eventually_gone(group)
+    with pytest.raises(ProcessLookupError):  # reaped, not merely moved out of the group
+        os.kill(sleeper, 0)
 
 
 async def _start_then_cancel(
     tmp_path: Path, script: str, *, requested: bool, grace: float
 ) -> tuple[int, float, Attempt]:
     pidfile = tmp_path / "pid"
-    work = ShellWork(argv=["/bin/sh", "-c", f"echo $$ > {pidfile}; {script}"])
+    work = ShellWork(argv=["/bin/sh", "-c", f"{GROUP} > {pidfile}; {script}"])
     at = _attempt()
     task = asyncio.create_task(_runner(grace).run(work, at))
     deadline = time.monotonic() + 10
@@ -278,6 +285,7 @@ async def _start_then_cancel(
         assert time.monotonic() < deadline, "the process never started"
         await asyncio.sleep(0.02)
     pid = int(pidfile.read_text())
+    assert not _gone(pid)
     at.cancellation.requested = requested
     started = time.monotonic()
     task.cancel()
@@ -302,7 +310,7 @@ async def test_a_process_ignoring_sigterm_is_killed_after_the_grace(tmp_path: Pa
 async def test_the_deadline_stops_the_process_group_and_fails_the_attempt(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     runners = Runners(None, None, None, TopicFence.from_settings(Settings()), shell=_runner())  # type: ignore[arg-type]
-    work = ShellWork(argv=["/bin/sh", "-c", f"echo $$ > {pidfile}; sleep 300"])
+    work = ShellWork(argv=["/bin/sh", "-c", f"{GROUP} > {pidfile}; sleep 300"])
     result = await runners.run(work, _attempt(), budget=0.5)
     assert result.status == "failed" and result.error == "timed out after 0.5s"
     assert await _eventually_gone(int(pidfile.read_text()))
@@ -338,3 +346,47 @@ async def test_a_sensitive_env_value_reaches_the_program_but_not_the_outcome() -
     assert result.status == "failed", result
     assert result.result["stdout"] == "token is ***\n" and result.result["stderr"] == "***\n"
     assert result.error == "exit code 1: ***"
+
+
+async def test_a_program_that_ignores_sigxcpu_is_killed_at_the_hard_limit() -> None:
+    code = "import signal; signal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True: pass"
+    result = await _runner().run(_py(code, cpu_seconds=1), _attempt())
+    assert result.status == "failed" and result.error.startswith("killed by SIGKILL (the CPU limit's hard stop at 2 s")
+
+
+async def test_shell_processes_wait_for_a_slot() -> None:
+    runner = ShellRunner(ShellFence(ALLOWED), concurrency=1)
+    work = ShellWork(argv=["/bin/sh", "-c", "sleep 0.5"])
+    started = time.monotonic()
+    results = await asyncio.gather(runner.run(work, _attempt()), runner.run(work, _attempt()))
+    assert [r.status for r in results] == ["succeeded", "succeeded"]
+    assert time.monotonic() - started >= 0.95  # one after the other
+
+
+_EXECUTOR = """
+import asyncio, sys
+from schemas.specs import ShellWork
+from streams.runners import Attempt
+from streams.shell import ShellFence, ShellRunner
+work = ShellWork(argv=["/bin/sh", "-c", "cut -d' ' -f5 /proc/$$/stat > " + sys.argv[1] + "; sleep 300 & wait"])
+asyncio.run(ShellRunner(ShellFence(("/bin/sh",))).run(work, Attempt("a/t", "a", "x", 1, {})))
+"""
+
+
+async def test_a_killed_executor_leaves_no_process_behind(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    executor = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _EXECUTOR, str(pidfile), env={**os.environ, "PYTHONPATH": os.getcwd()}
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert time.monotonic() < deadline and executor.returncode is None, "the program never started"
+            await asyncio.sleep(0.05)
+        assert not _gone(int(pidfile.read_text()))
+        executor.kill()  # SIGKILL: no cleanup of its own runs
+        await executor.wait()
+        assert await _eventually_gone(int(pidfile.read_text())), "the program outlived its executor"
+    finally:
+        if executor.returncode is None:
+            executor.kill()
