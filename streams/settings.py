@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Literal
@@ -186,6 +187,14 @@ class Settings(BaseSettings):
         relative = [p for p in value if not p.startswith("/")]
         if relative:
             raise ValueError(f"must be absolute paths (starting with '/'): {', '.join(relative)}")
+        return value
+
+    @field_validator("shell_env")
+    @classmethod
+    def _env_names(cls, value: list[str]) -> list[str]:
+        bad = [n for n in value if not re.fullmatch(r"[A-Za-z_*][A-Za-z0-9_*]*", n)]
+        if bad:
+            raise ValueError(f"must be variable names (letters, digits, '_', and '*' for any): {', '.join(bad)}")
         return value
 
     def secret_keyring(self) -> Keyring | None:

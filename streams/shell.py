@@ -41,7 +41,6 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -443,6 +442,3 @@ def _tails(stdout: bytes, stderr: bytes, budget: int = RESULT_MAX_BYTES - 1024) 
         if keep == 0 or len(orjson.dumps(texts)) <= budget:
             return texts, keep
         keep //= 2
-
-
-__all__: Sequence[str] = ("RESERVED_ENV", "RESERVED_ENV_PREFIXES", "ShellFence", "ShellRunner", "Vetted")

@@ -390,3 +390,11 @@ async def test_a_killed_executor_leaves_no_process_behind(tmp_path: Path) -> Non
     finally:
         if executor.returncode is None:
             executor.kill()
+
+
+@pytest.mark.parametrize(
+    "setting", [{"shell_commands": ["bin/sh"]}, {"shell_cwd": ["work"]}, {"shell_env": ["BAD NAME"]}]
+)
+def test_operator_settings_that_cannot_mean_what_they_say_stop_the_start(setting: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**setting)
