@@ -271,8 +271,9 @@ def sensitive_places(doc: Mapping[str, Any]) -> list[str]:
     """JSON pointers of the values of a task definition (as a dict) that must be encrypted.
 
     Headers named in :data:`SENSITIVE_HEADERS` or in the work's ``sensitive_headers`` (any case)
-    of ``work.headers``, ``work.poll.headers`` and ``work.cancel.headers``; and the params at the
-    definition's ``sensitive_params`` pointers, in ``params`` and (handler work) ``work.params``.
+    of ``work.headers``, ``work.poll.headers`` and ``work.cancel.headers``; shell work's ``env``
+    variables named in its ``sensitive_env``; and the params at the definition's
+    ``sensitive_params`` pointers, in ``params`` and (handler work) ``work.params``.
     """
     work = doc.get("work") or {}
     names = SENSITIVE_HEADERS | {h.lower() for h in work.get("sensitive_headers") or ()}
@@ -281,6 +282,9 @@ def sensitive_places(doc: Mapping[str, Any]) -> list[str]:
         found, headers = _get(doc, base)
         if found and isinstance(headers, dict):
             places.extend(f"{base}/{escape(name)}" for name in headers if name.lower() in names)
+    env = work.get("env")
+    if isinstance(env, dict):  # shell work
+        places.extend(f"/work/env/{escape(name)}" for name in work.get("sensitive_env") or () if name in env)
     for pointer in doc.get("sensitive_params") or ():
         for base in ("/params", "/work/params"):
             if _get(doc, base + pointer)[0]:

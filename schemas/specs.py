@@ -377,7 +377,107 @@ class HandlerWork(WireModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-Work = Annotated[HttpWork | KafkaWork | HandlerWork, Field(discriminator="kind")]
+SHELL_OUTPUT_MAX = 6144
+"""Largest ``limits.output_bytes``: both streams' tails must fit the result an execution keeps."""
+_SHELL_ARGS_BYTES = 128 * 1024
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class ShellLimits(WireModel):
+    """Resource limits of shell work, enforced by the operating system (``setrlimit``) on the
+    process it starts; its children inherit them, each with its own count."""
+
+    cpu_seconds: int = Field(default=60, ge=1, le=_DAY)
+    """CPU time the process may use; past it the OS sends SIGXCPU (one second later SIGKILL).
+    Wall-clock time is bounded by the task's ``timeout_seconds``."""
+    memory_mb: int = Field(default=512, ge=16, le=64 * 1024)
+    """Address space (virtual memory, ``RLIMIT_AS``) of the process, in MiB; an allocation past
+    it fails (the execution's error then says the memory limit was exceeded). Runtimes that
+    reserve much virtual memory up front (the JVM, Go) need a generous value."""
+    open_files: int = Field(default=256, ge=8, le=65_536)
+    """File descriptors the process may have open at once (``RLIMIT_NOFILE``)."""
+    file_size_mb: int = Field(default=1024, ge=0, le=1024 * 1024)
+    """Largest file the process may write, in MiB (``RLIMIT_FSIZE``); past it, SIGXFSZ."""
+    output_bytes: int = Field(default=4096, ge=0, le=SHELL_OUTPUT_MAX)
+    """Bytes of the end of stdout, and of stderr, kept in the execution's result. Output past
+    it is read and dropped (the process is not stopped); the result says it was truncated."""
+
+
+def _no_nul(value: str, what: str) -> str:
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL characters")
+    return value
+
+
+class ShellWork(WireModel):
+    """Run a command (no shell: ``argv`` is executed as is) under OS-enforced limits.
+
+    Off unless an operator allows it: ``argv[0]`` must resolve (through symlinks and ``..``) to
+    an executable allowed by ``SCHED_SHELL_COMMANDS``, every ``env`` name must be allowed by
+    ``SCHED_SHELL_ENV`` and ``cwd`` must lie under a root of ``SCHED_SHELL_CWD``. The process
+    never inherits the executor's environment: it gets ``PATH`` (fixed by the operator),
+    ``HOME`` (its working directory), ``env``, and ``SCHED_TASK_ID``, ``SCHED_EXECUTION_ID``,
+    ``SCHED_ATTEMPT`` and ``SCHED_PARAMS`` (the execution's params as JSON). The exit code is
+    the outcome; the ends of stdout and stderr are kept in the result.
+    """
+
+    kind: Literal["shell"] = "shell"
+    argv: list[str] = Field(min_length=1, max_length=256)
+    """The program and its arguments; the program is an absolute path or a name looked up in
+    the executor's fixed ``PATH``. Nothing is interpreted: no globbing, no variables, no pipes
+    (run ``/bin/sh -c`` if the operator allows it)."""
+    env: dict[str, str] = Field(default_factory=dict, max_length=100)
+    """Environment variables for the process, by name; each name must be allowed by the
+    operator. ``PATH``, ``HOME``, ``SCHED_*``, ``LD_*`` and other loader variables are refused."""
+    cwd: str | None = Field(default=None, max_length=4096)
+    """Absolute working directory, under a root the operator allows. None: a fresh empty
+    directory, removed after the attempt."""
+    limits: ShellLimits = Field(default_factory=ShellLimits)
+    """OS-enforced resource limits."""
+    success_exit_codes: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=256)
+    """Exit codes that count as success; any other exit (or a signal) fails the attempt."""
+    sensitive_env: list[str] = Field(default_factory=list, max_length=100)
+    """Names of ``env`` variables whose values are secrets: encrypted at rest, shown as ``***``,
+    and replaced by ``***`` where the process prints them."""
+
+    @field_validator("argv")
+    @classmethod
+    def _argv(cls, value: list[str]) -> list[str]:
+        if not value[0]:
+            raise ValueError("argv[0], the program, must not be empty")
+        for i, arg in enumerate(value):
+            _no_nul(arg, f"argv[{i}]")
+        if sum(len(a.encode()) + 1 for a in value) > _SHELL_ARGS_BYTES:
+            raise ValueError(f"argv must be at most {_SHELL_ARGS_BYTES} bytes in all")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"env name {name!r} must be letters, digits and '_', not starting with a digit")
+            _no_nul(text, f"env {name}")
+        if sum(len(k) + len(v.encode()) + 2 for k, v in value.items()) > _SHELL_ARGS_BYTES:
+            raise ValueError(f"env must be at most {_SHELL_ARGS_BYTES} bytes in all")
+        return value
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or "\x00" in value):
+            raise ValueError("cwd must be an absolute path (starting with '/') without NUL characters")
+        return value
+
+    @field_validator("success_exit_codes")
+    @classmethod
+    def _codes(cls, value: list[int]) -> list[int]:
+        if any(not 0 <= code <= 255 for code in value):
+            raise ValueError("exit codes must be between 0 and 255")
+        return value
+
+
+Work = Annotated[HttpWork | KafkaWork | HandlerWork | ShellWork, Field(discriminator="kind")]
 """Any kind of work, discriminated by ``kind``."""
 
 

@@ -94,7 +94,9 @@ def create(
 
 @tasks.command("list")
 @click.option("--status", type=click.Choice(["active", "paused", "completed", "deleted"]), help="only this status")
-@click.option("--type", "work_type", type=click.Choice(["http", "kafka", "handler"]), help="only this kind of work")
+@click.option(
+    "--type", "work_type", type=click.Choice(["http", "kafka", "handler", "shell"]), help="only this kind of work"
+)
 @click.option("--tag", help="only tasks with this tag")
 @click.option("--sort", type=click.Choice(["created_at", "name", "next_run"]), default="created_at", show_default=True)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="most tasks shown")
@@ -195,6 +197,8 @@ def _work_text(work: dict[str, Any]) -> str:
         return f"topic {work.get('topic')}"
     if kind == "handler":
         return str(work.get("name"))
+    if kind == "shell":
+        return " ".join(str(a) for a in work.get("argv") or [])
     return json.dumps(work)
 
 

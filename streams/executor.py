@@ -17,7 +17,8 @@
   ``ExecutionCompleted`` on the dispatch topics, keyed like the dispatch, so it lands on the
   partition, and so normally the executor, that got the dispatch. That executor cancels the
   attempt's asyncio task (the HTTP runner then sends the work's cancel request, a handler gets
-  ``CancelledError``) or drops the dispatch if it is still queued or arrives later. The
+  ``CancelledError``, a shell command's process group gets SIGTERM, then SIGKILL) or drops
+  the dispatch if it is still queued or arrives later. The
   execution already ended ``cancelled`` at its owner, so nothing is reported for it. An
   executor that no longer holds the partition does not see the cancellation; the attempt's
   new owner does (it reads the partition from the last commit, dispatch then cancellation).
@@ -57,6 +58,7 @@ from streams.deadletter import dead_letter_record
 from streams.fence import TopicFence, fenced_http_client
 from streams.runners import Attempt, Cancellation, Runners, RunResult
 from streams.settings import Settings, topic_name
+from streams.shell import ShellRunner
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +269,7 @@ class Executor:
                 self.settings.allowed_handlers,
                 TopicFence.from_settings(self.settings),
                 self.settings.http_response_limit_bytes,
+                ShellRunner.from_settings(self.settings),
             )
             dispatcher = asyncio.create_task(self._dispatch_loop(producer, runners))
             committer = asyncio.create_task(self._commit_loop(consumer))

@@ -1,4 +1,5 @@
-"""Running one attempt of an execution: HTTP requests, Kafka messages, Python handlers.
+"""Running one attempt of an execution: HTTP requests, Kafka messages, Python handlers, shell
+commands (``streams.shell``).
 
 A runner never raises for the work's own failure: it returns a ``RunResult``. The
 execution id goes with every request (``Idempotency-Key`` for HTTP, a header for Kafka) so
@@ -10,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from schemas.specs import HandlerWork, HttpPoll, HttpRequestSpec, HttpWork, KafkaWork
+from schemas.specs import HandlerWork, HttpPoll, HttpRequestSpec, HttpWork, KafkaWork, ShellWork
 from streams import handlers
 from streams.fence import AddressRefused, TopicFence
+
+if TYPE_CHECKING:  # streams.shell imports this module
+    from streams.shell import ShellRunner
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +49,8 @@ class Cancellation:
     The executor sets it before it cancels the attempt's asyncio task, so a runner's cleanup
     can tell a cancelled execution (stop the external work too) from a process shutting down
     (leave the external work alone: the partition's next owner runs the attempt again, with the
-    same execution id). A future runner (shell work) checks it the same way: on
-    ``CancelledError`` with ``requested`` set, terminate then kill its process.
+    same execution id). The shell runner stops its process group either way (a process left
+    behind would run on beside the next owner's), and says which it was.
     """
 
     requested: bool = False
@@ -167,18 +171,21 @@ class Runners:
         allowed: list[str] | None,
         topics: TopicFence,
         read_limit: int = 1024 * 1024,
+        shell: ShellRunner | None = None,
     ) -> None:
         self.http = http
         self.producer = producer
         self.allowed = allowed
         self.topics = topics
         self.read_limit = read_limit
+        self.shell = shell
+        """Runs shell work (None: shell work fails, this executor does not run it)."""
 
-    async def run(self, work: HttpWork | KafkaWork | HandlerWork, at: Attempt, budget: float) -> RunResult:
+    async def run(self, work: HttpWork | KafkaWork | HandlerWork | ShellWork, at: Attempt, budget: float) -> RunResult:
         """Run one attempt within ``budget`` seconds; the result and error are size-capped."""
         return capped(await self._run(work, at, budget))
 
-    async def _run(self, work: HttpWork | KafkaWork | HandlerWork, at: Attempt, budget: float) -> RunResult:
+    async def _run(self, work: HttpWork | KafkaWork | HandlerWork | ShellWork, at: Attempt, budget: float) -> RunResult:
         if budget <= 0:
             return RunResult("failed", error="deadline passed before the attempt started")
         try:
@@ -190,6 +197,10 @@ class Runners:
                         return await self._kafka(work, at)
                     case HandlerWork():
                         return await self._handler(work, at)
+                    case ShellWork():
+                        if self.shell is None:
+                            return RunResult("failed", error="this executor does not run shell work")
+                        return await self.shell.run(work, at)
         except TimeoutError:
             return RunResult("failed", error=f"timed out after {budget:.1f}s")
         except aiohttp.ClientConnectorError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Literal
@@ -91,6 +92,25 @@ class Settings(BaseSettings):
     http_allow_networks: list[IPvAnyNetwork] = []
     """Networks HTTP work may reach although they are loopback, link-local, private or otherwise
     internal (CIDR, e.g. ``["10.20.0.0/16"]``). Empty (the default): only public addresses."""
+    shell_commands: list[str] = []
+    """Programs shell work may run: absolute paths or patterns (``*`` within a directory, ``**``
+    across directories, ``?`` one character), e.g. ``["/usr/bin/rsync", "/opt/jobs/**"]``. A
+    work's ``argv[0]`` is resolved (``PATH``, symlinks, ``..``) to its real file first, and
+    that is what must match. Empty (the default): shell work is refused."""
+    shell_env: list[str] = []
+    """Environment variable names shell work may set (exact names, or patterns with ``*``,
+    e.g. ``["REPORT_*"]``). ``PATH``, ``HOME``, ``SCHED_*`` and loader variables (``LD_*``,
+    ``DYLD_*``, ``BASH_ENV``, ...) are refused even if they match."""
+    shell_cwd: list[str] = []
+    """Directories (and everything under them) shell work may use as its working directory.
+    Empty: only the default, a fresh empty directory per attempt."""
+    shell_path: str = "/usr/local/bin:/usr/bin:/bin"
+    """``PATH`` of shell work's processes, and where a bare program name in ``argv[0]`` is looked up."""
+    shell_concurrency: int = Field(default=16, ge=1, le=10_000)
+    """Shell processes an executor runs at once; further shell attempts wait (within their
+    deadline). ``executor_concurrency`` is sized for HTTP calls, far too many processes."""
+    shell_kill_grace_seconds: float = Field(default=5.0, ge=0, le=300)
+    """On cancel, timeout or shutdown the work's process group gets SIGTERM, then SIGKILL after this long."""
     http_response_limit_bytes: int = Field(default=1024 * 1024, ge=4096)
     """Most bytes of an HTTP work response read (to find a job id or status); the rest is not
     read, and the execution's result keeps only the first few kilobytes."""
@@ -159,6 +179,22 @@ class Settings(BaseSettings):
         problems = [p for p in map(topic_pattern_problem, value) if p is not None]
         if problems:
             raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("shell_commands", "shell_cwd")
+    @classmethod
+    def _absolute_paths(cls, value: list[str]) -> list[str]:
+        relative = [p for p in value if not p.startswith("/")]
+        if relative:
+            raise ValueError(f"must be absolute paths (starting with '/'): {', '.join(relative)}")
+        return value
+
+    @field_validator("shell_env")
+    @classmethod
+    def _env_names(cls, value: list[str]) -> list[str]:
+        bad = [n for n in value if not re.fullmatch(r"[A-Za-z_*][A-Za-z0-9_*]*", n)]
+        if bad:
+            raise ValueError(f"must be variable names (letters, digits, '_', and '*' for any): {', '.join(bad)}")
         return value
 
     def secret_keyring(self) -> Keyring | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response
@@ -42,14 +43,15 @@ from projections.folds import from_micros
 from scheduler.schedule import anchor_for, fire_at, next_slot
 from schemas.commands import CreateTask, DeleteTask, PauseTask, ResumeTask, TriggerTask, UpdateTask
 from schemas.secrets import SecretError, seal_definition, seal_params
-from schemas.specs import TOLERANT, HandlerWork, HttpWork, KafkaWork, TaskDefinition
+from schemas.specs import TOLERANT, HandlerWork, HttpWork, KafkaWork, ShellWork, TaskDefinition
 from streams.fence import TopicFence, literal_url_refusal
+from streams.shell import ShellFence
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
 
 TaskId = Annotated[str, Path(description="The task's id (as returned on create).", max_length=200)]
 TaskStatus = Literal["active", "paused", "completed", "deleted"]
-WorkType = Literal["http", "kafka", "handler"]
+WorkType = Literal["http", "kafka", "handler", "shell"]
 ExecutionStatus = Literal[
     "buffered", "scheduled", "running", "retrying", "succeeded", "failed", "timed_out", "cancelled", "skipped"
 ]
@@ -59,8 +61,10 @@ ExecutionStatus = Literal[
 def check_work_fence(definition: TaskDefinition, tenant: str, settings: ApiSettings) -> None:
     """422 naming the field when the work aims where the deployment fences it off: a Kafka topic
     not allowed (or the deployment's own), an HTTP URL whose host is literally a refused
-    address, a handler not in the allow-list. An early answer only: the executor checks again
-    where the work runs, and checks the address each name resolves to then."""
+    address, a handler not in the allow-list, a shell program, env variable or working
+    directory the operator does not allow. An early answer only: the executor checks again
+    where the work runs, and checks the address each name resolves to (and the real file each
+    program is) then."""
     work = definition.work
     problems: list[tuple[str, str]] = []
     if isinstance(work, KafkaWork):
@@ -79,12 +83,20 @@ def check_work_fence(definition: TaskDefinition, tenant: str, settings: ApiSetti
                 problems.append((path, refusal))
     elif isinstance(work, HandlerWork) and not handlers_allow(work.name, settings.allowed_handlers):
         problems.append(("work.name", f"handler {work.name!r} is not allowed (SCHED_ALLOWED_HANDLERS)"))
+    elif isinstance(work, ShellWork):
+        _, refused = ShellFence.from_settings(settings).vet(work, must_exist=False)
+        problems.extend((f"work.{path}", message) for path, message in refused)
     if problems:
         errors = [
-            FieldError(field=f"definition.{path}", message=message, pointer="#/" + path.replace(".", "/"))
+            FieldError(field=f"definition.{path}", message=message, pointer="#/" + _pointer_path(path))
             for path, message in problems
         ]
         raise Unprocessable("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)
+
+
+def _pointer_path(path: str) -> str:
+    """``work.argv[0]`` as the JSON pointer path ``work/argv/0``."""
+    return re.sub(r"\[(\d+)\]", r".\1", path).replace(".", "/")
 
 
 def handlers_allow(name: str, allowed: list[str] | None) -> bool:

@@ -212,6 +212,7 @@ function workSummary(work) {
     case "http": return `HTTP ${work.method} ${work.url}`;
     case "kafka": return `Kafka message to ${work.topic}`;
     case "handler": return `handler ${work.name}`;
+    case "shell": return `shell ${(work.argv || []).join(" ")}`;
     default: return work.kind;
   }
 }
@@ -239,7 +240,7 @@ function listPage() {
   main.replaceChildren(
     h("section", { class: "filters" },
       select("status", [["", "all statuses"], ["active", "active"], ["paused", "paused"], ["completed", "completed"], ["deleted", "deleted"]]),
-      select("type", [["", "all kinds"], ["http", "HTTP"], ["kafka", "Kafka"], ["handler", "handler"]]),
+      select("type", [["", "all kinds"], ["http", "HTTP"], ["kafka", "Kafka"], ["handler", "handler"], ["shell", "shell"]]),
       tag,
       select("sort", [["created_at", "newest first"], ["name", "by name"], ["next_run", "next run first"]]),
       count),
