@@ -1,6 +1,6 @@
 """The one command-line tool, ``scheduler``: one click group for everything.
 
-- Processes: ``worker``, ``executor``, ``projector``, ``api``, ``topics``, ``secrets``.
+- Processes: ``worker``, ``executor``, ``triggers``, ``projector``, ``api``, ``topics``, ``secrets``.
 - The REST API from a terminal: ``tasks`` and ``executions`` (``streams/cli_tasks.py``).
 - Straight to Kafka and the views, where the API is not involved: ``tail``
   (``streams/cli_tail.py``) and ``replay`` (``streams/cli_ops.py``).
@@ -96,6 +96,26 @@ def executor(worker_id: str | None) -> None:
         asyncio.run(run())
     except KeyboardInterrupt:
         sys.exit(0)
+
+
+@main.command()
+def triggers() -> None:
+    """Run the trigger router: CloudEvents on the triggers topic start the tasks whose rules match."""
+    from streams.admin import ensure_topics
+    from streams.logs import configure as configure_logs
+    from streams.metrics import serve as serve_metrics
+    from streams.triggers import TriggerRouter
+
+    settings = _settings()
+    configure_logs(settings)
+    serve_metrics(settings)
+
+    async def run() -> None:
+        await ensure_topics(settings)
+        await TriggerRouter(settings).run()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
 
 
 @main.command()
