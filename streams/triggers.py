@@ -341,6 +341,7 @@ class TriggerRouter:
         self._dead_letter = topics.dead_letter
         self._triggers = topics.triggers
         self._rules = topics.trigger_rules
+        self._tail: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Route until cancelled."""
@@ -365,6 +366,7 @@ class TriggerRouter:
             try:
                 await self._load_rules(rules)
                 tail = asyncio.create_task(self._tail_rules(rules))
+                self._tail = tail
                 self.ready.set()
                 log.info("trigger router: %d tasks with trigger rules; routing", len(self.index))
                 events.subscribe([self._triggers], listener=_Revoked(self.routing))
@@ -405,6 +407,9 @@ class TriggerRouter:
     async def _route(self, events: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         committed: dict[TopicPartition, int] = {}
         while True:
+            if self._tail is not None and self._tail.done():
+                self._tail.result()  # its failure is the router's: stale rules must not route
+                raise RuntimeError("the trigger-rules reader stopped")
             wait = 0.5
             closes = self.routing.next_close()
             if closes is not None:
