@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import signal
 import sys
 
 import click
@@ -112,10 +113,16 @@ def triggers() -> None:
 
     async def run() -> None:
         await ensure_topics(settings)
-        await TriggerRouter(settings).run()
+        # SIGTERM stops it as Ctrl-C does: the consumer leaves its group at once, so another
+        # router takes its partitions without waiting for the session timeout.
+        routing = asyncio.current_task()
+        assert routing is not None  # nosec B101  # inside asyncio.run
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(stop, routing.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await TriggerRouter(settings).run()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    asyncio.run(run())
 
 
 @main.command()

@@ -37,6 +37,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter
 from pydantic import ValidationError
 
@@ -66,6 +68,11 @@ ACTOR = "trigger-router"
 """The ``actor`` of those commands."""
 GROUP = "trigger-router"
 """Consumer group of the routers (after the deployment's prefix)."""
+METADATA_PREFIX = "v1:"
+"""Commit metadata of the router: ``v1:<the offset routed to>``."""
+RECALL_SECONDS = 60.0
+"""Longest a router spends, at an assignment, recalling the events its partitions routed before:
+past it, it routes with what it recalled (the task processor still remembers recent trigger ids)."""
 COMMAND_NAMESPACE = uuid.UUID("5e2d9c71-4a3b-5f6e-8d12-7c9b0a1e3f45")
 """Namespace of the command ids derived from trigger ids."""
 
@@ -171,10 +178,10 @@ class Window:
     rule: TriggerRule
     closes_at: float
     """Epoch seconds."""
-    partition: TopicPartition
-    first_offset: int
-    """The offset of its first event: nothing at or after it is committed while it is open."""
     events: list[CloudEvent] = field(default_factory=list)
+    first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    """Per partition, the offset of its first event there: nothing at or after it is committed
+    while the window is open, so a restart reads every event of the window again."""
 
 
 @dataclass
@@ -207,6 +214,8 @@ class Routing:
         self.windows: dict[tuple[str, int], Window] = {}
         self.stats = RouterStats()
         self._next: dict[TopicPartition, int] = {}
+        self.replay_until: dict[TopicPartition, int] = {}
+        """Per partition, the position its last owner had routed to (from its commit's metadata)."""
 
     def record(
         self,
@@ -217,8 +226,14 @@ class Routing:
         headers: Sequence[tuple[str, bytes]],
         now: float,
     ) -> Routed:
-        """Route one record read at ``now`` (epoch seconds; ``timestamp`` is the record's)."""
+        """Route one record read at ``now`` (epoch seconds; ``timestamp`` is the record's).
+
+        A record the partition's last owner routed already (before the position its commit
+        named, see :meth:`committable`) only rebuilds the debounce windows it was in: its other
+        runs and its dead letter were sent.
+        """
         self._next[tp] = offset + 1
+        replaying = offset < self.replay_until.get(tp, 0)
         self._count("received")
         try:
             if value is not None and len(value) > self.max_bytes:
@@ -226,8 +241,8 @@ class Routing:
             event = decode_cloudevent(value, headers)
         except DecodeError as exc:
             self._count("invalid")
-            return Routed(invalid=exc)
-        if not self.seen.add(dedup_key(event), now):
+            return Routed() if replaying else Routed(invalid=exc)
+        if not self.seen.add(dedup_key(event), now) and not replaying:
             self._count("deduplicated")
             return Routed()
         commands: list[TriggerTask] = []
@@ -237,15 +252,17 @@ class Routing:
             if rule is None:
                 continue
             if rule.debounce_seconds is None:
-                commands.append(self._command(task_id, event, rule, [event], now, debounced=False))
+                if not replaying:
+                    commands.append(self._command(task_id, event, rule, [event], now, debounced=False))
                 continue
             key = (task_id, rules.index(rule))
             window = self.windows.get(key)
             if window is None:
                 opened = min(timestamp, now)
-                window = Window(task_id, event.tenant, rule, opened + rule.debounce_seconds, tp, offset)
+                window = Window(task_id, event.tenant, rule, opened + rule.debounce_seconds)
                 self.windows[key] = window
             window.events.append(event)
+            window.first_offsets.setdefault(tp, offset)
             windowed = True
         self._count("matched" if commands or windowed else "unmatched")
         return Routed(commands=commands)
@@ -264,23 +281,48 @@ class Routing:
         """When the next debounce window closes (epoch seconds), or None."""
         return min((w.closes_at for w in self.windows.values()), default=None)
 
-    def committable(self) -> dict[TopicPartition, int]:
+    def committable(self) -> dict[TopicPartition, OffsetAndMetadata]:
         """The offset each partition may commit: after every record routed, but not past the
-        first record of an open window (its run has not left yet)."""
-        offsets = dict(self._next)
-        for window in self.windows.values():
-            tp = window.partition
-            if tp in offsets:
-                offsets[tp] = min(offsets[tp], window.first_offset)
+        first record of an open window (its run has not left yet). The metadata names the
+        position routed to (``v1:<offset>``): the next owner reads the records from the
+        committed offset again only to rebuild the windows, and sends nothing else twice."""
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp, nxt in self._next.items():
+            hold = min((w.first_offsets[tp] for w in self.windows.values() if tp in w.first_offsets), default=nxt)
+            routed = max(nxt, self.replay_until.get(tp, 0))
+            offsets[tp] = OffsetAndMetadata(min(hold, nxt), f"{METADATA_PREFIX}{routed}")
         return offsets
+
+    def resume(self, tp: TopicPartition, committed: OffsetAndMetadata | None) -> int | None:
+        """Take ``tp`` over from its last owner's commit; the position it had routed to (None
+        without a commit)."""
+        if committed is None or committed.offset < 0:
+            return None
+        routed: int = committed.offset
+        metadata = committed.metadata or ""
+        if metadata.startswith(METADATA_PREFIX) and metadata[len(METADATA_PREFIX) :].isdigit():
+            routed = max(routed, int(metadata[len(METADATA_PREFIX) :]))
+        self.replay_until[tp] = routed
+        return routed
+
+    def remember(self, value: bytes | None, headers: Sequence[tuple[str, bytes]], timestamp: float) -> bool:
+        """Remember an event routed before (by an earlier owner of its partition) as seen at its
+        record's ``timestamp``; False when it is not a valid event (nothing to remember)."""
+        try:
+            event = decode_cloudevent(value, headers)
+        except DecodeError:
+            return False
+        self.seen.add(dedup_key(event), timestamp)
+        return True
 
     def forget(self, partitions: Sequence[TopicPartition]) -> None:
         """Drop the windows and positions of partitions this router no longer owns: their next
         owner reads them again from the committed offsets."""
         gone = set(partitions)
-        self.windows = {k: w for k, w in self.windows.items() if w.partition not in gone}
+        self.windows = {k: w for k, w in self.windows.items() if not gone & w.first_offsets.keys()}
         for tp in gone:
             self._next.pop(tp, None)
+            self.replay_until.pop(tp, None)
 
     def _command(
         self,
@@ -315,15 +357,18 @@ class Routing:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka's abc is untyped
-    def __init__(self, routing: Routing) -> None:
-        self.routing = routing
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka's abc is untyped
+    def __init__(self, router: TriggerRouter) -> None:
+        self.router = router
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        self.routing.forget(revoked)
+        self.router.routing.forget(revoked)
+        self.router.to_recall.difference_update(revoked)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        return None
+        # Recalled by the routing loop before it routes their records: aiokafka may hand out
+        # records of a new assignment before this callback has finished.
+        self.router.to_recall.update(assigned)
 
 
 class TriggerRouter:
@@ -342,6 +387,8 @@ class TriggerRouter:
         self._triggers = topics.triggers
         self._rules = topics.trigger_rules
         self._tail: asyncio.Task[None] | None = None
+        self.to_recall: set[TopicPartition] = set()
+        """Partitions assigned whose earlier events are not recalled yet (see :meth:`recall`)."""
 
     async def run(self) -> None:
         """Route until cancelled."""
@@ -369,7 +416,7 @@ class TriggerRouter:
                 self._tail = tail
                 self.ready.set()
                 log.info("trigger router: %d tasks with trigger rules; routing", len(self.index))
-                events.subscribe([self._triggers], listener=_Revoked(self.routing))
+                events.subscribe([self._triggers], listener=_Rebalance(self))
                 await events.start()
                 try:
                     await self._route(events, producer)
@@ -383,6 +430,76 @@ class TriggerRouter:
                 await rules.stop()
         finally:
             await producer.stop()
+
+    async def recall(self, assigned: Sequence[TopicPartition]) -> None:
+        """Take ``assigned`` partitions over from their last owner's commits: the records it
+        routed after the committed offset only rebuild debounce windows (see
+        :meth:`Routing.record`), and the events routed in the last ``SCHED_TRIGGER_DEDUP_SECONDS``
+        are remembered, so an event delivered again after a restart or a rebalance still runs
+        nothing (the task processor alone remembers only a task's last 64 trigger ids). Reads
+        at most ``SCHED_TRIGGER_DEDUP_MAX_EVENTS`` records a partition."""
+        if not assigned:
+            return
+        committed = await self._commits(assigned)
+        ends: dict[TopicPartition, int] = {}
+        for tp in assigned:
+            routed = self.routing.resume(tp, committed.get(tp))
+            if routed:
+                ends[tp] = routed
+        window = self.settings.trigger_dedup_seconds
+        if window <= 0 or not ends:
+            return
+        started = time.perf_counter()
+        reader = AIOKafkaConsumer(
+            **kafka_options(self.settings), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await reader.start()
+        try:
+            since = int((self.clock() - window) * 1000)
+            found = await reader.offsets_for_times(dict.fromkeys(ends, since))
+            starts: dict[TopicPartition, int] = {}
+            for tp, end in ends.items():
+                at = found.get(tp)
+                start = max(end if at is None else at.offset, end - self.settings.trigger_dedup_max_events, 0)
+                if start < end:
+                    starts[tp] = start
+            if not starts:
+                return
+            reader.assign(list(starts))
+            for tp, start in starts.items():
+                reader.seek(tp, start)
+            recalled = 0
+            left = set(starts)
+            deadline = time.monotonic() + RECALL_SECONDS
+            while left and time.monotonic() < deadline:
+                for tp, records in (await reader.getmany(*left, timeout_ms=500)).items():
+                    for record in records:
+                        if record.offset < ends[tp]:
+                            recalled += self.routing.remember(
+                                record.value, list(record.headers or ()), record.timestamp / 1000
+                            )
+                left = {tp for tp in left if await reader.position(tp) < ends[tp]}
+            log.info(
+                "trigger router: recalled %d events of the last %.0fs on %d partitions in %.2fs",
+                recalled, window, len(starts), time.perf_counter() - started,
+            )  # fmt: skip
+        finally:
+            await reader.stop()
+
+    async def _commits(self, assigned: Sequence[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The group's commits (with their metadata) of ``assigned`` partitions."""
+        admin = AIOKafkaAdminClient(**kafka_options(self.settings))
+        try:
+            await admin.start()
+            found: dict[TopicPartition, OffsetAndMetadata] = await admin.list_consumer_group_offsets(
+                self.settings.topics.name(GROUP), partitions=list(assigned)
+            )
+            return found
+        except Exception as exc:  # without them, records after the committed offsets route again
+            log.warning("trigger router: could not read the group's commits: %r", exc)
+            return {}
+        finally:
+            await admin.close()
 
     async def _load_rules(self, rules: AIOKafkaConsumer) -> None:
         """Read ``trigger-rules`` to its end as it is now."""
@@ -405,7 +522,7 @@ class TriggerRouter:
                     log.warning("trigger-rules[%d]@%d ignored: %s", record.partition, record.offset, exc)
 
     async def _route(self, events: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
-        committed: dict[TopicPartition, int] = {}
+        committed: dict[TopicPartition, OffsetAndMetadata] = {}
         while True:
             if self._tail is not None and self._tail.done():
                 self._tail.result()  # its failure is the router's: stale rules must not route
@@ -415,6 +532,9 @@ class TriggerRouter:
             if closes is not None:
                 wait = min(wait, max(closes - self.clock(), 0.0))
             batch = await events.getmany(timeout_ms=int(wait * 1000))
+            if self.to_recall:
+                await self.recall(sorted(self.to_recall))
+                self.to_recall.clear()
             sent: list[asyncio.Future[Any]] = []
             for tp, records in batch.items():
                 for record in records:

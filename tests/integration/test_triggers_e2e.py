@@ -194,3 +194,25 @@ async def test_debounce_batches_the_window_into_one_run(bus: Bus) -> None:
     (run,) = dispatched(bus, task_id)
     assert [e["id"] for e in run.params["builds"]] == ids
     assert run.params["builds_count"] == 3
+
+
+async def test_an_event_delivered_again_after_a_router_restart_runs_nothing(bus: Bus, router: WorkerProc) -> None:
+    """The restarted router recalls the events routed before its partitions' committed offsets:
+    without that, only the task processor's memory of a task's last 64 trigger ids would stand,
+    and 64 newer runs push an event's out of it."""
+    task_id = await create_triggered(bus, "acme", RULE)
+    probe = await create_triggered(bus, "acme", {"type": "com.acme.probe"})
+    first = orjson.dumps(cloudevent("acme"))
+    await bus.send_raw("triggers", b"acme", first)
+    for _ in range(64):
+        await bus.send_raw("triggers", b"acme", orjson.dumps(cloudevent("acme")))
+    await bus.wait_for(lambda: len(dispatched(bus, task_id)) == 65, 60, "65 runs")
+
+    router.stop()
+    router.start()
+    await bus.send_raw("triggers", b"acme", orjson.dumps(cloudevent("acme", type="com.acme.probe")))
+    await bus.wait_for(lambda: bool(dispatched(bus, probe)), 60, "the restarted router to route")
+    await bus.send_raw("triggers", b"acme", first)  # delivered again, long after
+
+    await asyncio.sleep(QUIET)
+    assert len(dispatched(bus, task_id)) == 65

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from schemas.commands import CreateTask
@@ -342,7 +343,7 @@ def test_invalid_and_too_large_events_are_reported_not_routed() -> None:
     assert routed.invalid is not None and routed.invalid.field == "specversion"
     big = r.record(TP, 1, 0, raw(data={"x": "y" * 2000}), [], now=0)
     assert big.invalid is not None and "larger than 1024 bytes" in str(big.invalid)
-    assert r.stats.invalid == 2 and r.committable() == {TP: 2}
+    assert r.stats.invalid == 2 and r.committable() == {TP: OffsetAndMetadata(2, "v1:2")}
 
 
 def test_rules_follow_updates_and_tombstones() -> None:
@@ -364,32 +365,63 @@ def test_debounce_batches_a_window_and_holds_its_offsets() -> None:
     assert r.record(TP, 5, 100.0, raw(id="1"), [], now=100.2).commands == []
     assert r.record(other, 9, 103.0, raw(id="2"), [], now=103.0).commands == []
     assert r.record(TP, 6, 104.0, raw(id="3"), [], now=104.0).commands == []
-    # Nothing at or after the window's first record is committed while it is open.
-    assert r.committable() == {TP: 5, other: 10}
+    # Nothing at or after the window's first record on each partition is committed while it is
+    # open; the metadata says how far it routed.
+    assert r.committable() == {TP: OffsetAndMetadata(5, "v1:7"), other: OffsetAndMetadata(9, "v1:10")}
     assert r.next_close() == 110.0
     assert r.due(109.9) == []
     (run,) = r.due(110.0)
     assert [e["id"] for e in run.params["event"]] == ["1", "2", "3"] and run.params["event_count"] == 3
     assert run.trigger_id == trigger_id("acme/a", event(id="1"), window=True)
-    assert r.committable() == {TP: 7, other: 10}
+    assert r.committable() == {TP: OffsetAndMetadata(7, "v1:7"), other: OffsetAndMetadata(10, "v1:10")}
     # The next event opens a new window.
     r.record(TP, 7, 111.0, raw(id="4"), [], now=111.0)
     assert r.next_close() == 121.0
 
 
 def test_a_window_replayed_after_a_restart_runs_with_the_same_trigger_id() -> None:
-    """The offsets stopped at the window's first record: the next owner reads its events again
-    (their record timestamps are old, so the window closes at once) and sends the same run."""
-    index = index_with(("acme/a", "acme", [{**RULE, "debounce_seconds": 10}]))
+    """The commit stopped at the window's first record: the next owner reads its events again
+    (their record timestamps are old, so the window closes at once) and sends the same run,
+    but not again the runs of events it had routed to undebounced rules."""
+    rules = [{**RULE, "debounce_seconds": 10}]
+    index = index_with(("acme/a", "acme", rules), ("acme/now", "acme", [RULE]))
     first = routing(index)
-    first.record(TP, 5, 100.0, raw(id="1"), [], now=100.0)
-    first.record(TP, 6, 101.0, raw(id="2"), [], now=101.0)
-    (before,) = first.due(110.0)
+    assert len(first.record(TP, 5, 100.0, raw(id="1"), [], now=100.0).commands) == 1  # acme/now
+    assert len(first.record(TP, 6, 101.0, raw(id="2"), [], now=101.0).commands) == 1
+    commit = first.committable()[TP]
+    assert commit == OffsetAndMetadata(5, "v1:7")
     second = routing(index)
-    second.record(TP, 5, 100.0, raw(id="1"), [], now=500.0)
-    second.record(TP, 6, 101.0, raw(id="2"), [], now=500.0)
+    assert second.resume(TP, commit) == 7
+    assert second.record(TP, 5, 100.0, raw(id="1"), [], now=500.0).commands == []  # routed before
+    assert second.record(TP, 6, 101.0, raw(id="2"), [], now=500.0).commands == []
     (after,) = second.due(500.0)
+    (before,) = first.due(111.0)
     assert after.trigger_id == before.trigger_id and after.params == before.params
+    fresh = second.record(TP, 7, 102.0, raw(id="3"), [], now=500.0).commands
+    assert [c.task_id for c in fresh] == ["acme/now"]
+    assert second.committable()[TP] == OffsetAndMetadata(7, "v1:8")  # the window of "3" holds it
+
+
+@pytest.mark.parametrize(
+    ("commit", "routed"),
+    [
+        (None, None),
+        (OffsetAndMetadata(-1, ""), None),
+        (OffsetAndMetadata(5, ""), 5),  # no metadata: everything after the offset routes again
+        (OffsetAndMetadata(5, "garbage"), 5),
+        (OffsetAndMetadata(5, "v1:9"), 9),
+        (OffsetAndMetadata(5, "v1:3"), 5),
+    ],
+)
+def test_resume_reads_how_far_the_last_owner_routed(commit: OffsetAndMetadata | None, routed: int | None) -> None:
+    assert routing(RulesIndex()).resume(TP, commit) == routed
+
+
+def test_remembered_events_are_deduplicated() -> None:
+    r = routing(index_with(("acme/a", "acme", [RULE])))
+    assert r.remember(raw(id="old"), [], 90.0) and not r.remember(b"junk", [], 90.0)
+    assert r.record(TP, 0, 100.0, raw(id="old"), [], now=100.0).commands == []
+    assert r.stats.deduplicated == 1
 
 
 def test_forget_drops_the_windows_of_revoked_partitions() -> None:
