@@ -56,6 +56,7 @@ from schemas.triggers import (
     trigger_id,
     trigger_params,
 )
+from streams import metrics
 from streams.connections import kafka_options
 from streams.deadletter import dead_letter_record
 from streams.settings import Settings
@@ -386,6 +387,7 @@ class TriggerRouter:
         self._dead_letter = topics.dead_letter
         self._triggers = topics.triggers
         self._rules = topics.trigger_rules
+        self._group = topics.name(GROUP)
         self._tail: asyncio.Task[None] | None = None
         self.to_recall: set[TopicPartition] = set()
         """Partitions assigned whose earlier events are not recalled yet (see :meth:`recall`)."""
@@ -399,7 +401,7 @@ class TriggerRouter:
         )
         events = AIOKafkaConsumer(
             **options,
-            group_id=self.settings.topics.name(GROUP),
+            group_id=self._group,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             session_timeout_ms=int(self.settings.session_timeout_seconds * 1000),
@@ -418,9 +420,12 @@ class TriggerRouter:
                 log.info("trigger router: %d tasks with trigger rules; routing", len(self.index))
                 events.subscribe([self._triggers], listener=_Rebalance(self))
                 await events.start()
+                # scheduler_consumer_lag_messages of the router's group, as the other processes do.
+                lag = asyncio.create_task(metrics.measure_lag(self.settings, {self._group: [self._triggers]}))
                 try:
                     await self._route(events, producer)
                 finally:
+                    lag.cancel()
                     await events.stop()
             finally:
                 if tail is not None:
@@ -492,7 +497,7 @@ class TriggerRouter:
         try:
             await admin.start()
             found: dict[TopicPartition, OffsetAndMetadata] = await admin.list_consumer_group_offsets(
-                self.settings.topics.name(GROUP), partitions=list(assigned)
+                self._group, partitions=list(assigned)
             )
             return found
         except Exception as exc:  # without them, records after the committed offsets route again
