@@ -91,11 +91,44 @@ RUNS = Counter("scheduler_trigger_runs", "TriggerTask commands produced by the t
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _TenantRules:
+    """One tenant's rules, indexed by exact event type (a prefix type is checked one by one)."""
+
+    rules: dict[str, list[TriggerRule]] = field(default_factory=dict)
+    """Task id -> its rules."""
+    by_type: dict[str, set[str]] = field(default_factory=dict)
+    """Exact event type -> the tasks with a rule on it."""
+    by_prefix: set[str] = field(default_factory=set)
+    """The tasks with a rule on a type prefix."""
+
+    def add(self, task_id: str, rules: list[TriggerRule]) -> None:
+        self.rules[task_id] = rules
+        for rule in rules:
+            if rule.type.exact is not None:
+                self.by_type.setdefault(rule.type.exact, set()).add(task_id)
+            else:
+                self.by_prefix.add(task_id)
+
+    def drop(self, task_id: str) -> None:
+        for rule in self.rules.pop(task_id, ()):
+            if rule.type.exact is not None:
+                tasks = self.by_type.get(rule.type.exact, set())
+                tasks.discard(task_id)
+                if not tasks:
+                    self.by_type.pop(rule.type.exact, None)
+        self.by_prefix.discard(task_id)
+
+
 class RulesIndex:
-    """Every task's trigger rules, by tenant, as read from ``trigger-rules``."""
+    """Every task's trigger rules, by tenant, as read from ``trigger-rules``.
+
+    Exact event types are indexed: an event is matched against the rules of the tasks with a
+    rule on its type (or on a type prefix) only, not against every rule of its tenant.
+    """
 
     def __init__(self) -> None:
-        self._by_tenant: dict[str, dict[str, list[TriggerRule]]] = {}
+        self._by_tenant: dict[str, _TenantRules] = {}
         self._tenant_of: dict[str, str] = {}
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
@@ -116,20 +149,31 @@ class RulesIndex:
             raise DecodeError(f"not a task's trigger rules: {exc.errors()[0].get('msg')}") from None
         self._drop(task_id)
         if rules.rules:
-            self._by_tenant.setdefault(rules.tenant, {})[task_id] = list(rules.rules)
+            self._by_tenant.setdefault(rules.tenant, _TenantRules()).add(task_id, list(rules.rules))
             self._tenant_of[task_id] = rules.tenant
 
     def _drop(self, task_id: str) -> None:
         tenant = self._tenant_of.pop(task_id, None)
         if tenant is not None:
-            tasks = self._by_tenant.get(tenant, {})
-            tasks.pop(task_id, None)
-            if not tasks:
-                self._by_tenant.pop(tenant, None)
+            found = self._by_tenant.get(tenant)
+            if found is not None:
+                found.drop(task_id)
+                if not found.rules:
+                    self._by_tenant.pop(tenant, None)
 
     def tasks(self, tenant: str) -> dict[str, list[TriggerRule]]:
         """The tasks of ``tenant`` that have rules: task id -> rules."""
-        return self._by_tenant.get(tenant, {})
+        found = self._by_tenant.get(tenant)
+        return {} if found is None else found.rules
+
+    def candidates(self, tenant: str, event_type: str) -> list[tuple[str, list[TriggerRule]]]:
+        """The tasks of ``tenant`` that may match an event of ``event_type``, with their rules,
+        in task id order."""
+        found = self._by_tenant.get(tenant)
+        if found is None:
+            return []
+        ids = found.by_type.get(event_type, set()) | found.by_prefix
+        return [(task_id, found.rules[task_id]) for task_id in sorted(ids)]
 
     def __len__(self) -> int:
         return len(self._tenant_of)
@@ -248,7 +292,7 @@ class Routing:
             return Routed()
         commands: list[TriggerTask] = []
         windowed = False
-        for task_id, rules in self.index.tasks(event.tenant).items():
+        for task_id, rules in self.index.candidates(event.tenant, event.type):
             rule = first_match(rules, event)
             if rule is None:
                 continue

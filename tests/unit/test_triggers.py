@@ -429,3 +429,24 @@ def test_forget_drops_the_windows_of_revoked_partitions() -> None:
     r.record(TP, 5, 100.0, raw(id="1"), [], now=100.0)
     r.forget([TP])
     assert r.windows == {} and r.committable() == {} and r.due(1e9) == []
+
+
+def test_the_index_offers_only_tasks_with_a_rule_on_the_type_or_a_prefix() -> None:
+    index = index_with(
+        ("acme/a", "acme", [{"type": "build.done"}]),
+        ("acme/b", "acme", [{"type": "deploy.done"}, {"type": {"prefix": "build."}}]),
+        ("acme/c", "acme", [{"type": "deploy.done"}]),
+        ("globex/d", "globex", [{"type": "build.done"}]),
+    )
+    assert [t for t, _ in index.candidates("acme", "build.done")] == ["acme/a", "acme/b"]
+    assert [t for t, _ in index.candidates("acme", "deploy.done")] == ["acme/b", "acme/c"]
+    assert [t for t, _ in index.candidates("acme", "other")] == ["acme/b"]  # its prefix rule may match
+    assert index.candidates("initech", "build.done") == []
+    # An update moves the task to its new types; a tombstone removes it.
+    new = TaskRules(task_id="acme/a", tenant="acme", sequence=2, rules=[rule(type="deploy.done")])
+    index.apply(b"acme/a", new.model_dump_json().encode())
+    assert [t for t, _ in index.candidates("acme", "build.done")] == ["acme/b"]
+    assert [t for t, _ in index.candidates("acme", "deploy.done")] == ["acme/a", "acme/b", "acme/c"]
+    index.apply(b"acme/b", None)
+    assert [t for t, _ in index.candidates("acme", "other")] == []
+    assert [t for t, _ in index.candidates("acme", "deploy.done")] == ["acme/a", "acme/c"]
