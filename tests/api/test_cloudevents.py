@@ -142,3 +142,34 @@ async def test_an_event_larger_than_the_limit_is_a_413(cold_api: Running) -> Non
     event = cloudevent(data={"blob": "x" * limit})
     r = await cold_api.http.post(ENDPOINT, json=event, headers=auth(new_tenant(), ["operator"]))
     assert r.status_code == 413, r.text
+
+
+async def test_a_task_with_trigger_rules_round_trips_through_the_views(api: Running) -> None:
+    tenant = new_tenant()
+    triggers = [
+        {
+            "type": {"prefix": "com.acme."},
+            "source": "/ci/builds",
+            "conditions": [
+                {"pointer": "/status", "in": ["passed", "fixed"]},
+                {"pointer": "/cancelled", "eq": None},
+                {"pointer": "/draft", "exists": False},
+            ],
+            "debounce_seconds": 5,
+        }
+    ]
+    body = {"name": "on builds", "work": {"kind": "handler", "name": "noop"}, "triggers": triggers}
+    r = await api.http.post("/v1/tasks?wait=20", json=body, headers=auth(tenant))
+    assert r.status_code == 200, r.text
+    r = await api.http.get(f"/v1/tasks/{r.json()['task_id']}", headers=auth(tenant))
+    assert r.status_code == 200, r.text
+    (shown,) = r.json()["definition"]["triggers"]
+    assert shown["conditions"] == triggers[0]["conditions"]
+    assert shown["type"] == {"exact": None, "prefix": "com.acme."} and shown["source"]["exact"] == "/ci/builds"
+
+
+async def test_a_rule_with_an_unknown_field_is_a_422_naming_it(cold_api: Running) -> None:
+    body = {"name": "t", "work": {"kind": "handler", "name": "noop"}, "triggers": [{"type": "x", "sorce": "/a"}]}
+    r = await cold_api.http.post("/v1/tasks", json=body, headers=auth(new_tenant()))
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["definition.triggers.0.sorce"]
