@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
-from tests.api.conftest import Running, auth, new_tenant
+from tests.api.conftest import Keys, Running, Stack, _running, auth, free_port, new_tenant, settings_for
 
 ENDPOINT = "/v1/events"
 
@@ -173,3 +173,12 @@ async def test_a_rule_with_an_unknown_field_is_a_422_naming_it(cold_api: Running
     r = await cold_api.http.post("/v1/tasks", json=body, headers=auth(new_tenant()))
     assert r.status_code == 422, r.text
     assert [e["field"] for e in r.json()["errors"]] == ["definition.triggers.0.sorce"]
+
+
+async def test_kafka_unreachable_is_a_503_and_the_event_is_not_accepted(stack: Stack, keys: Keys) -> None:
+    settings = settings_for(stack, keys, kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    async for running in _running(settings):
+        r = await running.http.post(ENDPOINT, json=cloudevent(), headers=auth(new_tenant(), ["operator"]))
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "Retry-After" in r.headers
