@@ -409,6 +409,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka's
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         self.router.routing.forget(revoked)
         self.router.to_recall.difference_update(revoked)
+        self.router.taken.difference_update(revoked)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         # Recalled by the routing loop before it routes their records: aiokafka may hand out
@@ -435,6 +436,8 @@ class TriggerRouter:
         self._tail: asyncio.Task[None] | None = None
         self.to_recall: set[TopicPartition] = set()
         """Partitions assigned whose earlier events are not recalled yet (see :meth:`recall`)."""
+        self.taken: set[TopicPartition] = set()
+        """Partitions taken over (recalled) since they were assigned."""
 
     async def run(self) -> None:
         """Route until cancelled."""
@@ -581,8 +584,12 @@ class TriggerRouter:
             if closes is not None:
                 wait = min(wait, max(closes - self.clock(), 0.0))
             batch = await events.getmany(timeout_ms=int(wait * 1000))
-            if self.to_recall:
-                await self.recall(sorted(self.to_recall))
+            # Every partition is taken over before its first record is routed, whenever aiokafka
+            # called the listener.
+            take = self.to_recall | (batch.keys() - self.taken)
+            if take:
+                await self.recall(sorted(take))
+                self.taken |= take
                 self.to_recall.clear()
             sent: list[asyncio.Future[Any]] = []
             for tp, records in batch.items():
