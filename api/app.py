@@ -19,7 +19,7 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.middleware import BodyLimitMiddleware
 from api.queries import Views
 from api.quotas import Quotas
-from api.routes import backfills, events, executions, health, reports, stats, tasks, ui
+from api.routes import backfills, cloudevents, events, executions, health, reports, stats, tasks, ui
 from api.settings import ApiSettings
 from streams.connections import mongo_options
 
@@ -97,6 +97,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         reports.router,
         stats.router,
         events.router,
+        cloudevents.router,
         health.router,
         ui.router,
     ):

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from schemas._types import UtcDatetime, WireModel
 from schemas.cron import cron_fields, field_problem, never_matches, shortest_gap
+from schemas.triggers import MAX_RULES, TriggerRule
 
 # croniter's "H" (hashed) and "R" (random) fields are not deterministic functions of the
 # expression alone, which would break the pure core's guarantee that a slot is computable.
@@ -525,6 +526,10 @@ class TaskDefinition(WireModel):
     """JSON pointers (RFC 6901) of params whose values are secrets, e.g. ``/api_token``: in
     ``params``, in a handler's ``work.params`` and in a trigger's overrides, they are encrypted
     at rest and shown as ``***`` (send ``***`` back in an update to keep the stored value)."""
+    triggers: list[TriggerRule] = Field(default_factory=list, max_length=MAX_RULES)
+    """CloudEvents of the task's tenant that run it (see ``schemas/triggers.py``): each rule
+    matches on the event's type, source, subject and data; a matching event runs the task once,
+    with the event in the run's params."""
 
     @field_validator("sensitive_params")
     @classmethod

@@ -13,6 +13,7 @@ COMMANDS = "commands"
 TASK_EVENTS = "task-events"
 OUTCOMES = "outcomes"
 TRIGGERS = "triggers"
+TRIGGER_RULES = "trigger-rules"
 DEAD_LETTER = "dead-letter"
 PRIORITIES = ("high", "normal", "low")
 """The dispatch priority classes, each with its own topic."""
@@ -23,7 +24,15 @@ def dispatch(priority: str) -> str:
     return f"dispatch.{priority}"
 
 
-NAMES = (COMMANDS, TASK_EVENTS, OUTCOMES, TRIGGERS, DEAD_LETTER, *(dispatch(p) for p in PRIORITIES))
+NAMES = (
+    COMMANDS,
+    TASK_EVENTS,
+    OUTCOMES,
+    TRIGGERS,
+    TRIGGER_RULES,
+    DEAD_LETTER,
+    *(dispatch(p) for p in PRIORITIES),
+)
 """Every topic of a deployment, before the prefix."""
 
 
@@ -56,6 +65,12 @@ class Topics:
     def triggers(self) -> str:
         """External events that can start tasks."""
         return self.name(TRIGGERS)
+
+    @property
+    def trigger_rules(self) -> str:
+        """Each task's trigger rules, keyed by task id (compacted; a tombstone when it has none),
+        published by the task processor and read in full by the trigger router."""
+        return self.name(TRIGGER_RULES)
 
     @property
     def dead_letter(self) -> str:

@@ -25,6 +25,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(names.task_events, n, 1, topic_configs=FOREVER),
         NewTopic(names.outcomes, n, 1, topic_configs=FOREVER),
         NewTopic(names.triggers, n, 1),
+        # The latest rules of each task (compaction keeps one record a task; tombstones go).
+        NewTopic(names.trigger_rules, n, 1, topic_configs={"cleanup.policy": "compact"}),
         NewTopic(names.dead_letter, 1, 1, topic_configs=FOREVER),
     ]
     specs += [NewTopic(names.dispatch(p), n, 1) for p in PRIORITIES]

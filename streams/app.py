@@ -170,7 +170,7 @@ class TaskProcessor:
             self.executor = Executor(settings)
             self.app.task(self._run_executor)
 
-    async def _send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> Any:
+    async def _send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None) -> Any:
         return await self.app.producer.send(topic, key, value, partition, None, None)
 
     # ------------------------------------------------------------------ the agent

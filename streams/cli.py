@@ -1,6 +1,6 @@
 """The one command-line tool, ``scheduler``: one click group for everything.
 
-- Processes: ``worker``, ``executor``, ``projector``, ``api``, ``topics``, ``secrets``.
+- Processes: ``worker``, ``executor``, ``triggers``, ``projector``, ``api``, ``topics``, ``secrets``.
 - The REST API from a terminal: ``tasks`` and ``executions`` (``streams/cli_tasks.py``).
 - Straight to Kafka and the views, where the API is not involved: ``tail``
   (``streams/cli_tail.py``) and ``replay`` (``streams/cli_ops.py``).
@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import signal
 import sys
 
 import click
@@ -96,6 +97,32 @@ def executor(worker_id: str | None) -> None:
         asyncio.run(run())
     except KeyboardInterrupt:
         sys.exit(0)
+
+
+@main.command()
+def triggers() -> None:
+    """Run the trigger router: CloudEvents on the triggers topic start the tasks whose rules match."""
+    from streams.admin import ensure_topics
+    from streams.logs import configure as configure_logs
+    from streams.metrics import serve as serve_metrics
+    from streams.triggers import TriggerRouter
+
+    settings = _settings()
+    configure_logs(settings)
+    serve_metrics(settings)
+
+    async def run() -> None:
+        await ensure_topics(settings)
+        # SIGTERM stops it as Ctrl-C does: the consumer leaves its group at once, so another
+        # router takes its partitions without waiting for the session timeout.
+        routing = asyncio.current_task()
+        assert routing is not None  # nosec B101  # inside asyncio.run
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(stop, routing.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await TriggerRouter(settings).run()
+
+    asyncio.run(run())
 
 
 @main.command()

@@ -1,7 +1,7 @@
-"""``make run``: the local stack, a worker, the projector, the API, and a sample schedule firing.
+"""``make run``: the local stack, a worker, the trigger router, the projector, the API, and a sample schedule firing.
 
 Starts Kafka and FerretDB (``deploy/stack.py``) unless ``SCHED_KAFKA_BOOTSTRAP`` is set,
-then three processes (worker, projector, API on ``SCHED_API_PORT``, default 8000), creates
+then four processes (worker, trigger router, projector, API on ``SCHED_API_PORT``, default 8000), creates
 a sample task through the REST API that fires every 5 seconds, and prints every outcome as
 it arrives on the public ``outcomes`` topic, with the task's counters as the API shows them,
 and the web dashboard's address with a development token.
@@ -217,6 +217,7 @@ def main(seconds: float | None, prefix: str) -> None:
         signal.signal(stop, _interrupt)
     procs = {
         "worker": _start("worker", "worker", "--worker-id", "demo-worker"),
+        "triggers": _start("triggers", "triggers"),
         "projector": _start("projector", "projector"),
         "api": _start("api", "api"),
     }

@@ -16,16 +16,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.envelope import encode, event_envelope
-from schemas.events import Event, ExecutionCompleted, ExecutionDispatched
+from schemas.events import Event, ExecutionCompleted, ExecutionDispatched, TaskCreated, TaskDeleted, TaskUpdated
 from schemas.topics import PRIORITIES
+from schemas.triggers import TaskRules
 from streams import metrics
 from streams.deadletter import dead_letter_value
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Any]]
-"""``send(topic, key, value, partition)``: hand one message to the producer."""
+Send = Callable[[str, bytes | None, bytes | None, int | None], Awaitable[Any]]
+"""``send(topic, key, value, partition)``: hand one message to the producer (value None: a tombstone)."""
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Publisher:
         self.events_topic = names.task_events
         self.outcomes_topic = names.outcomes
         self.dead_letter_topic = names.dead_letter
+        self.trigger_rules_topic = names.trigger_rules
         self.dispatch_topics = {p: names.dispatch(p) for p in PRIORITIES}
 
     async def events(self, key: bytes, events: Iterable[Event], correlation_id: str | None = None) -> None:
@@ -73,6 +75,19 @@ class Publisher:
                         await self._send(topic, key, value, None)
             elif e.type == "CommandRejected":
                 self.stats.rejected += 1
+            elif isinstance(e, TaskCreated | TaskUpdated | TaskDeleted):
+                await self._trigger_rules(key, e)
+
+    async def _trigger_rules(self, key: bytes, e: TaskCreated | TaskUpdated | TaskDeleted) -> None:
+        """Publish the task's trigger rules for the trigger router (``streams.triggers``): the
+        rules, or a tombstone once it has none; a task created without rules has nothing to say."""
+        rules = [] if isinstance(e, TaskDeleted) else e.definition.triggers
+        if not rules and isinstance(e, TaskCreated):
+            return
+        value = None
+        if rules:
+            value = TaskRules(task_id=e.task_id, tenant=e.tenant, sequence=e.sequence, rules=rules).model_dump_json()
+        await self._send(self.trigger_rules_topic, key, None if value is None else value.encode(), None)
 
     async def dead_letter(
         self, *, topic: str, partition: int, offset: int, key: bytes | None, payload: bytes, error: Exception

@@ -115,6 +115,16 @@ class Settings(BaseSettings):
     """Most bytes of an HTTP work response read (to find a job id or status); the rest is not
     read, and the execution's result keeps only the first few kilobytes."""
 
+    trigger_dedup_seconds: float = Field(default=86_400.0, ge=0, le=30 * 86_400)
+    """How long the trigger router remembers a CloudEvent's (tenant, source, id), so the same
+    event delivered again within it runs nothing more (0: only the task processor's memory of a
+    task's last 64 trigger ids)."""
+    trigger_dedup_max_events: int = Field(default=200_000, ge=1)
+    """Most events the trigger router remembers (oldest forgotten first; about 300 bytes each)."""
+    trigger_max_event_bytes: int = Field(default=64 * 1024, ge=1024, le=512 * 1024)
+    """Largest CloudEvent the trigger router accepts (and ``POST /v1/events``); larger ones are
+    dead-lettered (answered 413)."""
+
     secret_keys: dict[str, SecretStr] = Field(default_factory=dict)
     """Keys that encrypt sensitive task fields (auth headers, sensitive params) at rest: a JSON
     object of key id -> base64 of 32 random bytes (``scheduler secrets new-key``). The

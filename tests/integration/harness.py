@@ -140,7 +140,11 @@ class Bus:
         )
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
         await self.producer.start()
-        for name in follow:
+        return await self.follow(follow)
+
+    async def follow(self, names: tuple[str, ...]) -> Bus:
+        """Follow more topics from their beginning (``raw``; events also decoded in ``seen``)."""
+        for name in names:
             consumer = AIOKafkaConsumer(
                 self.topic(name), bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
                 group_id=None, enable_auto_commit=False,
@@ -155,7 +159,7 @@ class Bus:
     async def _follow(self, name: str, consumer: AIOKafkaConsumer) -> None:
         async for record in consumer:
             self.raw[name].append(record)
-            if name != "dead-letter":
+            if name not in ("dead-letter", "trigger-rules"):
                 event = decode_event(record.value or b"")
                 self.seen[name].append(event)
                 self.sources[event.event_id] = orjson.loads(record.value or b"{}").get("source", "")
@@ -301,6 +305,17 @@ STARTUP = 60.0
 def running_worker(env: dict[str, str], tmp: Path, worker_id: str) -> Iterator[WorkerProc]:
     """A worker process for the tests of a module; the tail of its log is printed at the end."""
     proc = WorkerProc(env, tmp / "worker.log", worker_id).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(proc.tail())
+
+
+@contextmanager
+def running_router(env: dict[str, str], tmp: Path) -> Iterator[WorkerProc]:
+    """A trigger router (``scheduler triggers``) next to the worker; its log's tail is printed at the end."""
+    proc = WorkerProc(env, tmp / "triggers.log", None, ("triggers",)).start()
     try:
         yield proc
     finally:
