@@ -216,12 +216,18 @@ def _repeat_gap(expression: str, repeated: tuple[tuple[int, int], ...]) -> float
 
 def _times_of_day(expression: str) -> list[int]:
     """Every second of the day ``expression`` matches at, ascending."""
+    secs, mins, hours = _day_sets(expression)
+    return [h * 3600 + m * 60 + s for h in hours for m in mins for s in secs]
+
+
+def _day_sets(expression: str) -> tuple[list[int], list[int], list[int]]:
+    """The second, minute and hour values ``expression`` matches, each ascending."""
     fields = cron_fields(expression)
     seconds = len(fields) == 6
     expanded = croniter(" ".join(fields), second_at_beginning=seconds).expanded
     second_f = expanded[5] if seconds else [0]
     secs, mins, hours = (_values(f, n) for f, n in ((second_f, 60), (expanded[0], 60), (expanded[1], 24)))
-    return [h * 3600 + m * 60 + s for h in hours for m in mins for s in secs]
+    return secs, mins, hours
 
 
 def _wall_gap(expression: str, limit: float) -> float:
@@ -235,10 +241,7 @@ def _wall_gap(expression: str, limit: float) -> float:
     days of 28 years (every weekday and date combination), at most 400 of them.
     """
     fields = cron_fields(expression)
-    seconds = len(fields) == 6
-    expanded = croniter(" ".join(fields), second_at_beginning=seconds).expanded
-    second_f = expanded[5] if seconds else [0]
-    secs, mins, hours = (_values(f, n) for f, n in ((second_f, 60), (expanded[0], 60), (expanded[1], 24)))
+    secs, mins, hours = _day_sets(expression)
     first = hours[0] * 3600 + mins[0] * 60 + secs[0]
     last = hours[-1] * 3600 + mins[-1] * 60 + secs[-1]
     gap = min(
