@@ -19,11 +19,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadDateError, croniter
 
 DAY_SECONDS = 86_400
+
+DstGap = Literal["shift", "skip"]
+"""What a cron slot does when its wall time does not exist (spring forward)."""
+DstRepeat = Literal["auto", "first", "second", "both"]
+"""What a cron slot does when its wall time happens twice (fall back), as written."""
+RepeatRule = Literal["first", "second", "both"]
+"""A :data:`DstRepeat` with ``auto`` resolved for one expression (:func:`repeat_rule`)."""
 
 _FIELDS = (
     ("minute", "0-59"),
@@ -112,7 +121,116 @@ def never_matches(expression: str) -> bool:
     return next(wall_times(expression, _REFERENCE), None) is None
 
 
-def shortest_gap(expression: str, limit: float) -> float:
+def every_hour(expression: str) -> bool:
+    """True when the hour field matches all 24 hours (``*``, ``*/1``, ``0-23``)."""
+    fields = cron_fields(expression)
+    expanded = croniter(" ".join(fields), second_at_beginning=len(fields) == 6).expanded
+    return bool(expanded[1] == ["*"])
+
+
+def repeat_rule(expression: str, dst_repeat: DstRepeat) -> RepeatRule:
+    """The repeated-wall-time rule ``dst_repeat`` stands for with ``expression``.
+
+    ``auto`` is ``both`` when the hour field matches every hour, so an hourly or every-minute
+    cron keeps firing in absolute time through the repeated hour (the fall-back day of
+    ``0 * * * *`` has 25 slots); otherwise ``first``. A step over hours (``*/2``) is not every
+    hour: "every two hours" has no absolute-time reading across a one-hour repeat, so it keeps
+    the first occurrence like any other fixed hour.
+    """
+    if dst_repeat != "auto":
+        return dst_repeat
+    return "both" if every_hour(expression) else "first"
+
+
+_REPEATS: dict[str, tuple[tuple[int, int], ...]] = {}
+
+
+def repeated_windows(timezone: str) -> tuple[tuple[int, int], ...]:
+    """The repeated wall-clock windows of ``timezone``: (start second of the day, length in
+    seconds) for every distinct fall-back from 2001 to 2040 (tz rules after 2037 repeat yearly).
+
+    ``America/New_York`` gives ``((3600, 3600),)``: 01:00-01:59 happens twice.
+    ``Australia/Lord_Howe`` gives ``((5400, 1800),)``: 01:30-01:59. Cached per zone.
+    """
+    if (known := _REPEATS.get(timezone)) is not None:
+        return known
+    zone = ZoneInfo(timezone)
+    windows: set[tuple[int, int]] = set()
+    start = _REFERENCE.replace(tzinfo=UTC)
+    previous = start.astimezone(zone).utcoffset()
+    for day in range(1, 40 * 366):
+        instant = start + timedelta(days=day)
+        offset = instant.astimezone(zone).utcoffset()
+        if previous is not None and offset is not None and offset < previous:
+            transition = transition_between(zone, instant - timedelta(days=1), instant)
+            wall = transition + offset  # the first repeated wall time (naive)
+            begin = wall.hour * 3600 + wall.minute * 60 + wall.second
+            windows.add((begin, int((previous - offset).total_seconds())))
+        previous = offset
+    _REPEATS[timezone] = found = tuple(sorted(windows))
+    return found
+
+
+def transition_between(zone: ZoneInfo, low: datetime, high: datetime) -> datetime:
+    """The instant (naive UTC, whole seconds) at which ``zone``'s offset changes between
+    ``low`` and ``high`` (naive or aware UTC), given one change in (low, high]."""
+    lo = int(low.replace(tzinfo=UTC).timestamp() // 1)
+    hi = -int(-high.replace(tzinfo=UTC).timestamp() // 1)
+    before = datetime.fromtimestamp(lo, zone).utcoffset()
+    # tz transitions fall on whole seconds: bisect over integer POSIX seconds.
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, zone).utcoffset() == before:
+            lo = mid
+        else:
+            hi = mid
+    return datetime.fromtimestamp(hi, UTC).replace(tzinfo=None)
+
+
+def shortest_gap(expression: str, limit: float, *, repeated: tuple[tuple[int, int], ...] = ()) -> float:
+    """The shortest gap in seconds between consecutive slots of ``expression``.
+
+    ``repeated`` are the zone's repeated wall-clock windows (:func:`repeated_windows`) when
+    both occurrences of a repeated wall time fire: from the last first occurrence in a window
+    to the first second occurrence is the window's length minus the span of the matches in it
+    (``30 1 * * *`` with a one-hour window: 3600 s; ``0,50 1 * * *``: 600 s). The window is
+    counted on every day the expression matches (the day rule is not consulted), which can
+    only make the gap shorter than on the zone's real fall-back days.
+    """
+    gap = _wall_gap(expression, limit)
+    if repeated:
+        gap = min(gap, _repeat_gap(expression, repeated))
+    return gap
+
+
+def _repeat_gap(expression: str, repeated: tuple[tuple[int, int], ...]) -> float:
+    times = _times_of_day(expression)
+    doubled = times + [t + DAY_SECONDS for t in times]  # a window may run past midnight
+    gap = float("inf")
+    for begin, length in repeated:
+        inside = [t for t in doubled if begin <= t < begin + length]
+        if inside:
+            gap = min(gap, length - (inside[-1] - inside[0]))
+    return gap
+
+
+def _times_of_day(expression: str) -> list[int]:
+    """Every second of the day ``expression`` matches at, ascending."""
+    secs, mins, hours = _day_sets(expression)
+    return [h * 3600 + m * 60 + s for h in hours for m in mins for s in secs]
+
+
+def _day_sets(expression: str) -> tuple[list[int], list[int], list[int]]:
+    """The second, minute and hour values ``expression`` matches, each ascending."""
+    fields = cron_fields(expression)
+    seconds = len(fields) == 6
+    expanded = croniter(" ".join(fields), second_at_beginning=seconds).expanded
+    second_f = expanded[5] if seconds else [0]
+    secs, mins, hours = (_values(f, n) for f, n in ((second_f, 60), (expanded[0], 60), (expanded[1], 24)))
+    return secs, mins, hours
+
+
+def _wall_gap(expression: str, limit: float) -> float:
     """The shortest wall-clock gap in seconds between consecutive matches of ``expression``.
 
     Exact when it is at most ``limit`` (the caller compares it with ``limit`` only); otherwise
@@ -123,10 +241,7 @@ def shortest_gap(expression: str, limit: float) -> float:
     days of 28 years (every weekday and date combination), at most 400 of them.
     """
     fields = cron_fields(expression)
-    seconds = len(fields) == 6
-    expanded = croniter(" ".join(fields), second_at_beginning=seconds).expanded
-    second_f = expanded[5] if seconds else [0]
-    secs, mins, hours = (_values(f, n) for f, n in ((second_f, 60), (expanded[0], 60), (expanded[1], 24)))
+    secs, mins, hours = _day_sets(expression)
     first = hours[0] * 3600 + mins[0] * 60 + secs[0]
     last = hours[-1] * 3600 + mins[-1] * 60 + secs[-1]
     gap = min(

@@ -12,10 +12,28 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas._types import UtcDatetime, WireModel
-from schemas.cron import cron_fields, field_problem, never_matches, shortest_gap
+from schemas.cron import (
+    DstGap,
+    DstRepeat,
+    cron_fields,
+    field_problem,
+    never_matches,
+    repeat_rule,
+    repeated_windows,
+    shortest_gap,
+)
 from schemas.triggers import MAX_RULES, TriggerRule
 
 # croniter's "H" (hashed) and "R" (random) fields are not deterministic functions of the
@@ -59,15 +77,39 @@ class CronSchedule(WireModel):
     ``0 0 */2 * 1`` fires on Mondays that are odd days of the month; ``0 0 31 2 1`` fires on
     every Monday of February.
 
-    **Daylight saving.** Times are matched on the zone's wall clock, then:
-    a wall time that does not exist (spring forward) fires shifted forward by the length of
-    the gap (``30 2 * * *`` in America/New_York on 2026-03-08 fires at 03:30 EDT), and once
-    only if that coincides with another slot; a wall time that happens twice (fall back) fires
-    once, at its first occurrence (``30 1 * * *`` on 2026-11-01 fires at 01:30 EDT only).
-    So ``0 * * * *`` has 23 slots on the spring-forward day (02:00 becomes 03:00, which fires
-    once) and 24 on the fall-back day (the repeated 01:00 fires once); ``* * * * *`` has 1,380
-    (02:00-02:59 become 03:00-03:59, each firing once) and 1,440 (nothing fires during the
-    repeated 01:00-01:59). Interval schedules run in absolute time and ignore daylight saving.
+    **Daylight saving.** Times are matched on the zone's wall clock. ``dst_gap`` says what a
+    matched time that does not exist (spring forward) does, ``dst_repeat`` what one that
+    happens twice (fall back) does. Each acts on one transition only. In America/New_York
+    (2026-03-08: 02:00-02:59 do not exist; 2026-11-01: 01:00-01:59 happen twice, EDT then EST):
+
+    | policy | spring forward | fall back |
+    |---|---|---|
+    | ``dst_gap: shift`` (default) | fires shifted forward by the gap (once if that is another slot) | no effect |
+    | ``dst_gap: skip`` | does not fire that day | no effect |
+    | ``dst_repeat: first`` | no effect | fires at the first occurrence only |
+    | ``dst_repeat: second`` | no effect | fires at the second occurrence only |
+    | ``dst_repeat: both`` | no effect | fires at both occurrences, an hour apart |
+    | ``dst_repeat: auto`` (default) | no effect | ``both`` when the hour field is every hour, else ``first`` |
+
+    "Every hour" is an hour field matching all 24 hours (``*``, as in ``* * * * *`` and
+    ``0 * * * *``): such crons fire through the repeated hour in absolute time. A step such as
+    ``*/2`` is not every hour. What fires in America/New_York on the two days:
+
+    | expression | spring day: shift / skip | fall day: first / second / both |
+    |---|---|---|
+    | ``30 2 * * *`` | 03:30 EDT / nothing | 02:30 EST (not a repeated time) |
+    | ``30 1 * * *`` | 01:30 EST (not a skipped time) | 01:30 EDT / 01:30 EST / both |
+    | ``0 * * * *`` | 23 slots / 23 | 24 slots / 24 / 25 |
+    | ``* * * * *`` | 1,380 slots / 1,380 | 1,440 slots / 1,440 / 1,500 |
+
+    With the defaults ``0 * * * *`` has 23 slots on the 23-hour day and 25 on the 25-hour day.
+    Zones with 30-minute shifts (Australia/Lord_Howe) have a 30-minute gap and repeat: there
+    ``0 * * * *`` with ``shift`` fires the missing 02:00 at 02:30. The policies exist on cron
+    schedules only (interval schedules run in absolute time, one-shots are an instant).
+
+    Example: ``{"kind": "cron", "expression": "30 2 * * *", "timezone": "Europe/Berlin",
+    "dst_gap": "skip", "dst_repeat": "both"}`` fires at 02:30 every day, not at all on the last
+    Sunday of March, and twice (02:30 CEST and 02:30 CET) on the last Sunday of October.
     """
 
     kind: Literal["cron"] = "cron"
@@ -77,9 +119,33 @@ class CronSchedule(WireModel):
     (neither starts with ``*``); otherwise a day must match both (Vixie cron). An invalid field
     is reported with its allowed range, e.g. "minute must be 0-59"."""
     timezone: str = "UTC"
-    """IANA time zone name the wall-clock times are in, e.g. ``Europe/London``. A time skipped
-    by a daylight-saving change fires shifted forward by the gap; a repeated time fires once, at
-    its first occurrence."""
+    """IANA time zone name the wall-clock times are in, e.g. ``Europe/London``. What a
+    daylight-saving change does to a matched time is set by ``dst_gap`` and ``dst_repeat``."""
+    dst_gap: DstGap = "shift"
+    """A matched wall time that does not exist (spring forward). ``shift``: fire it shifted
+    forward by the gap (``30 2 * * *`` in America/New_York on 2026-03-08 fires at 03:30 EDT;
+    once if that is another slot too). ``skip``: do not fire it that day."""
+    dst_repeat: DstRepeat = "auto"
+    """A matched wall time that happens twice (fall back). ``first``: fire at the first
+    occurrence only (``30 1 * * *`` in America/New_York on 2026-11-01: 01:30 EDT). ``second``:
+    at the second only (01:30 EST). ``both``: at both, one hour apart there. ``auto``: ``both``
+    when the hour field matches every hour (``* * * * *``, ``0 * * * *``: the repeated hour
+    fires in absolute time, so the 25-hour day has 25 hourly slots), otherwise ``first``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"kind": "cron", "expression": "0 9 * * 1-5", "timezone": "Europe/Berlin"},
+                {
+                    "kind": "cron",
+                    "expression": "30 2 * * *",
+                    "timezone": "America/New_York",
+                    "dst_gap": "skip",
+                    "dst_repeat": "both",
+                },
+            ]
+        }
+    )
 
     @field_validator("expression")
     @classmethod
@@ -116,6 +182,37 @@ class CronSchedule(WireModel):
         return value
 
 
+_CRON_ONLY = ("dst_gap", "dst_repeat")
+_NOT_CRON = {
+    "interval": "an interval schedule runs in absolute time, which daylight saving does not change",
+    "once": "a one-shot schedule is a single instant, which daylight saving does not change",
+}
+
+
+def _cron_only_fields(data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+    """Validate with ``handler``; a DST policy sent on a schedule that is not cron is reported
+    as "dst_gap applies only to cron schedules" (naming the field), not "Extra inputs"."""
+    misplaced = [name for name in _CRON_ONLY if isinstance(data, dict) and name in data]
+    if not misplaced:
+        return handler(data)
+    why = _NOT_CRON.get(str(data.get("kind")), "daylight saving does not affect this schedule")
+    errors: list[InitErrorDetails] = [
+        InitErrorDetails(
+            type=PydanticCustomError(
+                "cron_only", "{field} applies only to cron schedules: {why}", {"field": name, "why": why}
+            ),
+            loc=(name,),
+            input=data[name],
+        )
+        for name in misplaced
+    ]
+    try:
+        handler({k: v for k, v in data.items() if k not in misplaced})
+    except ValidationError as exc:
+        errors = [*exc.errors(), *errors]  # type: ignore[list-item]
+    raise ValidationError.from_exception_data("schedule", errors)
+
+
 class IntervalSchedule(WireModel):
     """Fire every ``every_seconds`` in absolute (UTC) time: slots are ``anchor + k * every``.
 
@@ -140,6 +237,12 @@ class IntervalSchedule(WireModel):
             raise ValueError("every_seconds must be at most ten years")
         return value
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _no_dst_policy(cls, data: Any, handler: ModelWrapValidatorHandler[IntervalSchedule]) -> IntervalSchedule:
+        result: IntervalSchedule = _cron_only_fields(data, handler)
+        return result
+
 
 class OnceSchedule(WireModel):
     """Fire exactly once, at ``at``."""
@@ -147,6 +250,12 @@ class OnceSchedule(WireModel):
     kind: Literal["once"] = "once"
     at: UtcDatetime
     """The single slot."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _no_dst_policy(cls, data: Any, handler: ModelWrapValidatorHandler[OnceSchedule]) -> OnceSchedule:
+        result: OnceSchedule = _cron_only_fields(data, handler)
+        return result
 
 
 Schedule = Annotated[CronSchedule | IntervalSchedule | OnceSchedule, Field(discriminator="kind")]
@@ -552,10 +661,11 @@ class TaskDefinition(WireModel):
             raise ValueError(
                 f"jitter_seconds must be smaller than the interval's every_seconds ({schedule.every_seconds:g})"
             )
-        if isinstance(schedule, CronSchedule) and (gap := shortest_gap(schedule.expression, value)) <= value:
+        if isinstance(schedule, CronSchedule) and (gap := _cron_gap(schedule, value)) <= value:
             raise ValueError(
                 f"jitter_seconds must be smaller than the shortest gap between two slots of the cron "
-                f"schedule ({gap:g} s), or a slot could fire after the next one"
+                f"schedule ({gap:g} s, counting a daylight-saving repeat that fires twice), or a slot "
+                "could fire after the next one"
             )
         return value
 
@@ -566,3 +676,11 @@ class TaskDefinition(WireModel):
         if value is not None and start is not None and value <= start:
             raise ValueError("end_at must be after start_at")
         return value
+
+
+def _cron_gap(schedule: CronSchedule, limit: float) -> float:
+    """The shortest gap between slots of ``schedule``: the wall-clock gap, or less where both
+    occurrences of a repeated wall time fire (``30 1 * * *`` with ``both``: one hour)."""
+    both = repeat_rule(schedule.expression, schedule.dst_repeat) == "both"
+    windows = repeated_windows(schedule.timezone) if both else ()
+    return shortest_gap(schedule.expression, limit, repeated=windows)

@@ -83,6 +83,15 @@ EXPRESSION = "definition.schedule.expression"
          "smaller than the shortest gap"),
         ({"schedule": {"kind": "interval", "every_seconds": 60}, "jitter_seconds": 60}, "definition.jitter_seconds",
          "smaller than the interval"),
+        # Issue 12: a DST policy only applies to cron; both occurrences firing shorten the gap.
+        ({"schedule": {"kind": "interval", "every_seconds": 60, "dst_gap": "skip"}}, "definition.schedule.dst_gap",
+         "dst_gap applies only to cron schedules"),
+        ({"schedule": {"kind": "once", "at": "2030-01-01T00:00:00Z", "dst_repeat": "both"}},
+         "definition.schedule.dst_repeat", "dst_repeat applies only to cron schedules"),
+        ({"schedule": {"kind": "cron", "expression": "0 * * * *", "dst_repeat": "twice"}},
+         "definition.schedule.dst_repeat", "'both'"),
+        ({"schedule": {"kind": "cron", "expression": "30 1 * * *", "timezone": "America/New_York",
+                       "dst_repeat": "both"}, "jitter_seconds": 3600}, "definition.jitter_seconds", "(3600 s"),
     ],
 )  # fmt: skip
 async def test_schedule_errors_name_the_field(
@@ -94,6 +103,19 @@ async def test_schedule_errors_name_the_field(
     assert r.headers["content-type"] == "application/problem+json"
     errors = {e["field"]: e["message"] for e in r.json()["errors"]}
     assert fragment in errors.get(field, ""), errors
+
+
+async def test_a_dst_policy_is_kept_through_the_views(api: Running) -> None:
+    """Issue 12: the policies go through Kafka, the worker and the projection unchanged."""
+    http, tenant = api.http, new_tenant()
+    schedule = {"kind": "cron", "expression": "30 2 * * *", "timezone": "Europe/Berlin"}
+    schedule |= {"dst_gap": "skip", "dst_repeat": "both"}
+    body = {"name": "dst", "schedule": schedule, "work": {"kind": "handler", "name": "noop"}}
+    r = await http.post("/v1/tasks?wait=20", json=body, headers=auth(tenant, ["admin"]))
+    assert r.status_code == 200, r.text
+    r = await http.get(f"/v1/tasks/{r.json()['task_id']}", headers=auth(tenant, ["viewer"]))
+    assert r.status_code == 200, r.text
+    assert r.json()["definition"]["schedule"] == schedule
 
 
 async def test_every_monday_of_february_is_accepted(cold_api: Running) -> None:

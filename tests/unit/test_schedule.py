@@ -52,19 +52,20 @@ DST_CASES = [
         ["2026-03-08T06:00", "2026-03-08T06:30", "2026-03-08T07:00", "2026-03-08T07:30", "2026-03-08T08:00"],
         id="spring-half-hourly",
     ),
-    # Fall back: 02:00 EDT -> 01:00 EST (06:00Z); 01:xx happens twice, fires at the first.
+    # Fall back: 02:00 EDT -> 01:00 EST (06:00Z); 01:xx happens twice. A fixed hour fires at
+    # the first occurrence; every-hour crons ("auto") fire at both, in absolute time.
     pytest.param("30 2 * * *", "2026-11-01T04:00", ["2026-11-01T07:30", "2026-11-02T07:30"], id="fall-0230"),
     pytest.param("30 1 * * *", "2026-11-01T04:00", ["2026-11-01T05:30", "2026-11-02T06:30"], id="fall-0130-first-only"),
     pytest.param(
         "0 * * * *",
         "2026-11-01T04:00",
-        ["2026-11-01T05:00", "2026-11-01T07:00", "2026-11-01T08:00"],
-        id="fall-hourly-0100-once",
+        ["2026-11-01T05:00", "2026-11-01T06:00", "2026-11-01T07:00", "2026-11-01T08:00"],
+        id="fall-hourly-0100-twice",
     ),
     pytest.param(
         "*/30 * * * *",
         "2026-11-01T04:45",
-        ["2026-11-01T05:00", "2026-11-01T05:30", "2026-11-01T07:00", "2026-11-01T07:30"],
+        ["2026-11-01T05:00", "2026-11-01T05:30", "2026-11-01T06:00", "2026-11-01T06:30", "2026-11-01T07:00"],
         id="fall-half-hourly",
     ),
     # Searches that start inside the transition.
@@ -202,11 +203,15 @@ minutes = st.sampled_from(["*", "*/15", "0", "30", "0,30", "5-10", "59", "*/7"])
 hours = st.sampled_from(["*", "0", "1", "2", "3", "1-3", "*/2", "2,14"])
 days_of_week = st.sampled_from(["*", "0", "1-5", "6,0"])
 cron_specs = st.builds(
-    lambda m, h, dow, zone: cron(f"{m} {h} * * {dow}", zone),
+    lambda m, h, dow, zone, gap, repeat: CronSchedule(
+        expression=f"{m} {h} * * {dow}", timezone=zone, dst_gap=gap, dst_repeat=repeat
+    ),
     minutes,
     hours,
     days_of_week,
     st.sampled_from(ZONES),
+    st.sampled_from(["shift", "skip"]),
+    st.sampled_from(["auto", "first", "second", "both"]),
 )
 starts = st.builds(
     lambda day, offset: day.replace(tzinfo=UTC) + timedelta(minutes=offset),
@@ -243,11 +248,20 @@ def test_cron_slots_match_brute_force_enumeration(schedule: CronSchedule, start:
     expected: set[datetime] = set()
     wall = start.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0) - timedelta(hours=3)
     stop = end.astimezone(zone).replace(tzinfo=None) + timedelta(hours=3)
+    repeat = schedule.dst_repeat
+    if repeat == "auto":  # every hour: both occurrences; a fixed hour or a step: the first
+        repeat = "both" if schedule.expression.split()[1] == "*" else "first"
     while wall <= stop:
         if matches(wall):
-            instant = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
-            if start < instant <= end:
-                expected.add(instant)
+            first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+            second = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+            if first == second:  # plain
+                instants = [first]
+            elif first > second:  # in a gap: fold 0 is the shifted reading
+                instants = [first] if schedule.dst_gap == "shift" else []
+            else:  # repeated
+                instants = {"first": [first], "second": [second], "both": [first, second]}[repeat]
+            expected.update(i for i in instants if start < i <= end)
         wall += timedelta(minutes=1)
     got: list[datetime] = []
     current = start
@@ -296,10 +310,10 @@ def test_interval_slots_are_anchor_plus_k_every(every: float, anchor: datetime, 
     ("expression", "day", "count"),
     [
         ("0 * * * *", "2026-03-08", 23),  # 23-hour day: 02:00 becomes 03:00, which fires once
-        ("0 * * * *", "2026-11-01", 24),  # 25-hour day: the repeated 01:00 fires once
+        ("0 * * * *", "2026-11-01", 25),  # 25-hour day: the repeated 01:00 fires twice (auto)
         ("0 * * * *", "2026-06-15", 24),
         ("* * * * *", "2026-03-08", 23 * 60),
-        ("* * * * *", "2026-11-01", 24 * 60),  # the second 01:xx fires nothing
+        ("* * * * *", "2026-11-01", 25 * 60),  # fires through the repeated hour (auto)
         ("30 2 * * *", "2026-03-08", 1),  # shifted to 03:30
         ("30 1 * * *", "2026-11-01", 1),  # first occurrence only
     ],
@@ -311,9 +325,13 @@ def test_slots_per_local_day_around_dst(expression: str, day: str, count: int) -
     assert len([s for s in slots if s < end]) == count
 
 
-def test_every_minute_is_silent_through_the_repeated_hour() -> None:
+def test_every_minute_fires_through_the_repeated_hour() -> None:
     slots = fire_times(cron("* * * * *", NY), utc("2026-11-01T05:58"), 3, anchor=ANCHOR)
-    # 01:58 EDT, 01:59 EDT, then 02:00 EST: 01:00-01:59 EST (06:00Z-06:59Z) fire nothing.
+    # 01:58 EDT, 01:59 EDT, then 01:00 EST: the repeated hour fires in absolute time (auto).
+    assert slots == [utc("2026-11-01T05:59"), utc("2026-11-01T06:00"), utc("2026-11-01T06:01")]
+    # With the first occurrence only (the rule before dst_repeat), 01:00-01:59 EST are silent.
+    first = CronSchedule(expression="* * * * *", timezone=NY, dst_repeat="first")
+    slots = fire_times(first, utc("2026-11-01T05:58"), 3, anchor=ANCHOR)
     assert slots == [utc("2026-11-01T05:59"), utc("2026-11-01T07:00"), utc("2026-11-01T07:01")]
 
 

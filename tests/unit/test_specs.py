@@ -290,7 +290,11 @@ def test_the_schedule_rules_are_in_the_openapi_descriptions() -> None:
     """What FastAPI shows for the schedule: the day rule, the field ranges and the DST rules."""
     schema = TaskDefinition.model_json_schema()
     cron = schema["$defs"]["CronSchedule"]
-    for fragment in ("Vixie", "minute", "0-59", "Daylight saving", "first occurrence", "shifted forward", "24 on"):
+    fragments = ("Vixie", "minute", "0-59", "Daylight saving", "first occurrence", "shifted forward", "25 on")
+    for fragment in (*fragments, "``dst_gap: skip``", "``dst_repeat: second``", "``dst_repeat: auto`` (default)"):
         assert fragment in cron["description"], fragment
+    for field in ("dst_gap", "dst_repeat"):
+        assert cron["properties"][field]["description"], field
+    assert any("dst_repeat" in example for example in cron["examples"])
     assert "starts with ``*``" in cron["properties"]["expression"]["description"]
     assert "shortest gap" in schema["properties"]["jitter_seconds"]["description"]
