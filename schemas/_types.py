@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
@@ -24,6 +25,18 @@ def _aware_utc(value: datetime, info: ValidationInfo) -> datetime:
         name = (info.field_name or "datetime").rstrip("_")  # from_ is "from" on the wire
         raise ValueError(f"{name} must be between 1970-01-01 and 2999-12-31 (UTC)")
     return utc
+
+
+def iana_zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``; a ValueError saying so when there is none.
+
+    A name that is a directory of the zone database (``Europe``) or not a path at all raises an
+    OSError from zoneinfo, not ZoneInfoNotFoundError; both are "unknown" to a user.
+    """
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"unknown IANA time zone {name!r}") from None
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_aware_utc)]

@@ -10,7 +10,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     ConfigDict,
@@ -23,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from schemas._types import UtcDatetime, WireModel
+from schemas._types import UtcDatetime, WireModel, iana_zone
 from schemas.cron import (
     DstGap,
     DstRepeat,
@@ -175,10 +174,7 @@ class CronSchedule(WireModel):
     @field_validator("timezone")
     @classmethod
     def _valid_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        iana_zone(value)
         return value
 
 

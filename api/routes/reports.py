@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import AfterValidator, AwareDatetime
@@ -13,6 +13,7 @@ from api.deps import State, Viewer
 from api.errors import ERROR_RESPONSES, FieldError, NotFound, Unprocessable, problem_responses
 from api.queries import PUBLIC_ID, internal_task_id
 from api.reports import GroupBy, ReportBuilder, ReportFormat, ReportPublic, TaskLabel, prefers_csv, report_csv
+from schemas._types import iana_zone
 
 router = APIRouter(prefix="/v1", tags=["reports"], responses=ERROR_RESPONSES)
 
@@ -61,10 +62,9 @@ def check_range(start: datetime, end: datetime, max_days: int) -> None:
 def zone_named(name: str) -> ZoneInfo:
     """The IANA time zone ``name``; a 422 naming ``timezone`` when there is none."""
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):  # a directory ("Europe") is an OSError
-        message = f"unknown IANA time zone {name!r}"
-        raise Unprocessable(f"timezone: {message}", errors=[FieldError(field="timezone", message=message)]) from None
+        return iana_zone(name)
+    except ValueError as exc:
+        raise Unprocessable(f"timezone: {exc}", errors=[FieldError(field="timezone", message=str(exc))]) from None
 
 
 async def build_report(

@@ -56,6 +56,18 @@ BASE = {"name": "t", "work": {"kind": "handler", "name": "h"}}
             ("schedule", "cron", "timezone"),
             "unknown IANA",
         ),
+        # A directory of the zone database, and a path outside it: zoneinfo raises OSError for
+        # these, which escaped the validator and answered 500.
+        (
+            {"schedule": {"kind": "cron", "expression": "* * * * *", "timezone": "Europe"}},
+            ("schedule", "cron", "timezone"),
+            "unknown IANA",
+        ),
+        (
+            {"schedule": {"kind": "cron", "expression": "* * * * *", "timezone": "__pycache__"}},
+            ("schedule", "cron", "timezone"),
+            "unknown IANA",
+        ),
         (
             {"schedule": {"kind": "interval", "every_seconds": 0}},
             ("schedule", "interval", "every_seconds"),
