@@ -165,6 +165,8 @@ class ExecutionPublic(_Public):
     slot: datetime | None = None
     last_slot: datetime | None = None
     missed_count: int | None = None
+    calendar: str | None = None
+    """For ``skipped`` with reason ``calendar``: the calendar that excluded the slots."""
     scheduled_for: datetime | None = None
     trigger_id: str | None = None
     priority: str | None = None

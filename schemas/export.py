@@ -1,7 +1,8 @@
 """Export the published JSON Schemas: ``python -m schemas.export [--check]``.
 
 Writes ``schemas/json/v1/<Name>.json`` for the envelope, every command and every event
-(``ExecutionCompleted`` is the public outcome on the ``outcomes`` topic). With ``--check``
+(``ExecutionCompleted`` is the public outcome on the ``outcomes`` topic), and the calendar
+events of the ``calendars`` topic. With ``--check``
 nothing is written and the exit status says whether the published files are current.
 """
 
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from schemas.calendars import CalendarDeleted, CalendarUpserted
 from schemas.commands import COMMAND_TYPES
 from schemas.envelope import Envelope
 from schemas.events import EVENT_TYPES
@@ -24,7 +26,13 @@ _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 def generate() -> dict[str, dict[str, Any]]:
     """Every published schema, by name, as generated from the current models."""
-    models: dict[str, type[Any]] = {"Envelope": Envelope, **COMMAND_TYPES, **EVENT_TYPES}
+    models: dict[str, type[Any]] = {
+        "Envelope": Envelope,
+        **COMMAND_TYPES,
+        **EVENT_TYPES,
+        "CalendarUpserted": CalendarUpserted,
+        "CalendarDeleted": CalendarDeleted,
+    }
     return {name: {"$schema": _DIALECT, **model.model_json_schema()} for name, model in sorted(models.items())}
 
 

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationInfo, field_validator
 
 from schemas._types import UtcDatetime, WireModel
+from schemas.calendars import CalendarName
 from schemas.cron import cron_fields, field_problem, never_matches, shortest_gap
 
 # croniter's "H" (hashed) and "R" (random) fields are not deterministic functions of the
@@ -419,6 +420,17 @@ class TaskDefinition(WireModel):
     """JSON pointers (RFC 6901) of params whose values are secrets, e.g. ``/api_token``: in
     ``params``, in a handler's ``work.params`` and in a trigger's overrides, they are encrypted
     at rest and shown as ``***`` (send ``***`` back in an update to keep the stored value)."""
+    calendars: list[CalendarName] = Field(default_factory=list, max_length=20)
+    """Names of the tenant's calendars whose excluded days, ranges and windows this task's
+    slots skip (recorded as missed with reason ``calendar``); manual triggers ignore them.
+    Each must name an existing calendar of the tenant, listed once."""
+
+    @field_validator("calendars")
+    @classmethod
+    def _distinct_calendars(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("calendars must not list a calendar twice")
+        return value
 
     @field_validator("sensitive_params")
     @classmethod

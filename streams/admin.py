@@ -12,6 +12,7 @@ from streams.connections import kafka_options
 from streams.settings import Settings
 
 FOREVER = {"retention.ms": "-1"}
+COMPACTED = {"cleanup.policy": "compact"}
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
@@ -26,6 +27,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(names.outcomes, n, 1, topic_configs=FOREVER),
         NewTopic(names.triggers, n, 1),
         NewTopic(names.dead_letter, 1, 1, topic_configs=FOREVER),
+        # Small, read whole by every worker: one partition keeps every change in one order.
+        NewTopic(names.calendars, 1, 1, topic_configs=COMPACTED),
     ]
     specs += [NewTopic(names.dispatch(p), n, 1) for p in PRIORITIES]
     return specs
