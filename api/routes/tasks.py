@@ -36,6 +36,7 @@ from api.models import (
     TriggerRequest,
 )
 from api.queries import Doc, TaskSort, Views, internal_task_id
+from api.routes.calendars import check_task_calendars
 from api.routes.events import public_event
 from api.settings import ApiSettings
 from projections.folds import from_micros
@@ -124,6 +125,7 @@ async def create_task(
     """
     key = check_idempotency_key(idempotency_key)
     check_work_fence(definition, principal.tenant, state.settings)
+    await check_task_calendars(state, principal.tenant, definition, None)
     public_id, command_id = new_task_ids(principal.tenant, key)
     task_id = internal_task_id(principal.tenant, public_id)
     command = CreateTask(
@@ -205,6 +207,7 @@ async def update_task(
     key = check_idempotency_key(idempotency_key)
     check_work_fence(definition, principal.tenant, state.settings)
     doc = await _live_task(state.views, principal.tenant, task_id)
+    await check_task_calendars(state, principal.tenant, definition, doc)
     if expected is not None and expected < int(doc.get("revision", 0)):
         # Revisions only grow, so a revision older than the view's is stale for sure.
         state.metrics.command("UpdateTask", "rejected")
