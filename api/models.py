@@ -242,6 +242,9 @@ class FireTime(BaseModel):
     """The nominal slot."""
     fire_at: datetime
     """When it fires: the slot plus the task's deterministic jitter."""
+    excluded_by: str | None = None
+    """The task's calendar that excludes the slot (it is then recorded missed, not run), as the
+    calendars stand now; None when the slot runs."""
 
 
 class NextFireTimes(BaseModel):

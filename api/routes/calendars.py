@@ -313,7 +313,7 @@ async def _publish(
     accepted = CalendarAccepted(name=event.name, revision=event.revision, deleted=isinstance(event, CalendarDeleted))
     if not wait:
         return accepted
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + min(wait, state.settings.max_wait_seconds)
     while True:
         doc = await _doc(state, event.tenant, event.name)
         if doc is not None and int(doc.get("revision", 0)) >= event.revision:
@@ -321,4 +321,4 @@ async def _publish(
             return accepted if doc.get("deleted") else _public(doc)
         if time.monotonic() >= deadline:
             return accepted
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(state.settings.wait_poll_seconds)

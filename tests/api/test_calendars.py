@@ -214,6 +214,11 @@ async def test_a_calendar_excludes_a_day_end_to_end(api: Running) -> None:
             i["status"] == "skipped" and i["reason"] == "calendar" and i["calendar"] == "closed" for i in excluded
         ), excluded
         assert all(i["reason"] == "schedule" for i in opened if i["status"] != "skipped"), opened
+        # The preview names the calendar excluding each slot.
+        r = await http.get(f"/v1/tasks/{excluded_task}/next-fire-times?n=3", headers=auth(tenant))
+        assert [t["excluded_by"] for t in r.json()["fire_times"]] == ["closed"] * 3, r.text
+        r = await http.get(f"/v1/tasks/{open_task}/next-fire-times?n=3", headers=auth(other))
+        assert [t["excluded_by"] for t in r.json()["fire_times"]] == [None] * 3, r.text
         # A manual run ignores calendars.
         r = await http.post(f"/v1/tasks/{excluded_task}/trigger?wait=20", headers=auth(tenant, ["operator"]))
         assert r.status_code == 200, r.text
