@@ -76,29 +76,49 @@ def excludes_every_slot(
     *,
     anchor: datetime,
     runs_so_far: int = 0,
+    max_steps: int = MAX_CHECK_STEPS,
 ) -> bool:
-    """True when the task has a slot in ``(after, until]`` and ``calendars`` exclude every one.
+    """True when the task has a slot in ``(after, until]`` and ``calendars`` exclude every one
+    (proven within ``max_steps`` exclusions; see :func:`every_slot_excluded`)."""
+    proven, _ = every_slot_excluded(
+        definition, calendars, after, until, anchor=anchor, runs_so_far=runs_so_far, max_steps=max_steps
+    )
+    return proven is True
+
+
+def every_slot_excluded(
+    definition: TaskDefinition,
+    calendars: Sequence[Calendar],
+    after: datetime,
+    until: datetime,
+    *,
+    anchor: datetime,
+    runs_so_far: int = 0,
+    max_steps: int = MAX_CHECK_STEPS,
+) -> tuple[bool | None, int]:
+    """Whether ``calendars`` exclude every slot of the task in ``(after, until]`` (False too when
+    it has none there), or None when ``max_steps`` exclusions were walked without deciding; and
+    the steps taken (a caller checking many tasks spends one budget across them).
 
     Walks from exclusion to exclusion rather than slot by slot, so a minutely schedule under a
-    month-long range costs one step. Gives up (False: not proven) after
-    :data:`MAX_CHECK_STEPS` exclusions.
+    month-long range costs one step.
     """
     if not calendars:
-        return False
+        return False, 0
     slot = next_slot(definition, after, anchor=anchor, runs_so_far=runs_so_far)
     if slot is None or slot > until:
-        return False
-    for _ in range(MAX_CHECK_STEPS):
+        return False, 0
+    for step in range(1, max_steps + 1):
         ends = [end for c in calendars if (end := exclusion_end(c, slot)) is not None]
         if not ends:
-            return False
+            return False, step
         # Each end bounds a contiguous excluded stretch that holds ``slot``: jump to the farthest.
         resume = max(max(ends) - _MICROSECOND, slot)
         following = next_slot(definition, resume, anchor=anchor, runs_so_far=runs_so_far)
         if following is None or following > until:
-            return True
+            return True, step
         slot = following
-    return False
+    return None, max_steps
 
 
 def _wall_end(calendar: Calendar, wall: datetime) -> datetime | None:

@@ -26,11 +26,19 @@ from pydantic import BaseModel, Field
 from api import correlation
 from api.commands import now, parse_if_match
 from api.deps import Admin, ApiState, State, Viewer, Wait
-from api.errors import ERROR_RESPONSES, Conflict, FieldError, NotFound, Unprocessable, problem_responses
+from api.errors import (
+    ERROR_RESPONSES,
+    Conflict,
+    FieldError,
+    NotFound,
+    TooManyRequests,
+    Unprocessable,
+    problem_responses,
+)
 from api.queries import public_task_id
 from projections.calendars import COLLECTION
 from projections.folds import from_micros
-from scheduler.calendar import excludes_every_slot, task_calendars
+from scheduler.calendar import every_slot_excluded, task_calendars
 from scheduler.schedule import anchor_for
 from schemas.calendars import (
     CALENDAR_NAME_PATTERN,
@@ -52,6 +60,10 @@ HORIZON = timedelta(days=366)
 """How far ahead a task's slots are checked against its calendars."""
 MAX_REFERENCING = 1000
 """Most referencing tasks a calendar change is checked against (and a refusal names)."""
+CHECK_STEPS = 3000
+"""Exclusions one request may walk through proving that calendars exclude every slot (a few
+seconds at worst, off the event loop); what is not proven within it is accepted: the check is
+a guard against mistakes, and a task whose slots are all excluded only records them missed."""
 
 Name = Annotated[
     str, Path(description="The calendar's name, unique in the tenant.", pattern=CALENDAR_NAME_PATTERN, max_length=63)
@@ -143,10 +155,20 @@ def _created_at(doc: Doc | None) -> datetime:
     return created or now()
 
 
-def _excludes_all(definition: TaskDefinition, calendars: list[Calendar], task: Doc | None) -> bool:
+async def _excludes_all(
+    definition: TaskDefinition, calendars: list[Calendar], task: Doc | None, budget: list[int]
+) -> bool:
+    """Whether ``calendars`` provably exclude every slot of the next year; spends ``budget[0]`` steps."""
+    if not calendars or budget[0] <= 0:
+        return False
     start = now()
     anchor = anchor_for(definition, _created_at(task))
-    return excludes_every_slot(definition, calendars, start, start + HORIZON, anchor=anchor)
+    # Pure, but it can take a while (a cron rule is evaluated per step): off the event loop.
+    proven, steps = await asyncio.to_thread(
+        every_slot_excluded, definition, calendars, start, start + HORIZON, anchor=anchor, max_steps=budget[0]
+    )
+    budget[0] -= steps
+    return proven is True
 
 
 async def check_task_calendars(state: ApiState, tenant: str, definition: TaskDefinition, task: Doc | None) -> None:
@@ -167,7 +189,7 @@ async def check_task_calendars(state: ApiState, tenant: str, definition: TaskDef
     ]
     if unknown:
         raise Unprocessable("; ".join(f"{e.field}: {e.message}" for e in unknown), errors=unknown)
-    if _excludes_all(definition, task_calendars(definition, known), task):
+    if await _excludes_all(definition, task_calendars(definition, known), task, [CHECK_STEPS]):
         message = "these calendars exclude every slot of the schedule in the next year (the task would never run)"
         raise Unprocessable(
             f"definition.calendars: {message}",
@@ -214,7 +236,7 @@ async def get_calendar(state: State, principal: Viewer, name: Name, response: Re
     "/{name}",
     status_code=202,
     summary="Create or replace a calendar",
-    responses={200: {"model": CalendarPublic, "description": "Applied (with `?wait`)"}, **problem_responses(409)},
+    responses={200: {"model": CalendarPublic, "description": "Applied (with `?wait`)"}, **problem_responses(409, 429)},
 )
 async def put_calendar(
     state: State,
@@ -239,6 +261,8 @@ async def put_calendar(
     if expected is not None and (not live or expected != revision):
         at = f"revision {revision}" if live else "no revision (it does not exist)"
         raise Conflict(f"expected revision {expected} but calendar {name!r} is at {at}")
+    if not live:
+        await _check_quota(state, principal.tenant)
     calendar = Calendar(name=name, **body.model_dump())
     await _check_referencing(state, principal.tenant, calendar)
     event = CalendarUpserted(
@@ -286,6 +310,16 @@ async def delete_calendar(
     return await _publish(state, event, response, wait)
 
 
+async def _check_quota(state: ApiState, tenant: str) -> None:
+    """429 when the tenant already has as many calendars as ``SCHED_QUOTA_MAX_CALENDARS``."""
+    limit = state.settings.quota_max_calendars
+    if await state.views.db[COLLECTION].count_documents({"tenant": tenant, "deleted": False}) >= limit:
+        raise TooManyRequests(
+            f"this tenant has {limit} calendars, its most (SCHED_QUOTA_MAX_CALENDARS); delete one first",
+            retry_after=state.settings.retry_after_seconds,
+        )
+
+
 async def _check_referencing(state: ApiState, tenant: str, calendar: Calendar) -> None:
     """422 when ``calendar`` would exclude every slot of a task that references it."""
     tasks = await _referencing(state, tenant, calendar.name)
@@ -293,9 +327,10 @@ async def _check_referencing(state: ApiState, tenant: str, calendar: Calendar) -
         return
     known = {**await tenant_calendars(state, tenant), calendar.name: calendar}
     blocked: list[str] = []
+    budget = [CHECK_STEPS]  # shared by the tasks: one request does bounded work
     for task in tasks:
         definition = TaskDefinition.model_validate(task["definition"], context=TOLERANT)
-        if _excludes_all(definition, task_calendars(definition, known), task):
+        if await _excludes_all(definition, task_calendars(definition, known), task, budget):
             blocked.append(public_task_id(tenant, str(task["_id"])))
     if blocked:
         message = (

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tests.api.conftest import Running, auth, new_tenant
+from tests.api.conftest import Keys, Running, Stack, _running, auth, new_tenant, settings_for
 
 HOLIDAY = {"timezone": "Europe/Paris", "description": "public holidays", "dates": ["2026-12-25", "2027-01-01"]}
 TASK: dict[str, Any] = {
@@ -80,6 +81,18 @@ async def test_tenants_never_see_each_others_calendars(api: Running) -> None:
     assert r.status_code == 200 and r.json()["revision"] == 1 and r.json()["timezone"] == "UTC", r.text
     owned = (await http.get("/v1/calendars/holidays", headers=auth(owner))).json()
     assert owned["dates"] == HOLIDAY["dates"] and owned["revision"] == 1
+
+
+async def test_calendars_beyond_the_quota_are_429(warm: Stack, keys: Keys) -> None:
+    tenant = new_tenant()
+    async with asynccontextmanager(_running)(settings_for(warm, keys, quota_max_calendars=2)) as api:
+        for name in ("one", "two"):
+            assert (await put(api, tenant, name, HOLIDAY)).status_code == 200
+        r = await put(api, tenant, "three", HOLIDAY)
+        assert r.status_code == 429 and "Retry-After" in r.headers, r.text
+        assert (await put(api, tenant, "two", {"dates": ["2026-05-01"]})).status_code == 200  # replacing is fine
+        assert (await api.http.delete("/v1/calendars/two?wait=20", headers=auth(tenant))).status_code == 200
+        assert (await put(api, tenant, "three", HOLIDAY)).status_code == 200
 
 
 async def test_bad_calendars_are_422_naming_the_field(api: Running) -> None:

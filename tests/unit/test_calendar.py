@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from scheduler import decision
-from scheduler.calendar import excluded_by, excludes_every_slot, exclusion_end
+from scheduler.calendar import every_slot_excluded, excluded_by, excludes_every_slot, exclusion_end
 from schemas.calendars import Calendar, CalendarBody, decode_calendar_event
 from schemas.commands import TriggerTask, Wake
 from schemas.events import TaskCreated
@@ -318,3 +318,16 @@ def test_task_definition_calendars_are_checked() -> None:
     with pytest.raises(ValidationError) as info:
         task(calendars=["Bad Name"])
     assert info.value.errors()[0]["loc"] == ("calendars", 0)
+
+
+def test_every_slot_excluded_answers_undecided_beyond_its_budget() -> None:
+    half_hourly = task(schedule={"kind": "cron", "expression": "*/30 * * * *"})
+    windows = cal(
+        rules=[{"cron": "0 * * * *", "duration_seconds": 1800}, {"cron": "30 * * * *", "duration_seconds": 1800}]
+    )
+    assert every_slot_excluded(half_hourly, [windows], NOW, YEAR, anchor=NOW, max_steps=100) == (None, 100)
+    assert not excludes_every_slot(half_hourly, [windows], NOW, YEAR, anchor=NOW, max_steps=100)
+    # Within a day the same is proven: 48 windows.
+    day = NOW + timedelta(days=1)
+    assert every_slot_excluded(half_hourly, [windows], NOW, day, anchor=NOW, max_steps=100) == (True, 48)
+    assert every_slot_excluded(half_hourly, [CHRISTMAS], NOW, day, anchor=NOW) == (False, 1)
