@@ -36,6 +36,7 @@ def calendar_doc(event: CalendarEventT) -> Doc:
         "tenant": event.tenant,
         "name": event.name,
         "revision": event.revision,
+        "event_id": event.event_id,
         "deleted": not upserted,
         "calendar": event.calendar.model_dump(mode="json") if isinstance(event, CalendarUpserted) else None,
         "updated_at": event.at,

@@ -35,14 +35,15 @@ log = logging.getLogger(__name__)
 CALENDAR_TYPE_PREFIX = "scheduler.calendar."
 """CloudEvents ``type`` prefix of calendar events (``scheduler.calendar.CalendarUpserted``)."""
 CALENDAR_NAMESPACE = uuid.UUID("8f1b6c0e-2d4a-5b7e-9c3f-1a6e5d4b2c90")
-"""Namespace of calendar event ids (uuid5 of key and revision)."""
+"""Namespace of calendar event ids (uuid5 of key, revision and request)."""
 
 CalendarEventT = CalendarUpserted | CalendarDeleted
 
 
-def calendar_event_id(tenant: str, name: str, revision: int) -> str:
-    """The deterministic id of a calendar's event at ``revision``."""
-    return str(uuid.uuid5(CALENDAR_NAMESPACE, f"{calendar_key(tenant, name)}\x1f{revision}"))
+def calendar_event_id(tenant: str, name: str, revision: int, request: str) -> str:
+    """The id of a calendar's event at ``revision`` made by ``request`` (e.g. its request id):
+    two writers racing to the same revision get different ids, so the loser can tell."""
+    return str(uuid.uuid5(CALENDAR_NAMESPACE, f"{calendar_key(tenant, name)}\x1f{revision}\x1f{request}"))
 
 
 def encode_calendar_event(event: CalendarEventT, source: str, correlation_id: str | None = None) -> bytes:

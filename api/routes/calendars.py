@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -266,7 +267,7 @@ async def put_calendar(
     calendar = Calendar(name=name, **body.model_dump())
     await _check_referencing(state, principal.tenant, calendar)
     event = CalendarUpserted(
-        event_id=calendar_event_id(principal.tenant, name, revision + 1),
+        event_id=calendar_event_id(principal.tenant, name, revision + 1, _request_id()),
         tenant=principal.tenant,
         name=name,
         revision=revision + 1,
@@ -300,7 +301,7 @@ async def delete_calendar(
         raise Conflict(f"calendar {name!r} is referenced by tasks {shown}; remove it from them first")
     revision = int(doc["revision"]) + 1
     event = CalendarDeleted(
-        event_id=calendar_event_id(principal.tenant, name, revision),
+        event_id=calendar_event_id(principal.tenant, name, revision, _request_id()),
         tenant=principal.tenant,
         name=name,
         revision=revision,
@@ -340,6 +341,11 @@ async def _check_referencing(state: ApiState, tenant: str, calendar: Calendar) -
         raise Unprocessable(f"calendar: {message}", errors=[FieldError(field="body", message=message, pointer="#")])
 
 
+def _request_id() -> str:
+    # Unique per request (a client may repeat an X-Request-Id): a lost race must be detectable.
+    return str(uuid.uuid4())
+
+
 async def _publish(
     state: ApiState, event: CalendarUpserted | CalendarDeleted, response: Response, wait: float | None
 ) -> CalendarPublic | CalendarAccepted:
@@ -352,6 +358,10 @@ async def _publish(
     while True:
         doc = await _doc(state, event.tenant, event.name)
         if doc is not None and int(doc.get("revision", 0)) >= event.revision:
+            if doc.get("revision") == event.revision and doc.get("event_id") != event.event_id:
+                # Another change reached the same revision first: every reader keeps that one.
+                raise Conflict(f"calendar {event.name!r} was changed concurrently to revision {event.revision}; "
+                               "read it and try again")  # fmt: skip
             response.status_code = 200
             return accepted if doc.get("deleted") else _public(doc)
         if time.monotonic() >= deadline:

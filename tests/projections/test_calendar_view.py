@@ -17,7 +17,7 @@ AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 def upserted(revision: int, tenant: str = "acme", name: str = "hol", day: str = "2026-12-25") -> CalendarUpserted:
     return CalendarUpserted(
-        event_id=calendar_event_id(tenant, name, revision),
+        event_id=calendar_event_id(tenant, name, revision, "r"),
         tenant=tenant,
         name=name,
         revision=revision,
@@ -29,7 +29,7 @@ def upserted(revision: int, tenant: str = "acme", name: str = "hol", day: str = 
 
 def deleted(revision: int, tenant: str = "acme", name: str = "hol") -> CalendarDeleted:
     return CalendarDeleted(
-        event_id=calendar_event_id(tenant, name, revision),
+        event_id=calendar_event_id(tenant, name, revision, "r"),
         tenant=tenant,
         name=name,
         revision=revision,
@@ -64,6 +64,12 @@ async def test_view_never_goes_back_to_an_older_revision(mongo_db: AsyncDatabase
     assert await write_calendar_events(mongo_db, [upserted(1)]) == 0
     doc = await mongo_db[COLLECTION].find_one({"_id": "acme/hol"})
     assert doc is not None and doc["revision"] == 2 and doc["calendar"]["dates"] == ["2026-12-26"]
+    # A racing writer's event at the same revision is not written either: the first one stays
+    # (the API compares event ids to tell its caller it lost).
+    rival = upserted(2, day="2026-07-14").model_copy(update={"event_id": "rival"})
+    assert await write_calendar_events(mongo_db, [rival]) == 0
+    doc = await mongo_db[COLLECTION].find_one({"_id": "acme/hol"})
+    assert doc is not None and doc["event_id"] == calendar_event_id("acme", "hol", 2, "r")
     assert await write_calendar_events(mongo_db, [deleted(3)]) == 1
     doc = await mongo_db[COLLECTION].find_one({"_id": "acme/hol"})
     assert doc is not None and doc["deleted"] is True and doc["calendar"] is None and doc["revision"] == 3
