@@ -18,8 +18,10 @@ readings of an ambiguous wall time is used, so skipping ahead never passes an op
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from scheduler.schedule import next_slot
@@ -126,14 +128,14 @@ def _wall_end(calendar: Calendar, wall: datetime) -> datetime | None:
     exclude it), or None."""
     ends: list[datetime] = []
     day = datetime.combine(wall.date(), time())
-    if wall.date() in calendar.dates:
+    dates = calendar.dates  # sorted and distinct (the model sorts them)
+    i = bisect_left(dates, wall.date())
+    if i < len(dates) and dates[i] == wall.date():
         ends.append(day + _DAY)
     ends.extend(r.end for r in calendar.ranges if r.start <= wall < r.end)
     for rule in calendar.rules:
         if rule.duration_seconds is None:
-            # The first match from the day's midnight on (wall_times is strictly after).
-            match = next(wall_times(rule.cron, day - _SECOND), None)
-            if match is not None and match.date() == wall.date():
+            if _matches_on(rule.cron, wall.date()):
                 ends.append(day + _DAY)
         else:
             length = timedelta(seconds=rule.duration_seconds)
@@ -143,6 +145,15 @@ def _wall_end(calendar: Calendar, wall: datetime) -> datetime | None:
             if match is not None and match <= wall:
                 ends.append(match + length)
     return max(ends, default=None)
+
+
+@lru_cache(maxsize=4096)
+def _matches_on(cron: str, day: date) -> bool:
+    """Whether ``cron`` matches some wall time of ``day`` (cached: every slot of a day asks)."""
+    midnight = datetime.combine(day, time())
+    # The first match from the day's midnight on (wall_times is strictly after).
+    match = next(wall_times(cron, midnight - _SECOND), None)
+    return match is not None and match.date() == day
 
 
 def _earliest_utc(wall: datetime, zone: ZoneInfo) -> datetime:
