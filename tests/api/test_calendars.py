@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from schemas.commands import CreateTask
+from schemas.specs import TaskDefinition
 from tests.api.conftest import Keys, Running, Stack, _running, auth, new_tenant, settings_for
 
 HOLIDAY = {"timezone": "Europe/Paris", "description": "public holidays", "dates": ["2026-12-25", "2027-01-01"]}
@@ -238,6 +241,60 @@ async def test_a_calendar_excludes_a_day_end_to_end(api: Running) -> None:
     finally:
         await http.delete(f"/v1/tasks/{excluded_task}", headers=auth(tenant))
         await http.delete(f"/v1/tasks/{open_task}", headers=auth(other))
+
+
+async def test_a_day_of_caught_up_slots_is_excluded(api: Running) -> None:
+    """Two days of 6-hourly slots handled at once: the task is created by a command dated two
+    days ago (as another service producing to ``commands`` may send it), so its first wake
+    catches up every slot since (``run_all``). The slots of the excluded day are recorded as one
+    ``calendar`` miss; the others run."""
+    http, tenant = api.http, new_tenant()
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if datetime.now(UTC) - today < timedelta(minutes=1):
+        await asyncio.sleep(60)  # not across midnight
+    start, excluded = today - timedelta(days=2), today - timedelta(days=1)
+    r = await put(api, tenant, "closed", {"dates": [excluded.date().isoformat()]})
+    assert r.status_code == 200, r.text
+    public_id = f"caught-up-{uuid.uuid4().hex[:8]}"
+    definition = TaskDefinition.model_validate(
+        {
+            "name": "six-hourly",
+            "schedule": {"kind": "interval", "every_seconds": 6 * 3600},
+            "start_at": start.isoformat(),
+            "work": {"kind": "handler", "name": "noop"},
+            "overlap": "allow_all",
+            "catch_up": {"mode": "run_all", "window_seconds": 3 * 86400, "max_runs": 20},
+            "calendars": ["closed"],
+        }
+    )
+    create = CreateTask(
+        command_id=str(uuid.uuid4()), task_id=f"{tenant}/{public_id}", tenant=tenant, actor="other-service",
+        at=start - timedelta(seconds=1), definition=definition,
+    )  # fmt: skip
+    await api.app.state.api.bus.send(create)
+    ran_slots = [start + timedelta(hours=h) for h in (0, 6, 12, 18)]
+    ran_slots += [today + timedelta(hours=h) for h in (0, 6, 12, 18) if today + timedelta(hours=h) <= datetime.now(UTC)]
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            items = await _executions(api, tenant, public_id) if await _shown(api, tenant, public_id) else []
+            skipped = [i for i in items if i["status"] == "skipped"]
+            runs = [i for i in items if i["status"] != "skipped"]
+            if skipped and len(runs) >= len(ran_slots):
+                break
+            assert time.monotonic() < deadline, items
+            await asyncio.sleep(0.3)
+        [missed] = skipped
+        assert missed["reason"] == "calendar" and missed["calendar"] == "closed" and missed["missed_count"] == 4
+        assert _at(missed["slot"]) == excluded and _at(missed["last_slot"]) == excluded + timedelta(hours=18)
+        assert sorted(_at(i["slot"]) for i in runs) == ran_slots
+        assert all(i["reason"] == "schedule" for i in runs)
+    finally:
+        await http.delete(f"/v1/tasks/{public_id}", headers=auth(tenant))
+
+
+async def _shown(api: Running, tenant: str, public_id: str) -> bool:
+    return (await api.http.get(f"/v1/tasks/{public_id}", headers=auth(tenant))).status_code == 200
 
 
 async def test_slots_in_an_excluded_range_are_missed_and_the_schedule_moves_on(api: Running) -> None:
