@@ -27,7 +27,6 @@ from schemas.cron import cron_fields, field_problem, never_matches
 CALENDAR_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 """A calendar's name: lower-case letters, digits, ``_ . -``; 1-63 characters, starting with a
 letter or digit. Unique per tenant."""
-_NAME = re.compile(CALENDAR_NAME_PATTERN)
 
 CalendarName = Annotated[str, Field(pattern=CALENDAR_NAME_PATTERN, min_length=1, max_length=63)]
 """The name of a calendar (see :data:`CALENDAR_NAME_PATTERN`)."""
@@ -39,11 +38,6 @@ MAX_WINDOW_SECONDS = 31 * 86_400
 """Longest window of a rule: a month (longer exclusions are ranges)."""
 
 _NON_DETERMINISTIC_FIELD = re.compile(r"(?<![A-Za-z])[HhRr](?![A-Za-z])")
-
-
-def valid_calendar_name(value: str) -> bool:
-    """Whether ``value`` is a legal calendar name."""
-    return bool(_NAME.match(value))
 
 
 class DateRange(WireModel):

@@ -331,3 +331,11 @@ def test_every_slot_excluded_answers_undecided_beyond_its_budget() -> None:
     day = NOW + timedelta(days=1)
     assert every_slot_excluded(half_hourly, [windows], NOW, day, anchor=NOW, max_steps=100) == (True, 48)
     assert every_slot_excluded(half_hourly, [CHRISTMAS], NOW, day, anchor=NOW) == (False, 1)
+
+
+@pytest.mark.parametrize("name", ["", "Upper", "-lead", "a b", "abc\n", "x" * 64, "é"])
+def test_calendar_names_are_checked(name: str) -> None:
+    with pytest.raises(ValidationError):
+        Calendar(name=name)
+    with pytest.raises(ValidationError):
+        task(calendars=[name])
