@@ -123,6 +123,22 @@ def every_slot_excluded(
     return None, max_steps
 
 
+def excludes_all_time(
+    calendar: Calendar, after: datetime, until: datetime, *, max_steps: int = MAX_CHECK_STEPS
+) -> bool:
+    """True when ``calendar`` excludes every instant from ``after`` to ``until`` (proven within
+    ``max_steps`` exclusions): whatever a task's schedule, no slot of it there could run."""
+    instant = after
+    for _ in range(max_steps):
+        end = exclusion_end(calendar, instant)
+        if end is None:
+            return False
+        if end > until:
+            return True
+        instant = end
+    return False
+
+
 def _wall_end(calendar: Calendar, wall: datetime) -> datetime | None:
     """The local wall time the exclusion of ``wall`` ends at (the farthest of the parts that
     exclude it), or None."""

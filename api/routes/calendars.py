@@ -9,6 +9,7 @@ before anything is produced, so nothing accepted changes:
 * a task naming a calendar its tenant does not have: 422 naming ``definition.calendars.<i>``;
 * a task whose calendars exclude every slot of its schedule in the next year (or every slot
   of a bounded schedule): 422 naming ``definition.calendars``;
+* a calendar excluding every instant of the next year: 422;
 * a calendar replaced so that it would exclude every slot of a task referencing it: 422;
 * deleting a calendar tasks still reference: 409 naming them.
 """
@@ -39,7 +40,7 @@ from api.errors import (
 from api.queries import public_task_id
 from projections.calendars import COLLECTION
 from projections.folds import from_micros
-from scheduler.calendar import every_slot_excluded, task_calendars
+from scheduler.calendar import every_slot_excluded, excludes_all_time, task_calendars
 from scheduler.schedule import anchor_for
 from schemas.calendars import (
     CALENDAR_NAME_PATTERN,
@@ -252,8 +253,9 @@ async def put_calendar(
 ) -> CalendarPublic | CalendarAccepted:
     """Create the calendar, or replace it whole. Needs the admin role.
 
-    Refused (422) when the new version would exclude every slot in the next year of a task
-    that references it; with `If-Match`, refused (409) unless the calendar is at that revision.
+    Refused (422) when it excludes every instant of the next year, or would exclude every slot
+    in the next year of a task that references it; with `If-Match`, refused (409) unless the
+    calendar is at that revision.
     """
     expected = parse_if_match(if_match)
     doc = await _doc(state, principal.tenant, name)
@@ -265,6 +267,10 @@ async def put_calendar(
     if not live:
         await _check_quota(state, principal.tenant)
     calendar = Calendar(name=name, **body.model_dump())
+    start = now()
+    if await asyncio.to_thread(excludes_all_time, calendar, start, start + HORIZON, max_steps=CHECK_STEPS):
+        message = "excludes every instant of the next year: any task using it would never run"
+        raise Unprocessable(f"body: {message}", errors=[FieldError(field="body", message=message, pointer="#")])
     await _check_referencing(state, principal.tenant, calendar)
     event = CalendarUpserted(
         event_id=calendar_event_id(principal.tenant, name, revision + 1, _request_id()),

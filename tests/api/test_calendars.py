@@ -106,6 +106,7 @@ async def test_bad_calendars_are_422_naming_the_field(api: Running) -> None:
         ("holidays", {"ranges": [{"start": "2026-08-15", "end": "2026-08-01"}]}, "ranges.0"),
         ("holidays", {"rules": [{"cron": "0 25 * * *"}]}, "rules.0.cron"),
         ("holidays", {"rules": [{"cron": "0 2 * * sun", "duration_seconds": 40 * 86400}]}, "rules.0.duration_seconds"),
+        ("holidays", {"rules": [{"cron": "0 0 * * 1-5"}, {"cron": "0 0 * * sat,sun"}]}, "body"),
         ("Bad Name", HOLIDAY, "name"),
         ("x" * 64, HOLIDAY, "name"),
     ]

@@ -11,7 +11,13 @@ import pytest
 from pydantic import ValidationError
 
 from scheduler import decision
-from scheduler.calendar import every_slot_excluded, excluded_by, excludes_every_slot, exclusion_end
+from scheduler.calendar import (
+    every_slot_excluded,
+    excluded_by,
+    excludes_all_time,
+    excludes_every_slot,
+    exclusion_end,
+)
 from schemas.calendars import Calendar, CalendarBody, decode_calendar_event
 from schemas.commands import TriggerTask, Wake
 from schemas.events import TaskCreated
@@ -339,3 +345,19 @@ def test_calendar_names_are_checked(name: str) -> None:
         Calendar(name=name)
     with pytest.raises(ValidationError):
         task(calendars=[name])
+
+
+@pytest.mark.parametrize(
+    ("calendar", "expected"),
+    [
+        (cal(rules=[{"cron": "* * * * *"}]), True),
+        (cal(rules=[{"cron": "0 0 * * *", "duration_seconds": 86400}]), True),  # back-to-back daily windows
+        (cal(rules=[{"cron": "0 0 * * *", "duration_seconds": 86399}]), False),  # one second a day is open
+        (cal(rules=[{"cron": "0 0 * * 1-5"}, {"cron": "0 0 * * sat,sun"}]), True),
+        (cal(rules=[{"cron": "0 0 * * 1-5"}]), False),
+        (cal(ranges=[{"start": "2025-01-01", "end": "2028-01-01"}]), True),
+        (CHRISTMAS, False),
+    ],
+)
+def test_excludes_all_time(calendar: Calendar, expected: bool) -> None:
+    assert excludes_all_time(calendar, NOW, YEAR) is expected
