@@ -4,10 +4,12 @@ decider does with excluded slots (given/when/then)."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from scheduler import decision
@@ -361,3 +363,55 @@ def test_calendar_names_are_checked(name: str) -> None:
 )
 def test_excludes_all_time(calendar: Calendar, expected: bool) -> None:
     assert excludes_all_time(calendar, NOW, YEAR) is expected
+
+
+# Skipping ahead to exclusion_end is what proves "every slot excluded" (a 422): it must never
+# pass an instant that is open.
+ZONES = ["UTC", "America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kolkata"]
+RULES = [
+    {"cron": "0 2 * * sun", "duration_seconds": 7200},
+    {"cron": "30 1 * * *", "duration_seconds": 3600},
+    {"cron": "0 0 * * sat,sun"},
+    {"cron": "*/20 * * * *", "duration_seconds": 600},
+    {"cron": "0 0 1 * *", "duration_seconds": 3 * 86400},
+]
+
+
+@given(
+    zone=st.sampled_from(ZONES),
+    rules=st.lists(st.sampled_from(RULES), max_size=3),
+    dates=st.lists(st.dates(date(2026, 1, 1), date(2026, 12, 31)), max_size=5),
+    slot=st.datetimes(datetime(2026, 1, 1), datetime(2026, 12, 31), timezones=st.just(UTC)),
+    fractions=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=5),
+)
+@settings(max_examples=300, deadline=None)
+def test_every_instant_before_the_exclusion_end_is_excluded(
+    zone: str, rules: list[dict[str, Any]], dates: list[date], slot: datetime, fractions: list[float]
+) -> None:
+    calendar = cal(timezone=zone, rules=rules, dates=dates)
+    end = exclusion_end(calendar, slot)
+    assert (end is None) == (excluded_by([calendar], slot) is None)
+    if end is None:
+        return
+    assert end > slot
+    for fraction in fractions:
+        instant = min(slot + (end - slot) * fraction, end - timedelta(microseconds=1))  # rounding
+        assert excluded_by([calendar], instant) == "hol", (instant, end)
+
+
+@given(
+    zone=st.sampled_from(ZONES),
+    rules=st.lists(st.sampled_from(RULES), max_size=3),
+    start=st.datetimes(datetime(2026, 1, 1), datetime(2026, 12, 29), timezones=st.just(UTC)),
+    every=st.sampled_from([300, 600, 3600, 5400]),
+)
+@settings(max_examples=100, deadline=None)
+def test_excludes_every_slot_agrees_with_checking_each_slot(
+    zone: str, rules: list[dict[str, Any]], start: datetime, every: int
+) -> None:
+    calendar = cal(timezone=zone, rules=rules)
+    definition_ = task(schedule={"kind": "interval", "every_seconds": every, "anchor": start.isoformat()})
+    until = start + timedelta(hours=6)
+    slots = [start + timedelta(seconds=every * k) for k in range(1, 6 * 3600 // every + 1)]
+    brute = all(excluded_by([calendar], s) is not None for s in slots)
+    assert excludes_every_slot(definition_, [calendar], start, until, anchor=start) is brute
