@@ -137,6 +137,9 @@ class CalendarFollower:
                 raise
             except (KafkaError, OSError) as exc:
                 log.warning("calendars: %r; reading again in %.0fs", exc, retry_seconds)
+            except Exception:
+                # Whatever went wrong, stopping would leave calendars stale for good: read again.
+                log.exception("calendars: reading failed; reading again in %.0fs", retry_seconds)
             await asyncio.sleep(retry_seconds)
 
     async def _follow(self) -> None:
