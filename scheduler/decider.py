@@ -59,7 +59,7 @@ from datetime import datetime, timedelta
 from itertools import accumulate
 from typing import Any, Literal, TypeVar, assert_never, cast
 
-from scheduler.calendar import excluded_by, task_calendars
+from scheduler.calendar import Exclusions, task_calendars
 from scheduler.retry import backoff, should_retry
 from scheduler.schedule import anchor_for, fire_at, next_slot
 from scheduler.state import Buffered, Counters, Execution, TaskState, execution_key, remember
@@ -460,8 +460,8 @@ def _fire_due_slots(d: _Decision) -> None:
         return
 
     # Slots a calendar excludes are not part of the schedule for catch-up: recorded, never run.
-    calendars = task_calendars(definition, d.calendars)
-    excluded = {s: name for s in slots if (name := excluded_by(calendars, s)) is not None} if calendars else {}
+    exclusions = Exclusions(task_calendars(definition, d.calendars))
+    excluded = {s: name for s in slots if (name := exclusions.excluded_by(s)) is not None} if exclusions else {}
     plan = dict(_catch_up_plan(task_id, definition, [s for s in slots if s not in excluded], at, truncated))
     for slot in slots:
         if slot in excluded:

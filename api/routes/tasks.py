@@ -40,7 +40,7 @@ from api.routes.calendars import check_task_calendars, tenant_calendars
 from api.routes.events import public_event
 from api.settings import ApiSettings
 from projections.folds import from_micros
-from scheduler.calendar import excluded_by, task_calendars
+from scheduler.calendar import Exclusions, task_calendars
 from scheduler.schedule import anchor_for, fire_at, next_slot
 from schemas.calendars import Calendar
 from schemas.commands import CreateTask, DeleteTask, PauseTask, ResumeTask, TriggerTask, UpdateTask
@@ -410,11 +410,12 @@ def _preview(doc: Doc, definition: TaskDefinition, n: int, runs: int, calendars:
     if last_slot is not None and last_slot > after:
         after = last_slot
     out: list[FireTime] = []
+    exclusions = Exclusions(calendars)
     while len(out) < n:
         slot = next_slot(definition, after, anchor=anchor, runs_so_far=runs)
         if slot is None:
             break
-        excluded = excluded_by(calendars, slot)
+        excluded = exclusions.excluded_by(slot)
         out.append(FireTime(slot=slot, fire_at=fire_at(doc["_id"], definition, slot), excluded_by=excluded))
         after, runs = slot, runs + (excluded is None)
     return out

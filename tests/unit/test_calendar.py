@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, date, datetime, timedelta
+from itertools import accumulate
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from scheduler import decision
 from scheduler.calendar import (
+    Exclusions,
     every_slot_excluded,
     excluded_by,
     excludes_all_time,
@@ -415,3 +417,23 @@ def test_excludes_every_slot_agrees_with_checking_each_slot(
     slots = [start + timedelta(seconds=every * k) for k in range(1, 6 * 3600 // every + 1)]
     brute = all(excluded_by([calendar], s) is not None for s in slots)
     assert excludes_every_slot(definition_, [calendar], start, until, anchor=start) is brute
+
+
+@given(
+    zone=st.sampled_from(ZONES),
+    rules=st.lists(st.sampled_from(RULES), min_size=1, max_size=3),
+    start=st.datetimes(datetime(2026, 1, 1), datetime(2026, 12, 1), timezones=st.just(UTC)),
+    steps=st.lists(st.integers(0, 40 * 86400), min_size=1, max_size=40),
+)
+@settings(max_examples=200, deadline=None)
+def test_prepared_exclusions_asked_in_order_agree_with_asking_afresh(
+    zone: str, rules: list[dict[str, Any]], start: datetime, steps: list[int]
+) -> None:
+    # Ascending instants mostly (as a wake asks), with one step back in the middle.
+    instants = list(accumulate((timedelta(seconds=s) for s in steps), initial=start))
+    instants.insert(len(instants) // 2, start)
+    calendar = cal(timezone=zone, rules=rules, ranges=[{"start": "2026-03-01T10:00", "end": "2026-03-20"}])
+    exclusions = Exclusions([calendar])
+    for instant in instants:
+        assert exclusions.excluded_by(instant) == excluded_by([calendar], instant), instant
+        assert exclusions.end(instant) == exclusion_end(calendar, instant), instant
