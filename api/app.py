@@ -19,7 +19,7 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.middleware import BodyLimitMiddleware
 from api.queries import Views
 from api.quotas import Quotas
-from api.routes import backfills, cloudevents, events, executions, health, reports, stats, tasks, ui
+from api.routes import backfills, calendars, cloudevents, events, executions, health, reports, stats, tasks, ui
 from api.settings import ApiSettings
 from streams.connections import mongo_options
 
@@ -81,6 +81,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             {"name": "tasks", "description": "Task commands and queries."},
             {"name": "executions", "description": "Executions of tasks."},
             {"name": "reports", "description": "Execution reports over a time range (JSON or CSV)."},
+            {"name": "calendars", "description": "Calendars of excluded days and windows that tasks reference."},
             {"name": "stats", "description": "Tenant statistics."},
             {"name": "events", "description": "Live events."},
             {"name": "operations", "description": "Health, readiness and metrics."},
@@ -93,6 +94,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     for router in (
         tasks.router,
         backfills.router,
+        calendars.router,
         executions.router,
         reports.router,
         stats.router,

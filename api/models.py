@@ -200,6 +200,8 @@ class ExecutionPublic(_Public):
     slot: datetime | None = None
     last_slot: datetime | None = None
     missed_count: int | None = None
+    calendar: str | None = None
+    """For ``skipped`` with reason ``calendar``: the calendar that excluded the slots."""
     scheduled_for: datetime | None = None
     trigger_id: str | None = None
     priority: str | None = None
@@ -275,6 +277,9 @@ class FireTime(BaseModel):
     """The nominal slot."""
     fire_at: datetime
     """When it fires: the slot plus the task's deterministic jitter."""
+    excluded_by: str | None = None
+    """The task's calendar that excludes the slot (it is then recorded missed, not run), as the
+    calendars stand now; None when the slot runs."""
 
 
 class NextFireTimes(BaseModel):

@@ -88,6 +88,9 @@ class ApiSettings(Settings):
     statistics view, one document per partition: ``SCHED_PARTITIONS`` must be the deployment's."""
     quota_triggers_per_minute: int = Field(default=600, ge=0)
     """Manual runs one tenant may trigger per calendar minute, over all API processes; beyond it 429."""
+    quota_max_calendars: int = Field(default=500, ge=0)
+    """Calendars (not deleted) one tenant may have; creating one more is answered 429. Every
+    worker holds every calendar in memory, so this bounds what a tenant adds there."""
     quota_overrides: dict[str, TenantQuota] = Field(default_factory=dict)
     """Per-tenant exceptions, as JSON: ``{"acme": {"max_tasks": 50000}}``."""
     quota_pending_seconds: float = Field(default=300.0, gt=0, le=86_400)

@@ -673,6 +673,7 @@ def _skipped_doc(event: SlotsMissed, kind: str) -> Doc:
         "last_slot": event.last_slot,
         "missed_count": event.count,
         "truncated": event.truncated,
+        "calendar": event.calendar,
         "scheduled_for": event.first_slot,
         "trigger_id": None,
         "priority": None,

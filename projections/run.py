@@ -1,7 +1,8 @@
 """Run the projector: ``python -m projections.run`` (settings from ``SCHED_*``).
 
 Creates the view indexes, sets up retention (a TTL index, or a sweeper on FerretDB), and
-applies ``task-events`` to the views until interrupted.
+applies ``task-events`` to the views until interrupted; alongside, keeps the ``calendars`` view
+from the ``calendars`` topic.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from pymongo import AsyncMongoClient
 
 from projections import metrics as projector_metrics
+from projections.calendars import follow_calendars
 from projections.projector import Projector, ensure_indexes
 from projections.read import active_collections
 from projections.retention import setup_retention
@@ -42,6 +44,7 @@ async def main(settings: ProjectionSettings | None = None) -> None:
     )
     sweeper_task: asyncio.Task[None] | None = None
     metrics_task = asyncio.create_task(projector_metrics.run(settings))
+    calendars_task = asyncio.create_task(follow_calendars(settings, db))
     try:
         names = await active_collections(db)
         await ensure_indexes(db, names)
@@ -56,6 +59,7 @@ async def main(settings: ProjectionSettings | None = None) -> None:
         await projector.run()
     finally:
         metrics_task.cancel()
+        calendars_task.cancel()
         if sweeper_task is not None:
             sweeper_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -40,6 +40,12 @@ Decisions where the brief left room (documented once, here):
 * **Jitter and order**: slots fire in order. A slot whose jittered time is before an earlier
   slot's waits for it and is not counted late for that wait (only possible when the jitter is
   not below the gap between slots, which new definitions may not have).
+* **Calendars**: the worker passes the tenant's calendars in (``calendars``, by name; the core
+  reads no topic). At wake time a due slot that one of the task's calendars excludes is recorded
+  as ``SlotsMissed(reason="calendar", calendar=<name>)`` (adjacent slots of one calendar in one
+  event) and is not counted as a run; the other due slots then go through catch-up as if the
+  excluded ones did not exist (``run_once`` runs the latest slot not excluded). Triggers ignore
+  calendars. A listed name the tenant has no calendar for excludes nothing.
 * **Long outages**: one ``Wake`` handles at most :data:`MAX_SLOTS_PER_DECISION` due slots;
   the oldest are recorded as missed and the task stays due, so the firing loop wakes it again
   at once and the rest are handled in the next batch.
@@ -64,16 +70,19 @@ Decisions where the brief left room (documented once, here):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import accumulate
 from typing import Any, Literal, TypeVar, assert_never, cast
 
 from scheduler.backfill import RangeProblem, checked_range, slot_after
+from scheduler.calendar import Exclusions, task_calendars
 from scheduler.retry import backoff, should_retry
 from scheduler.schedule import anchor_for, fire_at, next_slot
 from scheduler.state import Backfill, Buffered, Counters, Execution, TaskState, execution_key, remember
 from schemas._types import LATEST
+from schemas.calendars import Calendar
 from schemas.commands import (
     BackfillTask,
     CancelBackfill,
@@ -141,13 +150,17 @@ class Decision:
     state: TaskState | None
 
 
-def decision(command: Command, state: TaskState | None) -> Decision:
-    """The events that result from ``command`` given the task's current ``state``, and the new state."""
+def decision(command: Command, state: TaskState | None, calendars: Mapping[str, Calendar] | None = None) -> Decision:
+    """The events that result from ``command`` given the task's current ``state``, and the new state.
+
+    ``calendars`` are the command tenant's calendars by name (only a ``Wake`` reads them).
+    """
     if state is not None and command.command_id in state.recent_command_ids:
         return Decision([], state)
     d = _Decision(
         _Meta(command.task_id, command.tenant, command.actor, command.command_id, command.type, command.at),
         state,
+        calendars or {},
     )
     if not tenant_owns(command.tenant, command.task_id):
         d.reject(TENANT_MISMATCH, "tenant")
@@ -203,7 +216,7 @@ def rejection(error: InvalidCommand, state: TaskState | None) -> Decision:
     if state is not None and error.command_id in state.recent_command_ids:
         return Decision([], state)
     meta = _Meta(error.task_id, error.tenant, error.actor, error.command_id, error.command_type, error.at)
-    d = _Decision(meta, state)
+    d = _Decision(meta, state, {})
     d.reject(error.reason, error.field)
     return d.finish()
 
@@ -579,9 +592,17 @@ def _fire_due_slots(d: _Decision) -> None:
     if not slots:
         return
 
-    plan = _catch_up_plan(task_id, definition, slots, at, truncated)
-    for slot, missed in plan:
-        if missed is not None:
+    # Slots a calendar excludes are not part of the schedule for catch-up: recorded, never run.
+    exclusions = Exclusions(task_calendars(definition, d.calendars))
+    excluded = {s: name for s in slots if (name := exclusions.excluded_by(s)) is not None} if exclusions else {}
+    plan = dict(_catch_up_plan(task_id, definition, [s for s in slots if s not in excluded], at, truncated))
+    for slot in slots:
+        if slot in excluded:
+            d.miss(slot, "calendar", calendar=excluded[slot])
+            continue
+        if slot not in plan:
+            break  # held back for the next batch (truncated): nothing after it is handled yet
+        if (missed := plan[slot]) is not None:
             d.miss(slot, missed)
             continue
         _run_slot(d, slot)
@@ -735,6 +756,7 @@ class _MissedRange:
     last: datetime
     count: int
     reason: MissedReason
+    calendar: str | None = None
 
 
 _NOTE_ERROR_CHARS = 1000
@@ -746,9 +768,10 @@ _NEXT_FIRE_EVENTS = (TaskResumed, SlotsMissed, ExecutionDispatched, ExecutionBuf
 class _Decision:
     """Accumulates the events of one decision, folding each into the working state."""
 
-    def __init__(self, meta: _Meta, state: TaskState | None) -> None:
+    def __init__(self, meta: _Meta, state: TaskState | None, calendars: Mapping[str, Calendar]) -> None:
         self.meta = meta
         self.state = state
+        self.calendars = calendars
         self.events: list[Event] = []
         self._missed: _MissedRange | None = None
 
@@ -814,15 +837,15 @@ class _Decision:
             field=field,
         )
 
-    def miss(self, slot: datetime, reason: MissedReason) -> None:
-        """Record a missed slot; adjacent misses with the same reason become one event."""
+    def miss(self, slot: datetime, reason: MissedReason, calendar: str | None = None) -> None:
+        """Record a missed slot; adjacent misses with the same reason (and calendar) become one event."""
         pending = self._missed
-        if pending is not None and pending.reason == reason:
+        if pending is not None and pending.reason == reason and pending.calendar == calendar:
             pending.last = slot
             pending.count += 1
             return
         self._flush_missed()
-        self._missed = _MissedRange(slot, slot, 1, reason)
+        self._missed = _MissedRange(slot, slot, 1, reason, calendar)
 
     def _flush_missed(self) -> None:
         pending, self._missed = self._missed, None
@@ -833,6 +856,7 @@ class _Decision:
                 last_slot=pending.last,
                 count=pending.count,
                 reason=pending.reason,
+                calendar=pending.calendar,
             )
 
     # -- executions -----------------------------------------------------------------------

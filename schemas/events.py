@@ -21,6 +21,7 @@ MissedReason = Literal[
     "outside_window",
     "overlap",
     "superseded",
+    "calendar",
 ]
 """Why slots did not run.
 
@@ -30,6 +31,7 @@ MissedReason = Literal[
 - ``outside_window``: late and older than ``catch_up.window_seconds`` (``run_all``).
 - ``overlap``: an execution was in flight and the overlap policy did not run the slot.
 - ``superseded``: due but not yet handled when the definition was updated.
+- ``calendar``: excluded by one of the task's calendars (named in ``SlotsMissed.calendar``).
 """
 
 ExecutionStatus = Literal["succeeded", "failed", "timed_out", "cancelled"]
@@ -128,6 +130,8 @@ class SlotsMissed(_NextFire, EventBase):
     reason: MissedReason
     truncated: bool = False
     """True when ``count`` is a lower bound because counting stopped at a safety limit."""
+    calendar: str | None = None
+    """For reason ``calendar``: the name of the calendar that excluded the slots."""
 
 
 class ExecutionDispatched(_NextFire, EventBase):

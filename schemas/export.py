@@ -1,8 +1,9 @@
 """Export the published JSON Schemas: ``python -m schemas.export [--check]``.
 
 Writes ``schemas/json/v1/<Name>.json`` for the envelope, every command and every event
-(``ExecutionCompleted`` is the public outcome on the ``outcomes`` topic), and the CloudEvent
-other services produce to ``triggers`` (``TriggerCloudEvent``). With ``--check``
+(``ExecutionCompleted`` is the public outcome on the ``outcomes`` topic), the CloudEvent
+other services produce to ``triggers`` (``TriggerCloudEvent``), and the calendar events of the
+``calendars`` topic. With ``--check``
 nothing is written and the exit status says whether the published files are current.
 """
 
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from schemas.calendars import CalendarDeleted, CalendarUpserted
 from schemas.commands import COMMAND_TYPES
 from schemas.envelope import Envelope
 from schemas.events import EVENT_TYPES
@@ -31,6 +33,8 @@ def generate() -> dict[str, dict[str, Any]]:
         **COMMAND_TYPES,
         **EVENT_TYPES,
         "TriggerCloudEvent": CloudEvent,  # what other services produce to `triggers` (structured mode)
+        "CalendarUpserted": CalendarUpserted,
+        "CalendarDeleted": CalendarDeleted,
     }
     return {name: {"$schema": _DIALECT, **model.model_json_schema()} for name, model in sorted(models.items())}
 

@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas._types import UtcDatetime, WireModel, iana_zone
+from schemas.calendars import CalendarName
 from schemas.cron import (
     DstGap,
     DstRepeat,
@@ -635,6 +636,17 @@ class TaskDefinition(WireModel):
     """CloudEvents of the task's tenant that run it (see ``schemas/triggers.py``): each rule
     matches on the event's type, source, subject and data; a matching event runs the task once,
     with the event in the run's params."""
+    calendars: list[CalendarName] = Field(default_factory=list, max_length=20)
+    """Names of the tenant's calendars whose excluded days, ranges and windows this task's
+    slots skip (recorded as missed with reason ``calendar``); manual triggers ignore them.
+    Each must name an existing calendar of the tenant, listed once."""
+
+    @field_validator("calendars")
+    @classmethod
+    def _distinct_calendars(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("calendars must not list a calendar twice")
+        return value
 
     @field_validator("sensitive_params")
     @classmethod

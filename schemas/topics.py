@@ -15,6 +15,7 @@ OUTCOMES = "outcomes"
 TRIGGERS = "triggers"
 TRIGGER_RULES = "trigger-rules"
 DEAD_LETTER = "dead-letter"
+CALENDARS = "calendars"
 PRIORITIES = ("high", "normal", "low")
 """The dispatch priority classes, each with its own topic."""
 
@@ -31,6 +32,7 @@ NAMES = (
     TRIGGERS,
     TRIGGER_RULES,
     DEAD_LETTER,
+    CALENDARS,
     *(dispatch(p) for p in PRIORITIES),
 )
 """Every topic of a deployment, before the prefix."""
@@ -76,6 +78,11 @@ class Topics:
     def dead_letter(self) -> str:
         """Messages that could not be decoded or applied, with the reason."""
         return self.name(DEAD_LETTER)
+
+    @property
+    def calendars(self) -> str:
+        """Calendar changes (compacted), keyed ``<tenant>/<name>``; read whole by workers and the projector."""
+        return self.name(CALENDARS)
 
     def dispatch(self, priority: str) -> str:
         """The dispatch topic of a priority class."""

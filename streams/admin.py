@@ -12,6 +12,7 @@ from streams.connections import kafka_options
 from streams.settings import Settings
 
 FOREVER = {"retention.ms": "-1"}
+COMPACTED = {"cleanup.policy": "compact"}
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
@@ -28,6 +29,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         # The latest rules of each task (compaction keeps one record a task; tombstones go).
         NewTopic(names.trigger_rules, n, 1, topic_configs={"cleanup.policy": "compact"}),
         NewTopic(names.dead_letter, 1, 1, topic_configs=FOREVER),
+        # Small, read whole by every worker: one partition keeps every change in one order.
+        NewTopic(names.calendars, 1, 1, topic_configs=COMPACTED),
     ]
     specs += [NewTopic(names.dispatch(p), n, 1) for p in PRIORITIES]
     return specs

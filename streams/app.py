@@ -45,6 +45,7 @@ from schemas.control import CommandBatch, Tick
 from schemas.envelope import control_envelope, decode_command_object, decode_message_correlated, encode
 from schemas.errors import DecodeError, InvalidCommand
 from streams import faust_tuning, metrics
+from streams.calendars import CalendarFollower
 from streams.connections import faust_options, kafka_options
 from streams.executor import Executor
 from streams.firing import Firing
@@ -162,6 +163,10 @@ class TaskProcessor:
         self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]  # mode types receivers narrowly
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.agent(self.commands, name="task-processor", concurrency=1)(self._process)
+        # Every tenant's calendars, read whole from the compacted topic and followed; the
+        # firing loop waits until they are read, so no excluded slot runs for lack of them.
+        self.calendars = CalendarFollower(settings)
+        self.app.task(self._follow_calendars)
         self.app.task(self._firing_loop)
         self.app.task(self._report_stats)
         self.app.task(self._measure_lag)
@@ -222,7 +227,10 @@ class TaskProcessor:
     ) -> None:
         self.stats.commands += 1
         state = self.store.load(key)
-        decided = rejection(command, state) if isinstance(command, InvalidCommand) else decision(command, state)
+        if isinstance(command, InvalidCommand):
+            decided = rejection(command, state)
+        else:
+            decided = decision(command, state, self.calendars.book.of(command.tenant))
         await self._commit(key, decided, partition, correlation)
 
     async def _commit(self, key: bytes, decided: Decision, partition: int, correlation: str | None) -> None:
@@ -275,7 +283,7 @@ class TaskProcessor:
                 at=tick.at,
             )
             state = self.store.load(key)
-            decided = decision(wake, state)
+            decided = decision(wake, state, self.calendars.book.of(tenant))
             await self._commit(key, decided, partition, tick.tick_id)  # a wake's cause is its tick
             if not decided.events and state is not None:
                 # Nothing to do although the index said so: look again a little later rather
@@ -352,7 +360,7 @@ class TaskProcessor:
         worker = self.settings.worker_id
         while True:
             self._fire_now.clear()
-            if self.ready:
+            if self.ready and self.calendars.caught_up.is_set():
                 now = _now()
                 for partition in self.firing.to_tick(now, time.monotonic()):
                     message = Tick(tick_id=str(uuid.uuid4()), partition=partition, at=now, worker=worker)
@@ -393,6 +401,9 @@ class TaskProcessor:
     async def _measure_lag(self) -> None:
         """Keep ``scheduler_consumer_lag_messages`` of the processor's group on ``commands``."""
         await metrics.measure_lag(self.settings, {self.app.conf.id: [self.commands.get_topic_name()]})
+
+    async def _follow_calendars(self) -> None:
+        await self.calendars.run()
 
     async def _run_executor(self) -> None:
         assert self.executor is not None

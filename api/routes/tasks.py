@@ -37,10 +37,13 @@ from api.models import (
     TriggerRequest,
 )
 from api.queries import Doc, TaskSort, Views, internal_task_id
+from api.routes.calendars import check_task_calendars, tenant_calendars
 from api.routes.events import public_event
 from api.settings import ApiSettings
 from projections.folds import from_micros
+from scheduler.calendar import Exclusions, task_calendars
 from scheduler.schedule import anchor_for, fire_at, next_slot
+from schemas.calendars import Calendar
 from schemas.commands import CreateTask, DeleteTask, PauseTask, ResumeTask, TriggerTask, UpdateTask
 from schemas.secrets import SecretError, seal_definition, seal_params
 from schemas.specs import TOLERANT, HandlerWork, HttpWork, KafkaWork, ShellWork, TaskDefinition
@@ -136,6 +139,7 @@ async def create_task(
     """
     key = check_idempotency_key(idempotency_key)
     check_work_fence(definition, principal.tenant, state.settings)
+    await check_task_calendars(state, principal.tenant, definition, None)
     public_id, command_id = new_task_ids(principal.tenant, key)
     task_id = internal_task_id(principal.tenant, public_id)
     command = CreateTask(
@@ -217,6 +221,7 @@ async def update_task(
     key = check_idempotency_key(idempotency_key)
     check_work_fence(definition, principal.tenant, state.settings)
     doc = await _live_task(state.views, principal.tenant, task_id)
+    await check_task_calendars(state, principal.tenant, definition, doc)
     if expected is not None and expected < int(doc.get("revision", 0)):
         # Revisions only grow, so a revision older than the view's is stale for sure.
         state.metrics.command("UpdateTask", "rejected")
@@ -384,7 +389,8 @@ async def next_fire_times(
     daylight saving as described under `CronSchedule`, interval anchors to the microsecond)
     and the same deterministic jitter in `fire_at`. Honours `start_at`, `end_at` and
     `max_runs`; empty for unscheduled, completed or deleted tasks. A paused task shows the
-    slots it would fire once resumed.
+    slots it would fire once resumed. A slot one of the task's calendars excludes names it in
+    `excluded_by` (it will be recorded missed, not run).
     """
     doc = await _live_task(state.views, principal.tenant, task_id)
     # TOLERANT: a definition accepted under older rules (e.g. a jitter above the gap) still previews.
@@ -394,12 +400,14 @@ async def next_fire_times(
         runs = 0
         if definition.max_runs is not None:
             runs = await state.views.scheduled_runs(principal.tenant, doc)
-        times = _preview(doc, definition, n, runs)
+        calendars = task_calendars(definition, await tenant_calendars(state, principal.tenant))
+        times = _preview(doc, definition, n, runs, calendars)
     return NextFireTimes(task_id=task_id, status=str(doc.get("status")), fire_times=times)
 
 
-def _preview(doc: Doc, definition: TaskDefinition, n: int, runs: int) -> list[FireTime]:
-    """Up to ``n`` slots strictly after now (and after the last slot handled).
+def _preview(doc: Doc, definition: TaskDefinition, n: int, runs: int, calendars: list[Calendar]) -> list[FireTime]:
+    """Up to ``n`` slots strictly after now (and after the last slot handled), each with the
+    calendar that excludes it, if any (an excluded slot is not a run: ``runs`` stays).
 
     Interval schedules without an anchor of their own are anchored where the decider anchors
     them: at the task's creation instant to the microsecond (``created_at_us``; ``created_at``
@@ -414,12 +422,14 @@ def _preview(doc: Doc, definition: TaskDefinition, n: int, runs: int) -> list[Fi
     if last_slot is not None and last_slot > after:
         after = last_slot
     out: list[FireTime] = []
+    exclusions = Exclusions(calendars)
     while len(out) < n:
         slot = next_slot(definition, after, anchor=anchor, runs_so_far=runs)
         if slot is None:
             break
-        out.append(FireTime(slot=slot, fire_at=fire_at(doc["_id"], definition, slot)))
-        after, runs = slot, runs + 1
+        excluded = exclusions.excluded_by(slot)
+        out.append(FireTime(slot=slot, fire_at=fire_at(doc["_id"], definition, slot), excluded_by=excluded))
+        after, runs = slot, runs + (excluded is None)
     return out
 
 
