@@ -356,7 +356,7 @@ async def _publish(
     state: ApiState, event: CalendarUpserted | CalendarDeleted, response: Response, wait: float | None
 ) -> CalendarPublic | CalendarAccepted:
     value = encode_calendar_event(event, SOURCE, correlation.current.get())
-    await state.bus.publish(state.settings.topics.calendars, event.key.encode(), value, f"calendar {event.key}")
+    await state.bus.publish(state.settings.topics.calendars, event.key.encode(), value, what=f"calendar {event.key}")
     accepted = CalendarAccepted(name=event.name, revision=event.revision, deleted=isinstance(event, CalendarDeleted))
     if not wait:
         return accepted
