@@ -88,6 +88,8 @@ class TaskPaused(EventBase):
 
     type: Literal["TaskPaused"] = "TaskPaused"
     note: str | None = None
+    reason: Literal["manual", "consecutive_failures"] = "manual"
+    failures: int | None = None
     revision: int = Field(ge=1)
 
 

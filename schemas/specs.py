@@ -16,6 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from schemas._types import UtcDatetime, WireModel
 from schemas.cron import cron_fields, field_problem, never_matches, shortest_gap
+from schemas.notifications import MAX_TASK_RULES, NotificationRule
 
 # croniter's "H" (hashed) and "R" (random) fields are not deterministic functions of the
 # expression alone, which would break the pure core's guarantee that a slot is computable.
@@ -419,6 +420,9 @@ class TaskDefinition(WireModel):
     """JSON pointers (RFC 6901) of params whose values are secrets, e.g. ``/api_token``: in
     ``params``, in a handler's ``work.params`` and in a trigger's overrides, they are encrypted
     at rest and shown as ``***`` (send ``***`` back in an update to keep the stored value)."""
+    notifications: list[NotificationRule] = Field(default_factory=list, max_length=MAX_TASK_RULES)
+    """Who is told about this task's outcomes (see schemas/notifications.py); the tenant's own
+    rules (``PUT /v1/notification-rules``) apply as well."""
 
     @field_validator("sensitive_params")
     @classmethod

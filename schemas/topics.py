@@ -14,6 +14,7 @@ TASK_EVENTS = "task-events"
 OUTCOMES = "outcomes"
 TRIGGERS = "triggers"
 DEAD_LETTER = "dead-letter"
+NOTIFICATION_RULES = "notification-rules"
 PRIORITIES = ("high", "normal", "low")
 """The dispatch priority classes, each with its own topic."""
 
@@ -23,7 +24,15 @@ def dispatch(priority: str) -> str:
     return f"dispatch.{priority}"
 
 
-NAMES = (COMMANDS, TASK_EVENTS, OUTCOMES, TRIGGERS, DEAD_LETTER, *(dispatch(p) for p in PRIORITIES))
+NAMES = (
+    COMMANDS,
+    TASK_EVENTS,
+    OUTCOMES,
+    TRIGGERS,
+    DEAD_LETTER,
+    *(dispatch(p) for p in PRIORITIES),
+    NOTIFICATION_RULES,
+)
 """Every topic of a deployment, before the prefix."""
 
 
@@ -61,6 +70,11 @@ class Topics:
     def dead_letter(self) -> str:
         """Messages that could not be decoded or applied, with the reason."""
         return self.name(DEAD_LETTER)
+
+    @property
+    def notification_rules(self) -> str:
+        """Per-tenant notification rules, keyed by tenant; compacted (the newest per tenant counts)."""
+        return self.name(NOTIFICATION_RULES)
 
     def dispatch(self, priority: str) -> str:
         """The dispatch topic of a priority class."""
