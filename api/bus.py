@@ -78,16 +78,24 @@ class CommandBus:
             command may still arrive later; a retry with the same ``Idempotency-Key`` is
             deduplicated by the task processor.
         """
-        producer = await self._ensure()
         # The request's id (X-Request-Id) correlates the command and every event it causes.
         value = encode(command_envelope(command, source=SOURCE, correlation_id=correlation.current.get()))
+        await self.publish(
+            self._settings.commands_topic, command.task_id.encode(), value, f"command {command.command_id}"
+        )
+
+    async def publish(self, topic: str, key: bytes, value: bytes, what: str) -> None:
+        """Put a message on one of the deployment's topics; returns once Kafka acknowledged it.
+
+        :raises ServiceUnavailable: as :meth:`send` (``what`` names the message in the log).
+        """
+        producer = await self._ensure()
         try:
             await asyncio.wait_for(
-                producer.send_and_wait(self._settings.commands_topic, key=command.task_id.encode(), value=value),
-                self._settings.kafka_send_timeout_seconds,
+                producer.send_and_wait(topic, key=key, value=value), self._settings.kafka_send_timeout_seconds
             )
         except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("command %s not acknowledged: %r", command.command_id, exc)
+            log.warning("%s not acknowledged: %r", what, exc)
             raise self._unavailable(type(exc).__name__) from None
 
     async def ready(self) -> str | None:

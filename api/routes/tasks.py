@@ -37,6 +37,7 @@ from api.models import (
 )
 from api.queries import Doc, TaskSort, Views, internal_task_id
 from api.routes.events import public_event
+from api.routes.notifications import notification_problems
 from api.settings import ApiSettings
 from projections.folds import from_micros
 from scheduler.schedule import anchor_for, fire_at, next_slot
@@ -79,6 +80,7 @@ def check_work_fence(definition: TaskDefinition, tenant: str, settings: ApiSetti
                 problems.append((path, refusal))
     elif isinstance(work, HandlerWork) and not handlers_allow(work.name, settings.allowed_handlers):
         problems.append(("work.name", f"handler {work.name!r} is not allowed (SCHED_ALLOWED_HANDLERS)"))
+    problems += notification_problems(definition.notifications, tenant, settings, "notifications")
     if problems:
         errors = [
             FieldError(field=f"definition.{path}", message=message, pointer="#/" + path.replace(".", "/"))
