@@ -1,7 +1,7 @@
 """``make run``: the local stack, a worker, the projector, the API, and a sample schedule firing.
 
 Starts Kafka and FerretDB (``deploy/stack.py``) unless ``SCHED_KAFKA_BOOTSTRAP`` is set,
-then three processes (worker, projector, API on ``SCHED_API_PORT``, default 8000), creates
+then four processes (worker, projector, notifier, API on ``SCHED_API_PORT``, default 8000), creates
 a sample task through the REST API that fires every 5 seconds, and prints every outcome as
 it arrives on the public ``outcomes`` topic, with the task's counters as the API shows them,
 and the web dashboard's address with a development token.
@@ -218,6 +218,7 @@ def main(seconds: float | None, prefix: str) -> None:
     procs = {
         "worker": _start("worker", "worker", "--worker-id", "demo-worker"),
         "projector": _start("projector", "projector"),
+        "notifier": _start("notifier", "notifier"),
         "api": _start("api", "api"),
     }
     progress = Progress()

@@ -327,6 +327,9 @@ class Notifier:
             await events.start()
             log.info("notifier ready: %d tenants with rules", len(self.tenant_rules))
             while not self._stopping.is_set():
+                if tail.done():  # the rules would go stale: stop, and let the supervisor restart us
+                    tail.result()
+                    raise RuntimeError("reading the notification rules stopped")
                 batch = await events.getmany(timeout_ms=200, max_records=s.notify_batch_size)
                 records = [r for part in batch.values() for r in part]
                 if not records:
@@ -350,8 +353,7 @@ class Notifier:
             topic = self.settings.topics.notification_rules
             partitions = consumer.partitions_for_topic(topic) or set()
             if not partitions:
-                # Metadata of a topic the consumer has not asked about yet.
-                await consumer._client.force_metadata_update()  # aiokafka has no public form
+                await consumer.topics()  # fetches the metadata of every topic, this one included
                 partitions = consumer.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
@@ -406,7 +408,7 @@ class Notifier:
                 changed[event.task_id] = self._cache(event.task_id, task_info(event))
             elif isinstance(event, TaskDeleted):
                 changed[event.task_id] = self._cache(event.task_id, None)
-            if event.at < oldest:
+            if event.at < oldest or not isinstance(event, ExecutionCompleted | SlotsMissed | TaskPaused):
                 continue
             info = await self._task(event.task_id)
             kinds = event_kinds(event, info.max_attempts if info else 1)
@@ -517,8 +519,11 @@ class Notifier:
                 with attempt:
                     attempts += 1
                     async with self._slots:
-                        await asyncio.wait_for(self._send(p), s.notify_timeout_seconds)
-        except (DeliveryFailed, DeliveryRefused, TimeoutError) as exc:
+                        try:
+                            await asyncio.wait_for(self._send(p), s.notify_timeout_seconds)
+                        except TimeoutError:
+                            raise DeliveryFailed(f"no answer within {s.notify_timeout_seconds:g} s") from None
+        except (DeliveryFailed, DeliveryRefused) as exc:
             status = "dead_lettered"
             error = str(exc) or type(exc).__name__
             reason = f"notification {p.id} to {channel_key(p.rule.channel)} failed after {attempts} attempt(s): {error}"

@@ -1,0 +1,113 @@
+"""The notifier's delivery shell with a fake send: what is retried, what is given up at once,
+and what its record says. (The real sends are proven in tests/integration/test_notifications_e2e.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+
+from schemas.events import ExecutionCompleted
+from schemas.notifications import NotificationRule, WebhookChannel
+from schemas.secrets import Keyring, new_key, parse_keys
+from streams.notifier import DeliveryFailed, DeliveryRefused, Notifier, NotifierSettings, Pending, notification
+
+T0 = datetime(2026, 11, 29, 12, tzinfo=UTC)
+
+
+class FakeSends(Notifier):
+    """A notifier whose sends play ``outcomes`` in turn: None succeeds, "slow" outlasts the
+    timeout, an exception is raised; dead letters are kept."""
+
+    def __init__(self, *outcomes: Any, keyring: Keyring | None = None) -> None:
+        super().__init__(
+            NotifierSettings(
+                notify_attempts=3,
+                notify_backoff_seconds=0.01,
+                notify_backoff_max_seconds=0.02,
+                notify_timeout_seconds=0.05,
+            )
+        )
+        self.keyring = keyring
+        self.outcomes = list(outcomes)
+        self.letters: list[str] = []
+
+    async def _send(self, p: Pending) -> None:
+        outcome = self.outcomes.pop(0)
+        if outcome == "slow":
+            await asyncio.sleep(1)
+        elif isinstance(outcome, Exception):
+            raise outcome
+
+    async def _send_dead_letter(self, record: Any, payload: bytes, reason: str, error: Exception) -> None:
+        self.letters.append(reason)
+
+
+def pending(secret: str = "a-secret-of-sixteen-chars") -> Pending:
+    event = ExecutionCompleted(
+        event_id="ev-1",
+        task_id="acme/t",
+        tenant="acme",
+        sequence=3,
+        at=T0,
+        causation_id="c",
+        actor="system",
+        execution_id="ex-1",
+        status="failed",
+        attempts=1,
+        error="boom",
+        finished_at=T0,
+    )
+    rule = NotificationRule(on=["failed"], channel=WebhookChannel(url="https://hooks.example/x", secret=secret))
+    record = ConsumerRecord("t.task-events", 0, 7, 0, 0, b"acme/t", b"{}", None, 6, 2, [])
+    message = notification(event, ["failed"], "d-1", "t")
+    return Pending("d-1", "task", "acme/t", "/notifications/0/channel/secret", rule, message, record, "acme/t")
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "status", "attempts"),
+    [
+        ((None,), "delivered", 1),
+        ((DeliveryFailed("HTTP 503"), None), "delivered", 2),
+        # A receiver that does not answer in time is retried like one that fails.
+        (("slow", "slow", None), "delivered", 3),
+        ((DeliveryFailed("HTTP 503"),) * 3, "dead_lettered", 3),
+        # A refusal (fenced address, no SMTP server) is not retried.
+        ((DeliveryRefused("address 10.0.0.1 is private"),), "dead_lettered", 1),
+    ],
+)
+async def test_retries_then_dead_letter(outcomes: tuple[Any, ...], status: str, attempts: int) -> None:
+    notifier = FakeSends(*outcomes)
+    record = await notifier._deliver(pending())
+    assert (record["status"], record["attempts"]) == (status, attempts)
+    assert (record["_id"], record["execution_id"], record["channel"], record["target"]) == (
+        "d-1",
+        "ex-1",
+        "webhook",
+        "https://hooks.example/x",
+    )
+    if status == "dead_lettered":
+        (letter,) = notifier.letters
+        assert f"failed after {attempts} attempt(s)" in letter and record["last_error"] in letter
+    else:
+        assert notifier.letters == [] and record["last_error"] is None
+
+
+def test_the_webhook_secret_is_only_used_encrypted_and_for_its_own_place() -> None:
+    ring = Keyring(parse_keys({"k": new_key()}))
+    token = ring.encrypt(
+        "a-secret-of-sixteen-chars", tenant="acme", task_id="acme/t", pointer="/notifications/0/channel/secret"
+    )
+    notifier = FakeSends(keyring=ring)
+    assert notifier._secret(pending(token), token) == "a-secret-of-sixteen-chars"
+    with pytest.raises(DeliveryRefused, match="not encrypted"):
+        notifier._secret(pending(), "a-secret-of-sixteen-chars")
+    moved = pending(token)
+    moved.subject = "acme/another-task"
+    with pytest.raises(DeliveryRefused, match="cannot be decrypted"):
+        notifier._secret(moved, token)
+    with pytest.raises(DeliveryRefused, match="no secret keys"):
+        FakeSends()._secret(pending(token), token)
