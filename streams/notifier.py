@@ -351,10 +351,15 @@ class Notifier:
         """Apply the rules topic: from its start to its end (``until_end``), or forever."""
         if until_end:
             topic = self.settings.topics.notification_rules
-            partitions = consumer.partitions_for_topic(topic) or set()
-            if not partitions:
+            partitions: set[int] = set()
+            for _ in range(60):  # a topic just created takes a moment to show in the metadata
                 await consumer.topics()  # fetches the metadata of every topic, this one included
                 partitions = consumer.partitions_for_topic(topic) or set()
+                if partitions:
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                raise RuntimeError(f"topic {topic} does not exist (scheduler topics creates it)")
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
