@@ -306,7 +306,9 @@ class Notifier:
         self._db = self._mongo[s.mongo_database]
         self._producer = AIOKafkaProducer(**kafka_options(s), acks="all", linger_ms=2, client_id="scheduler-notifier")
         self._http = fenced_http_client(s, s.notify_concurrency)
-        rules = AIOKafkaConsumer(**kafka_options(s), group_id=None, enable_auto_commit=False,
+        # No group: every notifier reads every tenant's rules, from the start of the topic.
+        rules = AIOKafkaConsumer(s.topics.notification_rules, **kafka_options(s), group_id=None,
+                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                  client_id="scheduler-notifier-rules")  # fmt: skip
         events = AIOKafkaConsumer(
             s.topics.task_events,
@@ -350,20 +352,16 @@ class Notifier:
     async def _read_rules(self, consumer: AIOKafkaConsumer, *, until_end: bool) -> None:
         """Apply the rules topic: from its start to its end (``until_end``), or forever."""
         if until_end:
-            topic = self.settings.topics.notification_rules
-            partitions: set[int] = set()
-            for _ in range(60):  # a topic just created takes a moment to show in the metadata
-                await consumer.topics()  # fetches the metadata of every topic, this one included
-                partitions = consumer.partitions_for_topic(topic) or set()
-                if partitions:
+            tps: set[TopicPartition] = set()
+            for _ in range(120):  # the subscription is assigned once the topic's metadata is known
+                tps = consumer.assignment()
+                if tps:
                     break
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.25)
             else:
-                raise RuntimeError(f"topic {topic} does not exist (scheduler topics creates it)")
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
+                topic = self.settings.topics.notification_rules
+                raise RuntimeError(f"topic {topic} has no partitions (scheduler topics creates it)")
+            ends = await consumer.end_offsets(list(tps))
             while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                 await self._apply_rules_batch(await consumer.getmany(timeout_ms=500))
             return

@@ -41,7 +41,7 @@ async def run(bootstrap: str, mongo_url: str, tasks: int, seconds: float) -> dic
     notifier = WorkerProc(env, tmp / "notifier.log", None, ("notifier",)).start()
     bus: Bus | None = None
     try:
-        bus = await ready_bus(bootstrap, prefix, follow=("outcomes",))
+        bus = await ready_bus(bootstrap, prefix)
         start = datetime.now(UTC) + timedelta(seconds=2)
         for i in range(tasks):
             task_id = f"acme/bench-{i}-{new_id()[:8]}"

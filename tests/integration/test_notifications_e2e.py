@@ -24,10 +24,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from pymongo import AsyncMongoClient
 
 from schemas.commands import CreateTask, TriggerTask
-from schemas.notifications import DELIVERY_HEADER, SIGNATURE_HEADER, verify_signature
+from schemas.notifications import DELIVERY_HEADER, SIGNATURE_HEADER, TenantNotificationRules, verify_signature
 from schemas.secrets import Keyring, new_key, parse_keys, seal_definition
 from schemas.specs import HandlerWork, RetryPolicy, TaskDefinition
-from streams.notifier import DELIVERIES
+from streams.notifier import DELIVERIES, RULES_VIEW
 from tests.conftest import Infra
 from tests.integration.harness import (
     Bus,
@@ -284,3 +284,32 @@ async def test_a_webhook_to_a_fenced_address_is_refused_where_it_is_sent(deploym
     await bus.wait_for(lambda: bool(letters()), 30, "the dead letter")
     reason = letters()[0]["reason"]
     assert "after 1 attempt(s)" in reason and "link-local" in reason
+
+
+async def test_a_notifier_on_a_new_deployment_applies_rules_put_after_it_started(
+    infra: Infra, deployment: Deployment, tmp_path: Path
+) -> None:
+    # Its topics do not exist yet: the notifier creates them and must still read the rules topic
+    # (a consumer assigned before the topic's metadata arrived saw no partition and died).
+    prefix = f"ntf{uuid.uuid4().hex[:8]}"
+    env = {**deployment.env, "SCHED_TOPIC_PREFIX": f"{prefix}.", "SCHED_MONGO_DATABASE": prefix}
+    notifier = WorkerProc(env, tmp_path / "notifier.log", None, ("notifier",)).start()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
+    bus = Bus(infra.bootstrap, prefix)
+    try:
+        await bus.start(follow=())
+        put = TenantNotificationRules(
+            tenant=TENANT,
+            actor="t",
+            at=now(),
+            rules=[{"on": ["missed"], "channel": {"kind": "kafka", "topic": "alerts.x"}}],
+        )
+        await bus.send_raw("notification-rules", TENANT.encode(), put.model_dump_json().encode())
+        view = await eventually(lambda: client[prefix][RULES_VIEW].find_one({"_id": TENANT}), 40, "the rules view")
+        assert view["rules"][0]["channel"]["topic"] == "alerts.x" and notifier.alive()
+    finally:
+        notifier.stop()
+        print(notifier.tail())
+        await bus.stop()
+        await client.drop_database(prefix)
+        await client.close()
