@@ -225,7 +225,8 @@ def email_message(message: Notification, sender: str, to: Sequence[str]) -> Emai
     """The plain-text email of a notification."""
     mail = EmailMessage()
     name = message.task_name or message.task_id
-    mail["Subject"] = f"[scheduler] {name}: {message.event.replace('_', ' ')}"
+    # A task name may hold line breaks: in a header they would be refused (or inject headers).
+    mail["Subject"] = " ".join(f"[scheduler] {name}: {message.event.replace('_', ' ')}".split())
     mail["From"] = sender
     mail["To"] = ", ".join(to)
     # Receivers (and tests) deduplicate on the delivery id, as webhooks do.
@@ -526,7 +527,9 @@ class Notifier:
                             await asyncio.wait_for(self._send(p), s.notify_timeout_seconds)
                         except TimeoutError:
                             raise DeliveryFailed(f"no answer within {s.notify_timeout_seconds:g} s") from None
-        except (DeliveryFailed, DeliveryRefused) as exc:
+        except Exception as exc:  # one bad notification must not stop all the others
+            if not isinstance(exc, DeliveryFailed | DeliveryRefused):
+                log.exception("notification %s could not be sent", p.id)
             status = "dead_lettered"
             error = str(exc) or type(exc).__name__
             reason = f"notification {p.id} to {channel_key(p.rule.channel)} failed after {attempts} attempt(s): {error}"

@@ -77,6 +77,8 @@ def pending(secret: str = "a-secret-of-sixteen-chars") -> Pending:
         ((DeliveryFailed("HTTP 503"),) * 3, "dead_lettered", 3),
         # A refusal (fenced address, no SMTP server) is not retried.
         ((DeliveryRefused("address 10.0.0.1 is private"),), "dead_lettered", 1),
+        # Nor is an error of the notifier itself: it must not stop every other notification.
+        ((ValueError("a header value holds a line break"),), "dead_lettered", 1),
     ],
 )
 async def test_retries_then_dead_letter(outcomes: tuple[Any, ...], status: str, attempts: int) -> None:
@@ -111,3 +113,12 @@ def test_the_webhook_secret_is_only_used_encrypted_and_for_its_own_place() -> No
         notifier._secret(moved, token)
     with pytest.raises(DeliveryRefused, match="no secret keys"):
         FakeSends()._secret(pending(token), token)
+
+
+def test_an_email_subject_never_holds_a_line_break() -> None:
+    from streams.notifier import email_message
+
+    message = pending().message.model_copy(update={"task_name": "nightly\r\nBcc: everyone@example.com"})
+    mail = email_message(message, "scheduler@acme.example", ["ops@acme.example"])
+    assert mail["Subject"] == "[scheduler] nightly Bcc: everyone@example.com: failed"
+    assert mail["Bcc"] is None
