@@ -49,6 +49,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client import Counter, Histogram
 from pydantic import Field, SecretStr, ValidationError
 from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
@@ -83,6 +84,7 @@ from schemas.notifications import (
     sign,
 )
 from schemas.secrets import Keyring, SecretError, is_token
+from streams import metrics
 from streams.connections import kafka_options, mongo_options
 from streams.deadletter import dead_letter_value
 from streams.fence import AddressRefused, TopicFence, fenced_http_client
@@ -109,6 +111,14 @@ SPECIFICITY: tuple[NotificationEvent, ...] = (
 """Order in which a notification's ``event`` is chosen among the events it matched."""
 
 Scope = Literal["task", "tenant"]
+
+SENT = Counter("scheduler_notifications", "Notifications handled by this notifier, by channel and final status.",
+               ["channel", "status"])  # fmt: skip
+LATENCY = Histogram(
+    "scheduler_notification_latency_seconds",
+    "From the event notified about to its notification delivered (measured by the notifier).",
+    buckets=metrics.LATENESS_BUCKETS,
+)
 
 
 class NotifierSettings(Settings):
@@ -321,6 +331,7 @@ class Notifier:
             client_id="scheduler-notifier",
         )
         tail: asyncio.Task[None] | None = None
+        lag: asyncio.Task[None] | None = None
         try:
             await self._producer.start()
             await self._db[DELIVERIES].create_index([("tenant", 1), ("execution_id", 1)])
@@ -328,6 +339,8 @@ class Notifier:
             await self._read_rules(rules, until_end=True)
             tail = asyncio.create_task(self._read_rules(rules, until_end=False))
             await events.start()
+            if s.metrics_port is not None:  # nobody would read it otherwise
+                lag = asyncio.create_task(metrics.measure_lag(s, {self.group: [s.topics.task_events]}))
             log.info("notifier ready: %d tenants with rules", len(self.tenant_rules))
             while not self._stopping.is_set():
                 if tail.done():  # the rules would go stale: stop, and let the supervisor restart us
@@ -340,10 +353,11 @@ class Notifier:
                 await self.handle(records)
                 await events.commit()
         finally:
-            if tail is not None:
-                tail.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await tail
+            for task in (tail, lag):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             for close in (events.stop, rules.stop, self._producer.stop, self._http.close, self._mongo.close):
                 with contextlib.suppress(Exception):
                     await close()
@@ -535,6 +549,10 @@ class Notifier:
             reason = f"notification {p.id} to {channel_key(p.rule.channel)} failed after {attempts} attempt(s): {error}"
             log.warning("%s", reason)
             await self._send_dead_letter(p.record, p.message.model_dump_json().encode(), reason, exc)
+        finished = datetime.now(UTC)
+        SENT.labels(channel=p.rule.channel.kind, status=status).inc()
+        if status == "delivered":
+            LATENCY.observe(max((finished - p.message.occurred_at).total_seconds(), 0.0))
         return {
             "_id": p.id,
             "tenant": p.message.tenant,
@@ -550,7 +568,7 @@ class Notifier:
             "attempts": attempts,
             "last_error": error,
             "first_attempt_at": first,
-            "at": datetime.now(UTC),
+            "at": finished,
         }
 
     async def _send(self, p: Pending) -> None:

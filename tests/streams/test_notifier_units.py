@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import REGISTRY
 
 from schemas.events import ExecutionCompleted
 from schemas.notifications import NotificationRule, WebhookChannel
@@ -83,7 +84,10 @@ def pending(secret: str = "a-secret-of-sixteen-chars") -> Pending:
 )
 async def test_retries_then_dead_letter(outcomes: tuple[Any, ...], status: str, attempts: int) -> None:
     notifier = FakeSends(*outcomes)
+    labels = {"channel": "webhook", "status": status}
+    before = REGISTRY.get_sample_value("scheduler_notifications_total", labels) or 0.0
     record = await notifier._deliver(pending())
+    assert REGISTRY.get_sample_value("scheduler_notifications_total", labels) == before + 1
     assert (record["status"], record["attempts"]) == (status, attempts)
     assert (record["_id"], record["execution_id"], record["channel"], record["target"]) == (
         "d-1",
