@@ -48,7 +48,7 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 from prometheus_client import Counter, Histogram
 from pydantic import Field, SecretStr, ValidationError
 from pymongo import AsyncMongoClient, UpdateOne
@@ -463,7 +463,15 @@ class Notifier:
         if done.deliveries:
             await self._write(DELIVERIES, [UpdateOne({"_id": d["_id"]}, {"$set": d}, upsert=True)
                                            for d in done.deliveries])  # fmt: skip
-        await consumer.commit(offsets)
+        # Partitions revoked meanwhile are read again by their new owner, which skips what the
+        # records above say was delivered: a rebalance is no reason to stop.
+        owned = consumer.assignment()
+        mine = {tp: offset for tp, offset in offsets.items() if tp in owned}
+        try:
+            if mine:
+                await consumer.commit(mine)
+        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+            log.warning("offsets not committed (%r); their new owner reads them again", exc)
 
     def _pending(
         self, event: Event, kinds: list[NotificationEvent], info: TaskInfo | None, record: ConsumerRecord[bytes, bytes]

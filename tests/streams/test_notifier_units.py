@@ -8,13 +8,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiokafka.structs import ConsumerRecord
+from aiokafka.errors import CommitFailedError
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import REGISTRY
 
 from schemas.events import ExecutionCompleted
 from schemas.notifications import NotificationRule, WebhookChannel
 from schemas.secrets import Keyring, new_key, parse_keys
-from streams.notifier import DeliveryFailed, DeliveryRefused, Notifier, NotifierSettings, Pending, notification
+from streams.notifier import (
+    DeliveryFailed,
+    DeliveryRefused,
+    Handled,
+    Notifier,
+    NotifierSettings,
+    Pending,
+    notification,
+)
 
 T0 = datetime(2026, 11, 29, 12, tzinfo=UTC)
 
@@ -126,3 +135,31 @@ def test_an_email_subject_never_holds_a_line_break() -> None:
     mail = email_message(message, "scheduler@acme.example", ["ops@acme.example"])
     assert mail["Subject"] == "[scheduler] nightly Bcc: everyone@example.com: failed"
     assert mail["Bcc"] is None
+
+
+class FakeConsumer:
+    """The part of a consumer :meth:`Notifier._finish` uses: an assignment and commits."""
+
+    def __init__(self, owned: set[TopicPartition], error: Exception | None = None) -> None:
+        self.owned = owned
+        self.error = error
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.owned
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(offsets)
+        if self.error is not None:
+            raise self.error
+
+
+async def test_a_rebalance_during_a_batch_does_not_stop_the_notifier() -> None:
+    kept, lost = TopicPartition("t", 0), TopicPartition("t", 1)
+    notifier = FakeSends()
+    consumer = FakeConsumer({kept})
+    await notifier._finish(Handled({}, []), consumer, {kept: 8, lost: 3})  # type: ignore[arg-type]
+    assert consumer.commits == [{kept: 8}]  # only what it still owns
+    failing = FakeConsumer({kept}, CommitFailedError("rebalanced"))
+    await notifier._finish(Handled({}, []), failing, {kept: 9})  # type: ignore[arg-type]
+    assert failing.commits == [{kept: 9}]
