@@ -1,7 +1,8 @@
 """Export the published JSON Schemas: ``python -m schemas.export [--check]``.
 
 Writes ``schemas/json/v1/<Name>.json`` for the envelope, every command and every event
-(``ExecutionCompleted`` is the public outcome on the ``outcomes`` topic). With ``--check``
+(``ExecutionCompleted`` is the public outcome on the ``outcomes`` topic), and the notification
+sent to webhooks and Kafka topics (``Notification``). With ``--check``
 nothing is written and the exit status says whether the published files are current.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from schemas.commands import COMMAND_TYPES
 from schemas.envelope import Envelope
 from schemas.events import EVENT_TYPES
+from schemas.notifications import Notification, TenantNotificationRules
 
 SCHEMA_DIR = Path(__file__).parent / "json" / "v1"
 """Where the published schemas live."""
@@ -25,6 +27,8 @@ _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 def generate() -> dict[str, dict[str, Any]]:
     """Every published schema, by name, as generated from the current models."""
     models: dict[str, type[Any]] = {"Envelope": Envelope, **COMMAND_TYPES, **EVENT_TYPES}
+    # What webhook receivers and consumers of a notification topic get; the rules topic's messages.
+    models.update(Notification=Notification, TenantNotificationRules=TenantNotificationRules)
     return {name: {"$schema": _DIALECT, **model.model_json_schema()} for name, model in sorted(models.items())}
 
 
