@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from schemas.notifications import DELIVERY_HEADER, SIGNATURE_HEADER, verify_signature
+from schemas.notifications import DELIVERY_HEADER, SIGNATURE_HEADER, TenantNotificationRules, verify_signature
 from schemas.secrets import is_token
 from tests.api.conftest import Running, Stack, auth, new_tenant
 from tests.integration.harness import HttpTarget, WorkerProc
@@ -176,3 +177,28 @@ async def _rules_on_topic(stack: Stack, tenant: str, newest: bool = False) -> di
         await consumer.stop()
     assert found, "no rules message"
     return found[-1]
+
+
+async def test_a_secret_put_in_clear_on_the_rules_topic_is_not_shown(
+    api: Running, stack: Stack, notifier: WorkerProc
+) -> None:
+    tenant = new_tenant()
+    put = TenantNotificationRules(
+        tenant=tenant, actor="a-service", at=datetime.now(UTC),
+        rules=[{"on": ["failed"], "channel": {"kind": "webhook", "url": "https://h.example/x", "secret": SECRET}}],
+    )  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=stack.infra.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            f"{stack.prefix}notification-rules", put.model_dump_json().encode(), tenant.encode()
+        )
+    finally:
+        await producer.stop()
+
+    async def shown() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await api.http.get("/v1/notification-rules", headers=auth(tenant, ["viewer"]))).json()
+        return body if body["rules"] else None
+
+    got = await _until(shown, 30, "the rules to be applied")
+    assert got["rules"][0]["channel"]["secret"] == "***" and SECRET not in str(got)
