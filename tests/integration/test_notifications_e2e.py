@@ -23,10 +23,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from pymongo import AsyncMongoClient
 
-from schemas.commands import CreateTask, TriggerTask
+from schemas.commands import CreateTask, DeleteTask, TriggerTask
 from schemas.notifications import DELIVERY_HEADER, SIGNATURE_HEADER, TenantNotificationRules, verify_signature
 from schemas.secrets import Keyring, new_key, parse_keys, seal_definition
-from schemas.specs import HandlerWork, RetryPolicy, TaskDefinition
+from schemas.specs import HandlerWork, IntervalSchedule, RetryPolicy, TaskDefinition
 from streams.notifier import DELIVERIES, RULES_VIEW
 from tests.conftest import Infra
 from tests.integration.harness import (
@@ -313,3 +313,26 @@ async def test_a_notifier_on_a_new_deployment_applies_rules_put_after_it_started
         await bus.stop()
         await client.drop_database(prefix)
         await client.close()
+
+
+async def test_missed_slots_notify(infra: Infra, deployment: Deployment, bus: Bus) -> None:
+    # Every second, each run lasting 2.5 s, overlap "skip": slots are missed while one runs.
+    topic = f"alerts.missed.{deployment.prefix}"
+    task_id = f"{TENANT}/slow-{new_id()[:8]}"
+    definition = TaskDefinition.model_validate(
+        {
+            "name": "slow",
+            "schedule": IntervalSchedule(every_seconds=1).model_dump(),
+            "work": HandlerWork(name="sleep", params={"seconds": 2.5}).model_dump(),
+            "overlap": "skip",
+            "notifications": [{"on": ["missed"], "channel": {"kind": "kafka", "topic": topic}}],
+        }
+    )
+    await bus.send(CreateTask(command_id=new_id(), task_id=task_id, tenant=TENANT, actor="t", at=now(),
+                              definition=definition))  # fmt: skip
+    try:
+        (message,) = await kafka_messages(infra.bootstrap, topic, 1)
+        assert message["event"] == "missed" and message["details"]["reason"] == "overlap"
+        assert message["task_id"] == task_id.split("/")[1] and message["details"]["count"] >= 1
+    finally:
+        await bus.send(DeleteTask(command_id=new_id(), task_id=task_id, tenant=TENANT, actor="t", at=now()))
