@@ -360,14 +360,7 @@ def seal_definition(
     :raises SecretError: a marker with nothing to keep, a foreign token, or no keyring.
     """
     doc = definition.model_dump(mode="python")
-    kept = tokens(stored or {})
-    places = sensitive_places(doc)
-    for pointer in places:
-        _, value = _get(doc, pointer)
-        _set(doc, pointer, _seal_value(value, pointer, kept, keyring, tenant, task_id))
-    for pointer, _tok in tokens(doc).items():
-        if pointer not in places:
-            raise SecretError(pointer, "encrypted values are accepted only in sensitive fields")
+    seal_places(doc, sensitive_places(doc), keyring=keyring, tenant=tenant, subject=task_id, stored=stored)
     return TaskDefinition.model_validate(doc)
 
 
