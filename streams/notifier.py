@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 from prometheus_client import Counter, Histogram
 from pydantic import Field, SecretStr, ValidationError
@@ -111,6 +111,8 @@ SPECIFICITY: tuple[NotificationEvent, ...] = (
 """Order in which a notification's ``event`` is chosen among the events it matched."""
 
 Scope = Literal["task", "tenant"]
+NOTIFYING = (ExecutionCompleted, SlotsMissed, TaskPaused)
+"""The events that can notify (see :func:`event_kinds`)."""
 
 SENT = Counter("scheduler_notifications", "Notifications handled by this notifier, by channel and final status.",
                ["channel", "status"])  # fmt: skip
@@ -311,6 +313,8 @@ class Notifier:
         self._db: AsyncDatabase[dict[str, Any]] | None = None
         self._producer: AIOKafkaProducer | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._finishing: asyncio.Task[None] | None = None
+        """Recording the previous batch (see :meth:`run`)."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -330,7 +334,6 @@ class Notifier:
                                  enable_auto_commit=False, auto_offset_reset="earliest",
                                  client_id="scheduler-notifier-rules")  # fmt: skip
         events = AIOKafkaConsumer(
-            s.topics.task_events,
             **kafka_options(s),
             group_id=self.group,
             enable_auto_commit=False,
@@ -340,13 +343,13 @@ class Notifier:
         )
         tail: asyncio.Task[None] | None = None
         lag: asyncio.Task[None] | None = None
-        finishing: asyncio.Task[None] | None = None
         try:
             await self._producer.start()
             await self._db[DELIVERIES].create_index([("tenant", 1), ("execution_id", 1)])
             await rules.start()
             await self._read_rules(rules, until_end=True)
             tail = asyncio.create_task(self._read_rules(rules, until_end=False))
+            events.subscribe([s.topics.task_events], listener=_ForgetOnRebalance(self._tasks))
             await events.start()
             if s.metrics_port is not None:  # nobody would read it otherwise
                 lag = asyncio.create_task(metrics.measure_lag(s, {self.group: [s.topics.task_events]}))
@@ -365,14 +368,14 @@ class Notifier:
                 # sent, so it does not wait for them (outcome to webhook p50 47-100 -> 38-47 ms,
                 # p99 119-885 -> 93-196 ms here); one at a time, in order, and the offsets are
                 # this batch's own, never those of a batch still being sent.
-                if finishing is not None:
-                    await finishing
-                finishing = asyncio.create_task(self._finish(done, events, offsets))
-            if finishing is not None:
-                await finishing
+                if self._finishing is not None:
+                    await self._finishing
+                self._finishing = asyncio.create_task(self._finish(done, events, offsets))
+            if self._finishing is not None:
+                await self._finishing
         finally:
-            if finishing is not None and not finishing.done():
-                finishing.cancel()
+            if self._finishing is not None and not self._finishing.done():
+                self._finishing.cancel()
             for task in (tail, lag):
                 if task is not None:
                     task.cancel()
@@ -434,12 +437,17 @@ class Notifier:
         pending: dict[str, Pending] = {}
         changed: dict[str, TaskInfo | None] = {}
         oldest = datetime.now(UTC) - timedelta(seconds=self.settings.notify_max_age_seconds)
+        events: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
         for record in records:
             try:
-                event = decode_event(record.value or b"")
+                events.append((record, decode_event(record.value or b"")))
             except DecodeError as exc:
                 await self._send_dead_letter(record, record.value or b"", str(exc), exc)
-                continue
+        # The tasks this batch notifies about that are not in memory (after a restart): one query.
+        await self._load_tasks(
+            {e.task_id for _, e in events if isinstance(e, NOTIFYING) and e.task_id not in self._tasks}
+        )
+        for record, event in events:
             if event.event_id in self._seen:
                 continue
             self._remember(event.event_id)
@@ -447,9 +455,9 @@ class Notifier:
                 changed[event.task_id] = self._cache(event.task_id, task_info(event))
             elif isinstance(event, TaskDeleted):
                 changed[event.task_id] = self._cache(event.task_id, None)
-            if event.at < oldest or not isinstance(event, ExecutionCompleted | SlotsMissed | TaskPaused):
+            if event.at < oldest or not isinstance(event, NOTIFYING):
                 continue
-            info = await self._task(event.task_id)
+            info = self._tasks.get(event.task_id)
             kinds = event_kinds(event, info.max_attempts if info else 1)
             if kinds:
                 for p in self._pending(event, kinds, info, record):
@@ -501,14 +509,21 @@ class Notifier:
             self._tasks.popitem(last=False)
         return info
 
-    async def _task(self, task_id: str) -> TaskInfo | None:
-        if task_id in self._tasks:
-            return self._tasks[task_id]
-        doc = await self._database()[TASKS].find_one({"_id": task_id})
-        if doc is None:
-            return None  # created before the notifier's history, or deleted: tenant rules still apply
-        rules = tuple(NotificationRule.model_validate(r) for r in doc.get("rules", []))
-        return self._cache(task_id, TaskInfo(doc["tenant"], doc["name"], int(doc["max_attempts"]), rules))
+    async def _load_tasks(self, task_ids: set[str]) -> None:
+        """Put the tasks ``task_ids`` in memory from the notifier's collection; one unknown there
+        (deleted, or older than the history read) is remembered as None: tenant rules still apply."""
+        if not task_ids:
+            return
+        if self._finishing is not None:
+            await self._finishing  # the previous batch's tasks must be in MongoDB first
+        found = {d["_id"]: d for d in await self._database()[TASKS].find({"_id": {"$in": sorted(task_ids)}}).to_list()}
+        for task_id in task_ids:
+            doc = found.get(task_id)
+            if doc is None:
+                self._cache(task_id, None)
+                continue
+            rules = tuple(NotificationRule.model_validate(r) for r in doc.get("rules", []))
+            self._cache(task_id, TaskInfo(doc["tenant"], doc["name"], int(doc["max_attempts"]), rules))
 
     async def _save_tasks(self, changed: dict[str, TaskInfo | None]) -> None:
         ops = [
@@ -688,6 +703,20 @@ class _Reason(Exception):
     def __init__(self, reason: str, error: Exception) -> None:
         super().__init__(reason)
         self.field = getattr(error, "field", None)
+
+
+class _ForgetOnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped here
+    """Forgets the tasks in memory when partitions move: a partition that comes back may have
+    had its tasks changed by another notifier meanwhile (they are read again from MongoDB)."""
+
+    def __init__(self, tasks: OrderedDict[str, TaskInfo | None]) -> None:
+        self._tasks = tasks
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._tasks.clear()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._tasks.clear()
 
 
 def _smtp_send(settings: NotifierSettings, message: EmailMessage) -> None:

@@ -12,9 +12,11 @@ from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import REGISTRY
 
-from schemas.events import ExecutionCompleted
-from schemas.notifications import NotificationRule, WebhookChannel
+from schemas.envelope import encode, event_envelope
+from schemas.events import EventBase, ExecutionCompleted, TaskCreated
+from schemas.notifications import KafkaChannel, NotificationRule, WebhookChannel
 from schemas.secrets import Keyring, new_key, parse_keys
+from schemas.specs import HandlerWork, TaskDefinition
 from streams.notifier import (
     DeliveryFailed,
     DeliveryRefused,
@@ -163,3 +165,33 @@ async def test_a_rebalance_during_a_batch_does_not_stop_the_notifier() -> None:
     failing = FakeConsumer({kept}, CommitFailedError("rebalanced"))
     await notifier._finish(Handled({}, []), failing, {kept: 9})  # type: ignore[arg-type]
     assert failing.commits == [{kept: 9}]
+
+
+def _record(event: EventBase, offset: int) -> ConsumerRecord[bytes, bytes]:
+    value = encode(event_envelope(event, source="tests", correlation_id=None))
+    return ConsumerRecord("t.task-events", 0, offset, 0, 0, event.task_id.encode(), value, None, 6, len(value), [])
+
+
+async def test_a_task_learnt_in_the_batch_being_recorded_is_known_after_a_rebalance(mongo_db: Any) -> None:
+    """Against FerretDB: batch N learns a task, and its record is still being written when a
+    rebalance empties the memory; batch N+1's outcome of that task must still find its rules."""
+    notifier = FakeSends(None)
+    notifier._db = mongo_db
+    at = datetime.now(UTC)
+    base: dict[str, Any] = {"task_id": "acme/t", "tenant": "acme", "at": at, "causation_id": "c", "actor": "a"}
+    rule = NotificationRule(on=["failed"], channel=KafkaChannel(topic="alerts"))
+    definition = TaskDefinition(name="t", work=HandlerWork(name="fail"), notifications=[rule])
+    created = TaskCreated(**base, event_id="e1", sequence=1, definition=definition, revision=1)
+    done = await notifier.handle([_record(created, 0)])
+    tp = TopicPartition("t.task-events", 0)
+
+    async def slow_finish() -> None:
+        await asyncio.sleep(0.5)
+        await notifier._finish(done, FakeConsumer({tp}), {tp: 1})  # type: ignore[arg-type]
+
+    notifier._finishing = asyncio.create_task(slow_finish())
+    notifier._tasks.clear()  # what the rebalance listener does
+    failed = ExecutionCompleted(**base, event_id="e2", sequence=2, execution_id="x1", status="failed", attempts=1,
+                                finished_at=at)  # fmt: skip
+    later = await notifier.handle([_record(failed, 1)])
+    assert [(d["scope"], d["channel"], d["status"]) for d in later.deliveries] == [("task", "kafka", "delivered")]
