@@ -24,6 +24,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from pymongo import AsyncMongoClient
 
 from schemas.commands import CreateTask, DeleteTask, TriggerTask
+from schemas.envelope import encode, event_envelope
+from schemas.events import TaskPaused
 from schemas.notifications import DELIVERY_HEADER, SIGNATURE_HEADER, TenantNotificationRules, verify_signature
 from schemas.secrets import Keyring, new_key, parse_keys, seal_definition
 from schemas.specs import HandlerWork, IntervalSchedule, RetryPolicy, TaskDefinition
@@ -336,3 +338,23 @@ async def test_missed_slots_notify(infra: Infra, deployment: Deployment, bus: Bu
         assert message["task_id"] == task_id.split("/")[1] and message["details"]["count"] >= 1
     finally:
         await bus.send(DeleteTask(command_id=new_id(), task_id=task_id, tenant=TENANT, actor="t", at=now()))
+
+
+async def test_a_pause_after_consecutive_failures_notifies(infra: Infra, deployment: Deployment, bus: Bus) -> None:
+    # The worker pauses a task after consecutive failures (``pause_after_failures``); here the
+    # event is put on task-events as the worker would, behind the task's creation.
+    topic = f"alerts.paused.{deployment.prefix}"
+    task_id, definition = failing_task(
+        [{"on": ["paused_after_failures"], "channel": {"kind": "kafka", "topic": topic}}]
+    )
+    await bus.send(CreateTask(command_id=new_id(), task_id=task_id, tenant=TENANT, actor="t", at=now(),
+                              definition=definition))  # fmt: skip
+    await bus.wait_for(lambda: bool(bus.events(task_id, "TaskCreated")), 30, "the task")
+    paused = TaskPaused(event_id=new_id(), task_id=task_id, tenant=TENANT, sequence=2, at=now(), causation_id=new_id(),
+                        actor="system", revision=2, reason="consecutive_failures", failures=3)  # fmt: skip
+    envelope = encode(event_envelope(paused, source="tests", correlation_id=None))
+    await bus.send_raw("task-events", task_id.encode(), envelope)
+    (message,) = await kafka_messages(infra.bootstrap, topic, 1)
+    assert (message["event"], message["details"]["failures"], message["task_name"]) == (
+        "paused_after_failures", 3, "nightly report",
+    )  # fmt: skip
