@@ -19,7 +19,19 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.middleware import BodyLimitMiddleware
 from api.queries import Views
 from api.quotas import Quotas
-from api.routes import backfills, calendars, cloudevents, events, executions, health, reports, stats, tasks, ui
+from api.routes import (
+    backfills,
+    calendars,
+    cloudevents,
+    events,
+    executions,
+    health,
+    notifications,
+    reports,
+    stats,
+    tasks,
+    ui,
+)
 from api.settings import ApiSettings
 from streams.connections import mongo_options
 
@@ -84,6 +96,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             {"name": "calendars", "description": "Calendars of excluded days and windows that tasks reference."},
             {"name": "stats", "description": "Tenant statistics."},
             {"name": "events", "description": "Live events."},
+            {"name": "notifications", "description": "Notification rules and deliveries."},
             {"name": "operations", "description": "Health, readiness and metrics."},
         ],
     )
@@ -100,6 +113,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         stats.router,
         events.router,
         cloudevents.router,
+        notifications.rules_router,
+        notifications.deliveries_router,
         health.router,
         ui.router,
     ):

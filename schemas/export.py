@@ -2,8 +2,9 @@
 
 Writes ``schemas/json/v1/<Name>.json`` for the envelope, every command and every event
 (``ExecutionCompleted`` is the public outcome on the ``outcomes`` topic), the CloudEvent
-other services produce to ``triggers`` (``TriggerCloudEvent``), and the calendar events of the
-``calendars`` topic. With ``--check``
+other services produce to ``triggers`` (``TriggerCloudEvent``), the calendar events of the
+``calendars`` topic, and the notification sent to webhooks and Kafka topics
+(``Notification``). With ``--check``
 nothing is written and the exit status says whether the published files are current.
 """
 
@@ -18,6 +19,7 @@ from schemas.calendars import CalendarDeleted, CalendarUpserted
 from schemas.commands import COMMAND_TYPES
 from schemas.envelope import Envelope
 from schemas.events import EVENT_TYPES
+from schemas.notifications import Notification, TenantNotificationRules
 from schemas.triggers import CloudEvent
 
 SCHEMA_DIR = Path(__file__).parent / "json" / "v1"
@@ -35,6 +37,9 @@ def generate() -> dict[str, dict[str, Any]]:
         "TriggerCloudEvent": CloudEvent,  # what other services produce to `triggers` (structured mode)
         "CalendarUpserted": CalendarUpserted,
         "CalendarDeleted": CalendarDeleted,
+        # What webhook receivers and consumers of a notification topic get; the rules topic's messages.
+        "Notification": Notification,
+        "TenantNotificationRules": TenantNotificationRules,
     }
     return {name: {"$schema": _DIALECT, **model.model_json_schema()} for name, model in sorted(models.items())}
 

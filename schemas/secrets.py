@@ -289,7 +289,20 @@ def sensitive_places(doc: Mapping[str, Any]) -> list[str]:
         for base in ("/params", "/work/params"):
             if _get(doc, base + pointer)[0]:
                 places.append(base + pointer)
+    places.extend(webhook_secret_places(doc.get("notifications") or (), "/notifications"))
     return places
+
+
+def webhook_secret_places(rules: Iterable[Any], base: str) -> list[str]:
+    """JSON pointers (under ``base``) of the webhook secrets of notification rules (as dicts)."""
+    return [
+        f"{base}/{i}/channel/secret"
+        for i, rule in enumerate(rules)
+        if isinstance(rule, Mapping)
+        and isinstance(rule.get("channel"), Mapping)
+        and rule["channel"].get("kind") == "webhook"
+        and "secret" in rule["channel"]
+    ]
 
 
 def mask_clear(doc: dict[str, Any]) -> dict[str, Any]:
@@ -351,15 +364,35 @@ def seal_definition(
     :raises SecretError: a marker with nothing to keep, a foreign token, or no keyring.
     """
     doc = definition.model_dump(mode="python")
-    kept = tokens(stored or {})
-    places = sensitive_places(doc)
-    for pointer in places:
-        _, value = _get(doc, pointer)
-        _set(doc, pointer, _seal_value(value, pointer, kept, keyring, tenant, task_id))
-    for pointer, _tok in tokens(doc).items():
-        if pointer not in places:
-            raise SecretError(pointer, "encrypted values are accepted only in sensitive fields")
+    seal_places(doc, sensitive_places(doc), keyring=keyring, tenant=tenant, subject=task_id, stored=stored)
     return TaskDefinition.model_validate(doc)
+
+
+def seal_places(
+    doc: dict[str, Any],
+    places: Iterable[str],
+    *,
+    keyring: Keyring | None,
+    tenant: str,
+    subject: str,
+    stored: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``doc`` (changed in place) with the values at ``places`` encrypted for ``subject`` of
+    ``tenant``, as :func:`seal_definition` does for a task (markers keep what ``stored`` holds
+    at the same place; a token only where ``stored`` has the same). For documents that are not
+    task definitions, e.g. a tenant's notification rules.
+
+    :raises SecretError: a marker with nothing to keep, a foreign token, or no keyring.
+    """
+    kept = tokens(stored or {})
+    wanted = list(places)
+    for pointer in wanted:
+        _, value = _get(doc, pointer)
+        _set(doc, pointer, _seal_value(value, pointer, kept, keyring, tenant, subject))
+    for pointer in tokens(doc):
+        if pointer not in wanted:
+            raise SecretError(pointer, "encrypted values are accepted only in sensitive fields")
+    return doc
 
 
 def seal_params(

@@ -34,6 +34,7 @@ from schemas.cron import (
     repeated_windows,
     shortest_gap,
 )
+from schemas.notifications import MAX_TASK_RULES, NotificationRule
 from schemas.triggers import MAX_RULES, TriggerRule
 
 # croniter's "H" (hashed) and "R" (random) fields are not deterministic functions of the
@@ -647,6 +648,10 @@ class TaskDefinition(WireModel):
         if len(set(value)) != len(value):
             raise ValueError("calendars must not list a calendar twice")
         return value
+
+    notifications: list[NotificationRule] = Field(default_factory=list, max_length=MAX_TASK_RULES)
+    """Who is told about this task's outcomes (see schemas/notifications.py); the tenant's own
+    rules (``PUT /v1/notification-rules``) apply as well."""
 
     @field_validator("sensitive_params")
     @classmethod

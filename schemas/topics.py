@@ -16,6 +16,7 @@ TRIGGERS = "triggers"
 TRIGGER_RULES = "trigger-rules"
 DEAD_LETTER = "dead-letter"
 CALENDARS = "calendars"
+NOTIFICATION_RULES = "notification-rules"
 PRIORITIES = ("high", "normal", "low")
 """The dispatch priority classes, each with its own topic."""
 
@@ -33,6 +34,7 @@ NAMES = (
     TRIGGER_RULES,
     DEAD_LETTER,
     CALENDARS,
+    NOTIFICATION_RULES,
     *(dispatch(p) for p in PRIORITIES),
 )
 """Every topic of a deployment, before the prefix."""
@@ -83,6 +85,11 @@ class Topics:
     def calendars(self) -> str:
         """Calendar changes (compacted), keyed ``<tenant>/<name>``; read whole by workers and the projector."""
         return self.name(CALENDARS)
+
+    @property
+    def notification_rules(self) -> str:
+        """Per-tenant notification rules, keyed by tenant; compacted (the newest per tenant counts)."""
+        return self.name(NOTIFICATION_RULES)
 
     def dispatch(self, priority: str) -> str:
         """The dispatch topic of a priority class."""

@@ -33,6 +33,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(names.calendars, 1, 1, topic_configs=COMPACTED),
     ]
     specs += [NewTopic(names.dispatch(p), n, 1) for p in PRIORITIES]
+    # The newest rules of each tenant are what counts: compacted, read whole by every notifier.
+    specs.append(NewTopic(names.notification_rules, 1, 1, topic_configs={"cleanup.policy": "compact"}))
     return specs
 
 

@@ -1,6 +1,6 @@
 """The one command-line tool, ``scheduler``: one click group for everything.
 
-- Processes: ``worker``, ``executor``, ``triggers``, ``projector``, ``api``, ``topics``, ``secrets``.
+- Processes: ``worker``, ``executor``, ``triggers``, ``projector``, ``notifier``, ``api``, ``topics``, ``secrets``.
 - The REST API from a terminal: ``tasks`` and ``executions`` (``streams/cli_tasks.py``).
 - Straight to Kafka and the views, where the API is not involved: ``tail``
   (``streams/cli_tail.py``) and ``replay`` (``streams/cli_ops.py``).
@@ -132,6 +132,21 @@ def projector() -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_projector())
+
+
+@main.command()
+def notifier() -> None:
+    """Run a notifier: tell webhooks, Kafka topics and mailboxes about outcomes (streams/notifier.py)."""
+    from streams.logs import configure as configure_logs
+    from streams.metrics import serve as serve_metrics
+    from streams.notifier import NotifierSettings
+    from streams.notifier import main as run_notifier
+
+    settings = NotifierSettings()
+    configure_logs(settings)
+    serve_metrics(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_notifier(settings))
 
 
 @main.command()

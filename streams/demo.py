@@ -1,7 +1,7 @@
 """``make run``: the local stack, a worker, the trigger router, the projector, the API, and a sample schedule firing.
 
 Starts Kafka and FerretDB (``deploy/stack.py``) unless ``SCHED_KAFKA_BOOTSTRAP`` is set,
-then four processes (worker, trigger router, projector, API on ``SCHED_API_PORT``, default 8000), creates
+then five processes (worker, trigger router, projector, notifier, API on ``SCHED_API_PORT``, default 8000), creates
 a sample task through the REST API that fires every 5 seconds, and prints every outcome as
 it arrives on the public ``outcomes`` topic, with the task's counters as the API shows them,
 and the web dashboard's address with a development token.
@@ -219,6 +219,7 @@ def main(seconds: float | None, prefix: str) -> None:
         "worker": _start("worker", "worker", "--worker-id", "demo-worker"),
         "triggers": _start("triggers", "triggers"),
         "projector": _start("projector", "projector"),
+        "notifier": _start("notifier", "notifier"),
         "api": _start("api", "api"),
     }
     progress = Progress()

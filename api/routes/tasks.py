@@ -39,6 +39,7 @@ from api.models import (
 from api.queries import Doc, TaskSort, Views, internal_task_id
 from api.routes.calendars import check_task_calendars, tenant_calendars
 from api.routes.events import public_event
+from api.routes.notifications import notification_problems
 from api.settings import ApiSettings
 from projections.folds import from_micros
 from scheduler.calendar import Exclusions, task_calendars
@@ -89,6 +90,7 @@ def check_work_fence(definition: TaskDefinition, tenant: str, settings: ApiSetti
     elif isinstance(work, ShellWork):
         _, refused = ShellFence.from_settings(settings).vet(work, must_exist=False)
         problems.extend((f"work.{path}", message) for path, message in refused)
+    problems += notification_problems(definition.notifications, tenant, settings, "notifications")
     if problems:
         errors = [
             FieldError(field=f"definition.{path}", message=message, pointer="#/" + _pointer_path(path))

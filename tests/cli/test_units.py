@@ -140,6 +140,7 @@ def test_replay_drives_the_bar_through_the_replay_progress_hook(monkeypatch: pyt
         (["worker"], ["--worker-id", "--no-executor", "--data-dir"]),
         (["executor"], ["--worker-id"]),
         (["projector"], []),
+        (["notifier"], []),
         (["api"], []),
         (["topics"], []),
         (["secrets", "encrypt"], ["--tenant", "--task-id", "--pointer", "--json"]),

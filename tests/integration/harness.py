@@ -323,10 +323,13 @@ def running_router(env: dict[str, str], tmp: Path) -> Iterator[WorkerProc]:
         print(proc.tail())
 
 
-async def ready_bus(bootstrap: str, prefix: str, *, wait: bool = True) -> Bus:
-    """A bus on ``prefix``, once a worker there applies commands (``wait``): a probe task is
-    created and its ``TaskCreated`` awaited, so tests measure scheduling, not start-up."""
-    bus = await Bus(bootstrap, prefix).start()
+async def ready_bus(
+    bootstrap: str, prefix: str, *, wait: bool = True, follow: tuple[str, ...] = ("task-events", "outcomes")
+) -> Bus:
+    """A bus on ``prefix`` following the topics ``follow``, once a worker there applies commands
+    (``wait``): a probe task is created and its ``TaskCreated`` awaited, so tests measure
+    scheduling, not start-up."""
+    bus = await Bus(bootstrap, prefix).start(follow)
     if wait:
         probe = f"probe-{new_id()}"
         definition = TaskDefinition(name="probe", work=HandlerWork(name="noop"))

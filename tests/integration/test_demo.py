@@ -97,7 +97,7 @@ def test_demo_counts_what_it_printed_when_a_process_dies(infra: Infra, tmp_path:
 
 
 def test_demo_stopped_by_sigterm_stops_what_it_started(infra: Infra, tmp_path: Path) -> None:
-    """`timeout make run` or a closed terminal must not leave the worker, router, projector and API running."""
+    """`timeout make run` or a closed terminal must not leave the processes it started running."""
     proc = _popen_demo(infra, tmp_path)
     started: list[int] = []
     try:
@@ -112,7 +112,7 @@ def test_demo_stopped_by_sigterm_stops_what_it_started(infra: Infra, tmp_path: P
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert len(started) == 4, started  # worker, trigger router, projector, API
+    assert len(started) == 5, started  # worker, trigger router, projector, notifier, API
     assert "stopped after" in rest, rest
     for pid in started:
         with pytest.raises(ProcessLookupError):

@@ -41,6 +41,7 @@ SCHEMAS_MAY_IMPORT = {
     "datetime",
     "enum",
     "hashlib",
+    "hmac",  # schemas/notifications.py: webhook signatures
     "json",
     "pathlib",
     "re",
