@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, assert_never
 
+from projections.occurrences import OccurrenceWrites
 from schemas.events import (
     AttemptFailed,
     CommandRejected,
@@ -149,10 +150,11 @@ def facts_of(doc: Doc | None, tenant: str) -> TaskFacts | None:
 
 
 def apply_update(doc: Doc, update: Doc) -> Doc:
-    """A copy of ``doc`` with a MongoDB-style update applied (``$set``, ``$inc``, ``$max``, ``$push``).
+    """A copy of ``doc`` with a MongoDB-style update applied (``$set``, ``$inc``, ``$max``, ``$min``, ``$push``).
 
     Copies only the sub-documents on the paths it changes; ``doc`` itself is left as it was.
-    ``$max`` treats a missing or None field as lower than anything (MongoDB sorts null first).
+    ``$max`` treats a missing or None field as lower than anything (MongoDB sorts null first);
+    ``$min`` sets a missing field.
     """
     out = dict(doc)
     for operator, fields in update.items():
@@ -171,6 +173,11 @@ def apply_update(doc: Doc, update: Doc) -> Doc:
                 case "$max":
                     current = node.get(leaf)
                     if current is None or (value is not None and _comparable(value) > _comparable(current)):
+                        node[leaf] = value
+                case "$min":
+                    current = node.get(leaf)
+                    lower = value is not None and current is not None and _comparable(value) < _comparable(current)
+                    if leaf not in node or lower:
                         node[leaf] = value
                 case "$push":
                     node[leaf] = [*(node.get(leaf) or ()), value]
@@ -229,9 +236,11 @@ class Folded:
     executions: dict[str, Doc] = field(default_factory=dict)
     stats: dict[str, Doc] = field(default_factory=dict)
     audit: list[Doc] = field(default_factory=list)
+    occurrences: OccurrenceWrites = field(default_factory=OccurrenceWrites)
+    """What the batch changes in the ``occurrences`` view (see :mod:`projections.occurrences`)."""
 
     def __len__(self) -> int:
-        return len(self.tasks) + len(self.executions) + len(self.stats) + len(self.audit)
+        return len(self.tasks) + len(self.executions) + len(self.stats) + len(self.audit) + len(self.occurrences)
 
 
 def fold(before: ViewDocs, events: Iterable[tuple[Event, int, int]]) -> Folded:
@@ -248,6 +257,7 @@ def fold(before: ViewDocs, events: Iterable[tuple[Event, int, int]]) -> Folded:
         task_after = evolve_task(task_before, event)
         if task_after is not task_before and task_after is not None:
             tasks[event.task_id] = out.tasks[event.task_id] = task_after
+            out.occurrences.add(event, task_before)
         execution_changed = False
         key = execution_key(event)
         if key is not None:
@@ -344,7 +354,7 @@ def task_update(event: Event, status: str | None) -> Doc:
             update = {
                 "$set": {**common, **_next_run(event.next_slot, event.next_fire_at)},
                 "$inc": {"counters.missed": event.count},
-                "$max": {"last_slot": event.last_slot},
+                "$max": {"last_slot": event.last_slot, "last_slot_us": micros_since_epoch(event.last_slot)},
             }
             return update
         case ExecutionDispatched():
@@ -362,13 +372,13 @@ def task_update(event: Event, status: str | None) -> Doc:
             if event.reason == "schedule":
                 update["$inc"]["counters.scheduled_runs"] = 1
             if event.reason == "schedule" and event.slot is not None:
-                update["$max"] = {"last_slot": event.slot}
+                update["$max"] = {"last_slot": event.slot, "last_slot_us": micros_since_epoch(event.slot)}
             return update
         case ExecutionBuffered():
             # A buffered slot has been handled: the schedule moved past it.
             update = {
                 "$set": {**common, **_next_run(event.next_slot, event.next_fire_at)},
-                "$max": {"last_slot": event.slot},
+                "$max": {"last_slot": event.slot, "last_slot_us": micros_since_epoch(event.slot)},
                 "$inc": {"counters.scheduled_runs": 1},
             }
             return update
@@ -430,6 +440,8 @@ def _task_created_doc(event: TaskCreated) -> Doc:
         "created_by": event.actor,
         **_next_run(event.next_slot, event.next_fire_at),
         "last_slot": None,
+        # Exact (a BSON date keeps milliseconds): where the occurrence log's segments end.
+        "last_slot_us": None,
         "last_run": None,
         "last_status": None,
         "last_error": None,
