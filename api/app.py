@@ -19,7 +19,7 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.middleware import BodyLimitMiddleware
 from api.queries import Views
 from api.quotas import Quotas
-from api.routes import events, executions, health, stats, tasks, ui
+from api.routes import events, executions, health, occurrences, stats, tasks, ui
 from api.settings import ApiSettings
 from streams.connections import mongo_options
 
@@ -89,7 +89,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # counts 413s too
     app.add_middleware(CorrelationMiddleware)  # outermost: every answer carries X-Request-Id
-    for router in (tasks.router, executions.router, stats.router, events.router, health.router, ui.router):
+    routers = (tasks.router, occurrences.router, executions.router, stats.router, events.router, health.router)
+    for router in (*routers, ui.router):
         app.include_router(router)
     app.include_router(health.metrics_router(settings))
     return app

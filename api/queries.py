@@ -24,6 +24,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from api.errors import FieldError, Unprocessable
 from projections.folds import stats_id
+from projections.occurrences import FACT_KINDS, SCHEDULE_KINDS
 from projections.read import CollectionNames, active_collections, tenant_stats
 
 Doc = dict[str, Any]
@@ -247,6 +248,30 @@ class Views:
             query["scheduled_for"] = {"$gte": task["created_at"]}
         names = await self.names()
         return await self.db[names.executions].count_documents(query)
+
+    # -- the occurrence log ------------------------------------------------------------------
+
+    async def occurrence_schedule(self, tenant: str, internal_id: str) -> list[Doc]:
+        """The task's schedule documents of the occurrence view (segments, completions, deletions)."""
+        names = await self.names()
+        query = {"task_id": internal_id, "kind": {"$in": list(SCHEDULE_KINDS)}, "tenant": tenant}
+        return [d async for d in self.db[names.occurrences].find(query)]
+
+    async def occurrence_facts(
+        self, tenant: str, internal_id: str, *, since_seq: int, first_us: int, last_us: int
+    ) -> list[Doc]:
+        """The task's run and missed documents touching slots in ``[first_us, last_us]``, from the
+        incarnation that began at ``since_seq`` (a page of the log: at most a page's worth)."""
+        names = await self.names()
+        query = {
+            "task_id": internal_id,
+            "kind": {"$in": list(FACT_KINDS)},
+            "slot_us": {"$lte": last_us},
+            "last_slot_us": {"$gte": first_us},
+            "seq": {"$gte": since_seq},
+            "tenant": tenant,
+        }
+        return [d async for d in self.db[names.occurrences].find(query)]
 
     # -- audit and stats ---------------------------------------------------------------------
 

@@ -1,0 +1,70 @@
+"""The ``occurrences`` view through the real store and FerretDB: documents written by the
+projector's own code, read back as the API reads them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from projections.occurrences import SCHEDULE_KINDS, missed_fact, run_fact, segments
+from projections.read import CollectionNames
+from projections.store import Positioned, ViewStore, probe
+from scheduler import decision
+from scheduler.occurrence_log import Facts, build, window
+from scheduler.state import TaskState
+from schemas.commands import Command, CreateTask, ReportExecutionOutcome, UpdateTask, Wake
+from schemas.events import Event
+from tests.unit.unit_support import T0, cmd, definition
+
+Db = AsyncDatabase[dict[str, Any]]
+NAMES = CollectionNames()
+
+
+async def test_slots_to_the_microsecond_stay_in_their_segment_across_batches(mongo_db: Db) -> None:
+    """An interval anchored at its creation instant has slots to the microsecond, and BSON dates
+    keep milliseconds: a segment closed by an update must end at the exact last slot handled
+    (``tasks.last_slot_us``), not at its rounded date, or that slot drops out of the log."""
+    created_at = T0 + timedelta(seconds=0.123456)
+    every_minute = definition(schedule={"kind": "interval", "every_seconds": 60})
+    state: TaskState | None = None
+    events: list[Event] = []
+
+    def apply(command: Command) -> None:
+        nonlocal state
+        decided = decision(command, state)
+        events.extend(decided.events)
+        state = decided.state
+
+    apply(cmd(CreateTask, created_at, definition=every_minute))
+    for _ in range(3):
+        assert state is not None and state.next_fire_at is not None
+        apply(cmd(Wake, state.next_fire_at))
+        (execution_id,) = state.in_flight
+        apply(
+            cmd(
+                ReportExecutionOutcome, state.next_fire_at, execution_id=execution_id, attempt=1, worker="w",
+                status="succeeded", started_at=state.last_slot, finished_at=state.last_slot,
+            )
+        )  # fmt: skip
+    apply(cmd(UpdateTask, T0 + timedelta(minutes=3, seconds=30), definition=definition()))
+
+    # One event per batch, each through a store holding nothing: every task document is read
+    # back from the server, with its dates rounded to milliseconds.
+    for offset, event in enumerate(events):
+        await ViewStore(mongo_db, NAMES, await probe(mongo_db)).apply([Positioned(event, 0, offset)])
+
+    task = await mongo_db[NAMES.tasks].find_one({"_id": "task-1"})
+    assert task is not None
+    docs = [d async for d in mongo_db[NAMES.occurrences].find({"task_id": "task-1"})]
+    schedule = [d for d in docs if d["kind"] in SCHEDULE_KINDS]
+    facts = Facts.of(
+        (run_fact(d) for d in docs if d["kind"] == "run"),
+        (missed_fact(d) for d in docs if d["kind"] == "missed"),
+    )
+    page = window(segments(schedule, task), T0, T0 + timedelta(minutes=30), limit=100)
+    log = build(page.slots, facts, T0 + timedelta(minutes=4))
+    first_segment = [(o.slot, o.fate) for o in log if o.slot is not None and o.slot < T0 + timedelta(minutes=10)]
+    assert first_segment == [(created_at + timedelta(minutes=m), "fired") for m in (1, 2, 3)]
+    assert [o.fate for o in log if o.slot is not None and o.slot >= T0 + timedelta(minutes=10)][:1] == ["not_yet_due"]
