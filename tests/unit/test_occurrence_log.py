@@ -30,7 +30,7 @@ from scheduler.occurrence_log import (
 )
 from scheduler.schedule import fire_at
 from scheduler.state import TaskState
-from schemas.commands import CreateTask, Wake
+from schemas.commands import CreateTask, DeleteTask, Wake
 from schemas.events import Event
 from schemas.specs import HandlerWork, IntervalSchedule, TaskDefinition
 from tests.unit.test_decider_properties import definitions, draw_command
@@ -312,3 +312,21 @@ def test_every_slot_once_and_the_log_equals_what_was_dispatched_and_missed(data:
     for o in entries:
         if o.fate in ("pending", "not_yet_due", "not_run"):
             assert last is None or o.at > last, f"{o} is before the last handled slot {last}"
+
+
+def test_a_delete_stamped_before_slots_the_worker_handled_keeps_them() -> None:
+    """The API stamps a delete with its clock, the worker its ticks with another: a slot handled
+    at a tick "later" than the delete still belongs to the log (found by the property below)."""
+    state: TaskState | None = None
+    history: list[Event] = []
+    for command in (
+        cmd(CreateTask, T0, definition={"name": "t", "schedule": {"kind": "cron", "expression": "*/10 * * * *"},
+                                         "work": {"kind": "handler", "name": "noop"}}),
+        cmd(Wake, T0 + 10 * MIN),
+        cmd(DeleteTask, T0 + 5 * MIN),  # a clock five minutes behind the worker's
+    ):  # fmt: skip
+        decided = decision(command, state)
+        history += decided.events
+        state = decided.state
+    entries = read_log(history, T0 + 10 * MIN, limit=10)
+    assert [(o.slot, o.fate, o.outcome) for o in entries] == [(T0 + 10 * MIN, "fired", "cancelled")]
