@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
+from api.queries import encode_cursor
 from tests.api.conftest import Running, auth, new_tenant
 
 
@@ -120,6 +121,10 @@ async def test_bad_input_is_a_422_naming_the_parameter(api: Running) -> None:
         ({"limit": "0"}, "limit"),
         ({"cursor": "bm90IGEgY3Vyc29y"}, "cursor"),
         ({"cursor": others_cursor, "to": future}, "cursor"),  # another task's cursor
+        # This task's kind of cursor, spoiled: a naive instant, a count that is not one.
+        ({"cursor": encode_cursor(f"occurrences:{task_id}", 0, datetime(2026, 1, 1), "1")}, "cursor"),
+        ({"cursor": encode_cursor(f"occurrences:{task_id}", 0, datetime.now(UTC), "x")}, "cursor"),
+        ({"cursor": encode_cursor(f"occurrences:{task_id}", 1, datetime.now(UTC), "1")}, "cursor"),
     ]
     for params, field in cases:
         r = await http.get(f"/v1/tasks/{task_id}/occurrences", params=params, headers=admin)
