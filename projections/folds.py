@@ -150,11 +150,10 @@ def facts_of(doc: Doc | None, tenant: str) -> TaskFacts | None:
 
 
 def apply_update(doc: Doc, update: Doc) -> Doc:
-    """A copy of ``doc`` with a MongoDB-style update applied (``$set``, ``$inc``, ``$max``, ``$min``, ``$push``).
+    """A copy of ``doc`` with a MongoDB-style update applied (``$set``, ``$inc``, ``$max``, ``$push``).
 
     Copies only the sub-documents on the paths it changes; ``doc`` itself is left as it was.
-    ``$max`` treats a missing or None field as lower than anything (MongoDB sorts null first);
-    ``$min`` sets a missing field.
+    ``$max`` treats a missing or None field as lower than anything (MongoDB sorts null first).
     """
     out = dict(doc)
     for operator, fields in update.items():
@@ -173,11 +172,6 @@ def apply_update(doc: Doc, update: Doc) -> Doc:
                 case "$max":
                     current = node.get(leaf)
                     if current is None or (value is not None and _comparable(value) > _comparable(current)):
-                        node[leaf] = value
-                case "$min":
-                    current = node.get(leaf)
-                    lower = value is not None and current is not None and _comparable(value) < _comparable(current)
-                    if leaf not in node or lower:
                         node[leaf] = value
                 case "$push":
                     node[leaf] = [*(node.get(leaf) or ()), value]

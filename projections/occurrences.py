@@ -10,16 +10,18 @@ Pure (the storage adapter is :mod:`projections.store`; the log itself is
 * ``completed`` / ``deleted`` (``c:`` / ``d:<event id>``): the task completed or was deleted,
   with the last slot handled then (``handled_us``);
 * ``missed`` (``m:<event id>``), one per ``SlotsMissed``: the range, count, reason, calendar;
-* ``run`` (``r:<execution id>``), one per execution of a slot: reason, attempts, status.
+* ``run`` (``r:<execution id>:<sequence>``), one per event of an execution of a slot (its
+  dispatches, buffering, completion), read back together as the execution's reason, attempts
+  and outcome.
 
 Instants that identify slots are kept as integer microseconds (``*_us``) besides the BSON
 dates (milliseconds): an interval anchored at a creation instant has slots to the microsecond,
 and a slot must match its facts exactly.
 
-Writes need no read: segment, marker and missed documents are written once (a second insert
-is a duplicate and skipped), and a run document is an upsert of fields each written by one
-kind of event (``$set`` of the same values, ``$max`` of attempts, ``$min`` of the first
-sequence), so any redelivery, in any order, leaves the same document. The fold writes only for
+Writes need no read and every document is written once, by one event (a second insert is a
+duplicate and skipped), so any redelivery, in any order, leaves the same view; and an insert
+costs a tenth of an upsert on FerretDB (0.08 against 0.84 ms a document, bulks of 50), which is
+why an execution is a document per event rather than one updated in place. The fold writes only for
 an event new to its task (like the ``tasks`` view), so a task's view is complete up to its
 ``tasks`` document's version (written after this view in a batch).
 
@@ -104,23 +106,18 @@ def last_slot_us(task: Mapping[str, Any] | None) -> int | None:
 
 @dataclass
 class OccurrenceWrites:
-    """What events change in the view: documents to insert once, upserts per ``_id``."""
+    """What events add to the view: documents, each written once."""
 
     inserts: list[Doc] = field(default_factory=list)
-    updates: dict[str, Doc] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.inserts) + len(self.updates)
+        return len(self.inserts)
 
     def add(self, event: Event, task_before: Mapping[str, Any] | None) -> None:
         """Fold one event, new to its task, whose ``tasks`` document was ``task_before``."""
         doc = occurrence_doc(event, task_before)
         if doc is not None:
             self.inserts.append(doc)
-        update = run_update(event)
-        if update is not None:
-            key, change = update
-            self.updates[key] = merge_updates(self.updates.get(key), change)
 
 
 def occurrence_doc(event: Event, task_before: Mapping[str, Any] | None) -> Doc | None:
@@ -151,6 +148,14 @@ def occurrence_doc(event: Event, task_before: Mapping[str, Any] | None) -> Doc |
             return {"_id": f"c:{event.event_id}", "kind": COMPLETED, **common, "handled_us": last_slot_us(task_before)}
         case TaskDeleted():
             return {"_id": f"d:{event.event_id}", "kind": DELETED, **common, "handled_us": last_slot_us(task_before)}
+        case ExecutionDispatched(slot=datetime() as slot):
+            # Manual runs (no slot) are not occurrences of the schedule.
+            fields = {"reason": event.reason, "attempt": event.attempt, "at_us": micros(event.at)}
+            return _run_doc(event, slot, step="dispatched", **fields)
+        case ExecutionBuffered():
+            return _run_doc(event, event.slot, step="buffered", reason="buffered", attempt=0)
+        case ExecutionCompleted(slot=datetime() as slot):
+            return _run_doc(event, slot, step="completed", status=event.status, attempt=event.attempts)
         case SlotsMissed():
             return {
                 "_id": f"m:{event.event_id}",
@@ -170,61 +175,21 @@ def occurrence_doc(event: Event, task_before: Mapping[str, Any] | None) -> Doc |
             return None
 
 
-def run_update(event: Event) -> tuple[str, Doc] | None:
-    """``(_id, update)`` of the run document an execution event of a slot changes, if any.
-
-    Each field is written by one kind of event only, so updates commute (see the module
-    docstring). Manual runs (no slot) are not occurrences of the schedule.
-    """
-    match event:
-        case ExecutionDispatched(slot=datetime() as slot):
-            fields: Doc = {}
-            if event.reason != "retry":
-                fields = {"reason": event.reason, "dispatched_at": event.at, "dispatched_us": micros(event.at)}
-            return _run(event, slot, fields, attempts=event.attempt)
-        case ExecutionBuffered():
-            return _run(event, event.slot, {"buffered_at": event.at}, attempts=0)
-        case ExecutionCompleted(slot=datetime() as slot):
-            fields = {"status": event.status, "finished_at": event.finished_at}
-            return _run(event, slot, fields, attempts=event.attempts)
-        case _:
-            return None
-
-
-def _run(
-    event: ExecutionDispatched | ExecutionBuffered | ExecutionCompleted, slot: datetime, fields: Doc, *, attempts: int
-) -> tuple[str, Doc]:
+def _run_doc(event: ExecutionDispatched | ExecutionBuffered | ExecutionCompleted, slot: datetime, **fields: Any) -> Doc:
+    """A ``run`` document: one execution event of a slot (``_id`` ``r:<execution id>:<sequence>``)."""
     slot_us = micros(slot)
-    identity = {
+    return {
+        "_id": f"r:{event.execution_id}:{event.sequence}",
         "kind": RUN,
         "task_id": event.task_id,
         "tenant": event.tenant,
+        "seq": event.sequence,
         "execution_id": event.execution_id,
         "slot": slot,
         "slot_us": slot_us,
         "last_slot_us": slot_us,
+        **fields,
     }
-    update = {"$set": {**identity, **fields}, "$max": {"attempts": attempts}, "$min": {"seq": event.sequence}}
-    return f"r:{event.execution_id}", update
-
-
-def merge_updates(first: Doc | None, second: Doc) -> Doc:
-    """One update doing what ``first`` then ``second`` do (``$set``, ``$max``, ``$min``)."""
-    if first is None:
-        return {op: dict(fields) for op, fields in second.items()}
-    out = {op: dict(fields) for op, fields in first.items()}
-    for op, fields in second.items():
-        target = out.setdefault(op, {})
-        for key, value in fields.items():
-            if op == "$set" or key not in target:
-                target[key] = value
-            elif op == "$max":
-                target[key] = max(target[key], value)
-            elif op == "$min":
-                target[key] = min(target[key], value)
-            else:
-                raise ValueError(f"merge_updates does not know {op}")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,17 +272,32 @@ def incarnation_seq(schedule_docs: Iterable[Mapping[str, Any]]) -> int:
     return max((int(d["seq"]) for d in schedule_docs if d["kind"] == SEGMENT and d.get("created")), default=0)
 
 
-def run_fact(doc: Mapping[str, Any]) -> RunFact:
-    """A ``run`` document as the log reads it."""
-    dispatched = doc.get("dispatched_us")
-    return RunFact(
-        slot=instant(int(doc["slot_us"])),
-        execution_id=str(doc["execution_id"]),
-        reason=doc.get("reason"),
-        attempts=int(doc.get("attempts") or 0),
-        status=doc.get("status"),
-        dispatched_at=None if dispatched is None else instant(int(dispatched)),
-    )
+def run_facts(docs: Iterable[Mapping[str, Any]]) -> list[RunFact]:
+    """The runs the ``run`` documents (one per execution event) record, one per execution.
+
+    Its reason is the first attempt's (a retry keeps it), its attempts the most any event
+    says, its status the completion's; dispatched at its first non-retry dispatch.
+    """
+    by_execution: dict[str, list[Mapping[str, Any]]] = {}
+    for doc in docs:
+        by_execution.setdefault(str(doc["execution_id"]), []).append(doc)
+    out: list[RunFact] = []
+    for execution_id, events in by_execution.items():
+        events.sort(key=lambda d: int(d["seq"]))
+        opening = [d for d in events if d.get("step") in ("dispatched", "buffered") and d.get("reason") != "retry"]
+        first = next((d for d in opening if d.get("step") == "dispatched"), None)
+        completed = next((d for d in events if d.get("step") == "completed"), None)
+        out.append(
+            RunFact(
+                slot=instant(int(events[0]["slot_us"])),
+                execution_id=execution_id,
+                reason=opening[0].get("reason") if opening else None,
+                attempts=max(int(d.get("attempt") or 0) for d in events),
+                status=None if completed is None else completed.get("status"),
+                dispatched_at=None if first is None else instant(int(first["at_us"])),
+            )
+        )
+    return out
 
 
 def missed_fact(doc: Mapping[str, Any]) -> MissedFact:

@@ -17,8 +17,8 @@ capability probe (:func:`probe`):
   revoked, and reads a document it does not hold by ``_id`` before folding into it.
 
 Write order within a batch (for a crash in between): ``stats`` first, whose ``offset`` then
-skips the batch when it comes again, then ``executions``, ``occurrences`` (write-once documents
-and commuting upserts, see :mod:`projections.occurrences`), ``tasks`` and last ``audit`` (what
+skips the batch when it comes again, then ``executions``, ``occurrences`` (write-once documents,
+see :mod:`projections.occurrences`), ``tasks`` and last ``audit`` (what
 the API's ``?wait`` polls, so a client that saw its command's events sees the task too).
 """
 
@@ -32,7 +32,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import InsertOne, ReplaceOne, UpdateOne
+from pymongo import InsertOne, ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
@@ -224,7 +224,6 @@ class ViewStore:
         await self._replace(self.names.executions, folded.executions, "version")
         # Before tasks: a task document at some version means its occurrences are there too.
         await self._insert(self.names.occurrences, folded.occurrences.inserts)
-        await self._upsert(self.names.occurrences, folded.occurrences.updates)
         await self._replace(self.names.tasks, folded.tasks, "version")
         await self._insert(self.names.audit, folded.audit)
         self.writes += len(folded)
@@ -315,18 +314,12 @@ class ViewStore:
         ]
         await _bulk(self.db[name], ops)
 
-    async def _upsert(self, name: str, updates: dict[str, Doc]) -> None:
-        """Apply updates by ``_id`` (upsert); they commute, so no guard is needed."""
-        await _bulk(
-            self.db[name], [UpdateOne({"_id": key}, update, upsert=True) for key, update in sorted(updates.items())]
-        )
-
     async def _insert(self, name: str, docs: list[Doc]) -> None:
         """Insert write-once documents; one already there (same ``_id``) was written before."""
         await _bulk(self.db[name], [InsertOne(doc) for doc in docs])
 
 
-async def _bulk(collection: AsyncCollection[Any], ops: Sequence[InsertOne[Any] | ReplaceOne[Any] | UpdateOne]) -> None:
+async def _bulk(collection: AsyncCollection[Any], ops: Sequence[InsertOne[Any] | ReplaceOne[Any]]) -> None:
     """Unordered bulks of at most :data:`MAX_OPS_PER_WRITE`; duplicate keys mean "already there".
 
     :raises pymongo.errors.PyMongoError: any other failure.

@@ -13,7 +13,7 @@ from api.deps import State, Viewer
 from api.errors import ERROR_RESPONSES, FieldError, NotFound, Unprocessable, problem_responses
 from api.queries import decode_cursor, encode_cursor, public_task_id
 from api.routes.tasks import TaskId
-from projections.occurrences import incarnation_seq, instant, micros, missed_fact, run_fact, segments
+from projections.occurrences import incarnation_seq, instant, micros, missed_fact, run_facts, segments
 from scheduler.occurrence_log import Facts, Fate, Occurrence, Position, build, window
 from schemas._types import UtcDatetime
 
@@ -140,7 +140,7 @@ async def list_occurrences(
             last_us=micros(max(slots)),
         )
         facts = Facts.of(
-            (run_fact(d) for d in docs if d.get("kind") == "run"),
+            run_facts(d for d in docs if d.get("kind") == "run"),
             (missed_fact(d) for d in docs if d.get("kind") == "missed"),
         )
     items = [_public(o) for o in build(page.slots, facts, as_of)]

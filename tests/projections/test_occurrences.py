@@ -8,7 +8,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from projections.occurrences import SCHEDULE_KINDS, missed_fact, run_fact, segments
+from projections.occurrences import SCHEDULE_KINDS, missed_fact, run_facts, segments
 from projections.read import CollectionNames
 from projections.store import Positioned, ViewStore, probe
 from scheduler import decision
@@ -60,7 +60,7 @@ async def test_slots_to_the_microsecond_stay_in_their_segment_across_batches(mon
     docs = [d async for d in mongo_db[NAMES.occurrences].find({"task_id": "task-1"})]
     schedule = [d for d in docs if d["kind"] in SCHEDULE_KINDS]
     facts = Facts.of(
-        (run_fact(d) for d in docs if d["kind"] == "run"),
+        run_facts(d for d in docs if d["kind"] == "run"),
         (missed_fact(d) for d in docs if d["kind"] == "missed"),
     )
     page = window(segments(schedule, task), T0, T0 + timedelta(minutes=30), limit=100)

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from projections.folds import ViewDocs, apply_update, fold
-from projections.occurrences import FACT_KINDS, SCHEDULE_KINDS, incarnation_seq, missed_fact, run_fact, segments
+from projections.folds import ViewDocs, fold
+from projections.occurrences import FACT_KINDS, SCHEDULE_KINDS, incarnation_seq, missed_fact, run_facts, segments
 from scheduler import decision
 from scheduler.occurrence_log import (
     Facts,
@@ -228,9 +228,8 @@ def fold_in_memory(events: list[Event]) -> tuple[dict[str, Any], list[dict[str, 
         folded = fold(ViewDocs(tasks={event.task_id: task}), [(event, 0, offset)])
         task = folded.tasks.get(event.task_id, task)
         for doc in folded.occurrences.inserts:
-            docs.setdefault(doc["_id"], doc)
-        for key, update in folded.occurrences.updates.items():
-            docs[key] = apply_update(docs.get(key, {"_id": key}), update)
+            assert doc["_id"] not in docs, "an event new to its task makes new documents"
+            docs[doc["_id"]] = doc
     assert task is not None
     schedule = [d for d in docs.values() if d["kind"] in SCHEDULE_KINDS]
     facts = [d for d in docs.values() if d["kind"] in FACT_KINDS]
@@ -243,7 +242,7 @@ def read_log(events: list[Event], now: datetime, limit: int) -> list[Occurrence]
     since = incarnation_seq(schedule)
     mine = [d for d in fact_docs if d["seq"] >= since]
     facts = Facts.of(
-        (run_fact(d) for d in mine if d["kind"] == "run"), (missed_fact(d) for d in mine if d["kind"] == "missed")
+        run_facts(d for d in mine if d["kind"] == "run"), (missed_fact(d) for d in mine if d["kind"] == "missed")
     )
     segs = segments(schedule, task)
     start, end = datetime(2020, 1, 1, tzinfo=UTC), now + timedelta(hours=6)
