@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
-from projections.occurrences import SCHEDULE_KINDS, missed_fact, run_facts, segments
+from projections.occurrences import SCHEDULE_KINDS, instant, missed_fact, run_facts, segments
 from projections.read import CollectionNames
 from projections.store import Positioned, ViewStore, probe
 from scheduler import decision
@@ -68,3 +69,51 @@ async def test_slots_to_the_microsecond_stay_in_their_segment_across_batches(mon
     first_segment = [(o.slot, o.fate) for o in log if o.slot is not None and o.slot < T0 + timedelta(minutes=10)]
     assert first_segment == [(created_at + timedelta(minutes=m), "fired") for m in (1, 2, 3)]
     assert [o.fate for o in log if o.slot is not None and o.slot >= T0 + timedelta(minutes=10)][:1] == ["not_yet_due"]
+
+
+def _doc(step: str, seq: int, **fields: Any) -> dict[str, Any]:
+    return {"execution_id": "ex", "slot_us": 60_000_000, "step": step, "seq": seq, **fields}
+
+
+RUNS = [
+    (
+        "dispatched, retried, succeeded: the first attempt's reason, the most attempts",
+        [
+            _doc("dispatched", 2, reason="schedule", attempt=1, at_us=61_000_000),
+            _doc("dispatched", 5, reason="retry", attempt=2, at_us=90_000_000),
+            _doc("completed", 7, status="succeeded", attempt=2),
+        ],
+        ("schedule", 2, "succeeded", 61),
+    ),
+    (
+        "buffered, then dispatched when the other ended",
+        [
+            _doc("buffered", 3, reason="buffered", attempt=0),
+            _doc("dispatched", 6, reason="buffered", attempt=1, at_us=70_000_000),
+        ],
+        ("buffered", 1, None, 70),
+    ),
+    (
+        "buffered, cancelled while waiting",
+        [_doc("buffered", 3, reason="buffered", attempt=0), _doc("completed", 4, status="cancelled", attempt=0)],
+        ("buffered", 0, "cancelled", None),
+    ),
+    (
+        "in any order (redelivery)",
+        [
+            _doc("completed", 7, status="failed", attempt=1),
+            _doc("dispatched", 2, reason="schedule", attempt=1, at_us=61_000_000),
+        ],
+        ("schedule", 1, "failed", 61),
+    ),
+]
+
+
+@pytest.mark.parametrize(("docs", "expected"), [r[1:] for r in RUNS], ids=[r[0] for r in RUNS])
+def test_the_documents_of_an_execution_read_back_as_one_run(
+    docs: list[dict[str, Any]], expected: tuple[Any, ...]
+) -> None:
+    (run,) = run_facts(docs)
+    dispatched = None if run.dispatched_at is None else int(run.dispatched_at.timestamp())
+    assert (run.reason, run.attempts, run.status, dispatched) == expected
+    assert run.slot == instant(60_000_000) and run.execution_id == "ex"
