@@ -11,10 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.commands import now
 from api.deps import State, Viewer
 from api.errors import ERROR_RESPONSES, FieldError, NotFound, Unprocessable, problem_responses
-from api.queries import decode_cursor, encode_cursor, public_task_id
+from api.queries import Doc, decode_cursor, encode_cursor, public_task_id
 from api.routes.tasks import TaskId
 from projections.occurrences import incarnation_seq, instant, micros, missed_fact, run_facts, segments
-from scheduler.occurrence_log import Facts, Fate, Occurrence, Position, build, window
+from scheduler.occurrence_log import Facts, Fate, Occurrence, Position, Segment, build, window
 from schemas._types import UtcDatetime
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
@@ -96,7 +96,10 @@ async def list_occurrences(
     task_id: TaskId,
     range_from: Annotated[
         UtcDatetime | None,
-        Query(alias="from", description="Start (inclusive, timezone-aware); default: the task's creation."),
+        Query(
+            alias="from",
+            description="Start (inclusive, timezone-aware); default: the creation, or the first slot if earlier.",
+        ),
     ] = None,
     range_to: Annotated[
         UtcDatetime | None, Query(alias="to", description="End (exclusive, timezone-aware); default: now.")
@@ -120,9 +123,8 @@ async def list_occurrences(
     internal_id = str(task["_id"])
     schedule_docs = await state.views.occurrence_schedule(principal.tenant, internal_id)
     segs = segments(schedule_docs, task)
-    created = task.get("created_at_us")
-    start = range_from or (instant(created) if isinstance(created, int) else task.get("created_at") or as_of)
     end = range_to or as_of
+    start = range_from or _beginning(task, segs, as_of)
     if start >= end:
         message = "must be before `to` (default: now)"
         raise Unprocessable(f"from: {message}", errors=[FieldError(field="from", message=message)])
@@ -157,6 +159,15 @@ async def list_occurrences(
             "next_cursor": next_cursor,
         }
     )
+
+
+def _beginning(task: Doc, segs: list[Segment], as_of: datetime) -> datetime:
+    """The default ``from``: the task's creation, or its first slot if that is earlier (a one-shot
+    created for a time already past is due at once)."""
+    micros_created = task.get("created_at_us")
+    created = instant(micros_created) if isinstance(micros_created, int) else task.get("created_at") or as_of
+    firsts = [s.first_slot for s in segs if s.first_slot is not None]
+    return min([created, *firsts])
 
 
 def _position(cursor: str, kind: str) -> Position:

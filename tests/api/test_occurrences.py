@@ -131,3 +131,27 @@ async def test_bad_input_is_a_422_naming_the_parameter(api: Running) -> None:
         assert r.status_code == 422, (params, r.text)
         assert r.headers["content-type"].startswith("application/problem+json")
         assert [e["field"] for e in r.json()["errors"]] == [field], (params, r.text)
+
+
+async def test_a_one_shot_for_a_time_already_past_is_in_the_default_range(api: Running) -> None:
+    """A one-shot keeps its time even if it is before the creation (it is due at once): the log's
+    default range starts there, not at the creation."""
+    http, tenant = api.http, new_tenant()
+    admin = auth(tenant, ["admin"])
+    at = (datetime.now(UTC) - timedelta(minutes=10)).replace(microsecond=0)
+    body = {
+        "name": "late",
+        "schedule": {"kind": "once", "at": at.isoformat()},
+        "work": {"kind": "handler", "name": "noop"},
+    }
+    r = await http.post("/v1/tasks?wait=20", json=body, headers=admin)
+    assert r.status_code == 200, r.text
+    task_id = r.json()["task_id"]
+    deadline = time.monotonic() + 30
+    while True:
+        items = await _log(http, task_id, admin, 10)
+        if items and items[0]["fate"] in ("fired", "missed"):
+            break
+        assert time.monotonic() < deadline, items
+        await asyncio.sleep(0.5)
+    assert [datetime.fromisoformat(o["slot"]) for o in items] == [at]
