@@ -13,8 +13,8 @@ from api.deps import State, Viewer
 from api.errors import ERROR_RESPONSES, FieldError, NotFound, Unprocessable, problem_responses
 from api.queries import Doc, decode_cursor, encode_cursor, public_task_id
 from api.routes.tasks import TaskId
-from projections.occurrences import incarnation_seq, instant, micros, missed_fact, run_facts, segments
-from scheduler.occurrence_log import Facts, Fate, Occurrence, Position, Segment, build, window
+from projections.occurrences import instant
+from scheduler.occurrence_log import Fate, Occurrence, Position, Segment, build, window
 from schemas._types import UtcDatetime
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
@@ -121,8 +121,7 @@ async def list_occurrences(
         raise NotFound(f"task {task_id!r} not found")
     as_of = now()
     internal_id = str(task["_id"])
-    schedule_docs = await state.views.occurrence_schedule(principal.tenant, internal_id)
-    segs = segments(schedule_docs, task)
+    segs, since_seq = await state.views.occurrence_segments(principal.tenant, task)
     end = range_to or as_of
     start = range_from or _beginning(task, segs, as_of)
     if start >= end:
@@ -132,19 +131,7 @@ async def list_occurrences(
     after = None if cursor is None else _position(cursor, kind)
     page = window(segs, start, end, limit=limit, after=after)
     slots = [o.slot for _, o in page.slots if o.slot is not None]
-    facts = Facts()
-    if slots:
-        docs = await state.views.occurrence_facts(
-            principal.tenant,
-            internal_id,
-            since_seq=incarnation_seq(schedule_docs),
-            first_us=micros(min(slots)),
-            last_us=micros(max(slots)),
-        )
-        facts = Facts.of(
-            run_facts(d for d in docs if d.get("kind") == "run"),
-            (missed_fact(d) for d in docs if d.get("kind") == "missed"),
-        )
+    facts = await state.views.occurrence_facts(principal.tenant, internal_id, since_seq=since_seq, slots=slots)
     items = [_public(o) for o in build(page.slots, facts, as_of)]
     next_cursor = None
     if page.next is not None:

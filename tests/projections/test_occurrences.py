@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
+from api.queries import Views
 from projections.occurrences import SCHEDULE_KINDS, instant, missed_fact, run_facts, segments
 from projections.read import CollectionNames
 from projections.store import Positioned, ViewStore, probe
 from scheduler import decision
 from scheduler.occurrence_log import Facts, build, window
 from scheduler.state import TaskState
-from schemas.commands import Command, CreateTask, ReportExecutionOutcome, UpdateTask, Wake
+from schemas.commands import Command, CreateTask, DeleteTask, ReportExecutionOutcome, UpdateTask, Wake
 from schemas.events import Event
 from tests.unit.unit_support import T0, cmd, definition
 
@@ -117,3 +118,35 @@ def test_the_documents_of_an_execution_read_back_as_one_run(
     dispatched = None if run.dispatched_at is None else int(run.dispatched_at.timestamp())
     assert (run.reason, run.attempts, run.status, dispatched) == expected
     assert run.slot == instant(60_000_000) and run.execution_id == "ex"
+
+
+async def test_the_api_reads_a_recreated_task_s_log_from_its_own_incarnation(mongo_db: Db) -> None:
+    """A one-shot at one time, run, deleted and created again under the same id: the slot is the
+    same, the executions are not, and the API's reads give the new incarnation's."""
+    once = definition(schedule={"kind": "once", "at": (T0 + timedelta(minutes=1)).isoformat()})
+    state: TaskState | None = None
+    events: list[Event] = []
+    for command in (
+        cmd(CreateTask, T0, definition=once, task_id="acme/t"),
+        cmd(Wake, T0 + timedelta(minutes=1), task_id="acme/t"),
+        cmd(DeleteTask, T0 + timedelta(minutes=2), task_id="acme/t"),
+        cmd(CreateTask, T0 + timedelta(minutes=3), definition=once, task_id="acme/t"),
+        cmd(Wake, T0 + timedelta(minutes=3), task_id="acme/t"),
+    ):
+        decided = decision(command, state)
+        events += decided.events
+        state = decided.state
+    await ViewStore(mongo_db, NAMES, await probe(mongo_db)).apply([Positioned(e, 0, i) for i, e in enumerate(events)])
+    dispatched = [e for e in events if e.type == "ExecutionDispatched"]
+    assert len({e.execution_id for e in dispatched}) == 2
+
+    views = Views(mongo_db)
+    task = await views.task("acme", "t")
+    assert task is not None
+    segs, since = await views.occurrence_segments("acme", task)
+    page = window(segs, T0, T0 + timedelta(hours=1), limit=10)
+    facts = await views.occurrence_facts("acme", "acme/t", since_seq=since, slots=[o.slot for _, o in page.slots])
+    log = build(page.slots, facts, T0 + timedelta(minutes=3))
+    assert [(o.slot, o.fate, o.execution_id) for o in log] == [
+        (T0 + timedelta(minutes=1), "fired", dispatched[-1].execution_id)
+    ]

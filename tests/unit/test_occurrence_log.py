@@ -329,3 +329,29 @@ def test_a_delete_stamped_before_slots_the_worker_handled_keeps_them() -> None:
         state = decided.state
     entries = read_log(history, T0 + 10 * MIN, limit=10)
     assert [(o.slot, o.fate, o.outcome) for o in entries] == [(T0 + 10 * MIN, "fired", "cancelled")]
+
+
+def test_a_recreated_task_shows_its_own_runs_not_those_of_the_task_deleted_before() -> None:
+    """A one-shot at the same time, run, deleted and created again: the slot is the same, the
+    executions are not (ids carry the incarnation), and the log shows the new one's."""
+    once = {
+        "name": "t",
+        "schedule": {"kind": "once", "at": (T0 + MIN).isoformat()},
+        "work": {"kind": "handler", "name": "noop"},
+    }
+    state: TaskState | None = None
+    history: list[Event] = []
+    for command in (
+        cmd(CreateTask, T0, definition=once),
+        cmd(Wake, T0 + MIN),
+        cmd(DeleteTask, T0 + 2 * MIN),
+        cmd(CreateTask, T0 + 3 * MIN, definition=once),
+        cmd(Wake, T0 + 3 * MIN),
+    ):
+        decided = decision(command, state)
+        history += decided.events
+        state = decided.state
+    dispatches = [e for e in history if e.type == "ExecutionDispatched"]
+    assert len(dispatches) == 2 and dispatches[0].execution_id != dispatches[1].execution_id
+    entries = read_log(history, T0 + 3 * MIN, limit=10)
+    assert [(o.slot, o.fate, o.execution_id) for o in entries] == [(T0 + MIN, "fired", dispatches[1].execution_id)]
