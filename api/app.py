@@ -27,6 +27,7 @@ from api.routes import (
     executions,
     health,
     notifications,
+    occurrences,
     reports,
     stats,
     tasks,
@@ -106,6 +107,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(CorrelationMiddleware)  # outermost: every answer carries X-Request-Id
     for router in (
         tasks.router,
+        occurrences.router,
         backfills.router,
         calendars.router,
         executions.router,

@@ -25,7 +25,19 @@ from pymongo.asynchronous.database import AsyncDatabase
 from api.errors import FieldError, Unprocessable
 from api.reports import ROW_FIELDS, TaskLabel
 from projections.folds import stats_id
+from projections.occurrences import (
+    FACT_KINDS,
+    MISSED,
+    RUN,
+    SCHEDULE_KINDS,
+    incarnation_seq,
+    micros,
+    missed_fact,
+    run_facts,
+    segments,
+)
 from projections.read import CollectionNames, active_collections, tenant_stats
+from scheduler.occurrence_log import Facts, Segment
 
 Doc = dict[str, Any]
 PUBLIC_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
@@ -248,6 +260,36 @@ class Views:
             query["scheduled_for"] = {"$gte": task["created_at"]}
         names = await self.names()
         return await self.db[names.executions].count_documents(query)
+
+    # -- the occurrence log ------------------------------------------------------------------
+
+    async def occurrence_segments(self, tenant: str, task: Doc) -> tuple[list[Segment], int]:
+        """The segments of the task's occurrence log (see :func:`projections.occurrences.segments`)
+        and the sequence its current incarnation began at."""
+        names = await self.names()
+        query = {"task_id": task["_id"], "kind": {"$in": list(SCHEDULE_KINDS)}, "tenant": tenant}
+        docs = [d async for d in self.db[names.occurrences].find(query)]
+        return segments(docs, task), incarnation_seq(docs)
+
+    async def occurrence_facts(self, tenant: str, internal_id: str, *, since_seq: int, slots: list[datetime]) -> Facts:
+        """What the task's events recorded of ``slots`` (a page of its log): its runs and missed
+        ranges touching them, from the incarnation that began at ``since_seq``."""
+        if not slots:
+            return Facts()
+        names = await self.names()
+        query = {
+            "task_id": internal_id,
+            "kind": {"$in": list(FACT_KINDS)},
+            "slot_us": {"$lte": micros(max(slots))},
+            "last_slot_us": {"$gte": micros(min(slots))},
+            "seq": {"$gte": since_seq},
+            "tenant": tenant,
+        }
+        docs = [d async for d in self.db[names.occurrences].find(query)]
+        return Facts.of(
+            run_facts(d for d in docs if d.get("kind") == RUN),
+            (missed_fact(d) for d in docs if d.get("kind") == MISSED),
+        )
 
     # -- audit and stats ---------------------------------------------------------------------
 

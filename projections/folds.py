@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, assert_never
 
+from projections.occurrences import OccurrenceWrites
 from schemas.events import (
     AttemptFailed,
     BackfillEnded,
@@ -231,9 +232,11 @@ class Folded:
     executions: dict[str, Doc] = field(default_factory=dict)
     stats: dict[str, Doc] = field(default_factory=dict)
     audit: list[Doc] = field(default_factory=list)
+    occurrences: OccurrenceWrites = field(default_factory=OccurrenceWrites)
+    """What the batch changes in the ``occurrences`` view (see :mod:`projections.occurrences`)."""
 
     def __len__(self) -> int:
-        return len(self.tasks) + len(self.executions) + len(self.stats) + len(self.audit)
+        return len(self.tasks) + len(self.executions) + len(self.stats) + len(self.audit) + len(self.occurrences)
 
 
 def fold(before: ViewDocs, events: Iterable[tuple[Event, int, int]]) -> Folded:
@@ -250,6 +253,7 @@ def fold(before: ViewDocs, events: Iterable[tuple[Event, int, int]]) -> Folded:
         task_after = evolve_task(task_before, event)
         if task_after is not task_before and task_after is not None:
             tasks[event.task_id] = out.tasks[event.task_id] = task_after
+            out.occurrences.add(event, task_before)
         execution_changed = False
         key = execution_key(event)
         if key is not None:
@@ -358,7 +362,7 @@ def task_update(event: Event, status: str | None) -> Doc:
             update = {
                 "$set": {**common, **_next_run(event.next_slot, event.next_fire_at)},
                 "$inc": {"counters.missed": event.count},
-                "$max": {"last_slot": event.last_slot},
+                "$max": {"last_slot": event.last_slot, "last_slot_us": micros_since_epoch(event.last_slot)},
             }
             return update
         case ExecutionDispatched():
@@ -378,13 +382,13 @@ def task_update(event: Event, status: str | None) -> Doc:
             if event.reason == "backfill":
                 update["$inc"]["backfill.dispatched"] = 1
             if event.reason == "schedule" and event.slot is not None:
-                update["$max"] = {"last_slot": event.slot}
+                update["$max"] = {"last_slot": event.slot, "last_slot_us": micros_since_epoch(event.slot)}
             return update
         case ExecutionBuffered():
             # A buffered slot has been handled: the schedule moved past it.
             update = {
                 "$set": {**common, **_next_run(event.next_slot, event.next_fire_at)},
-                "$max": {"last_slot": event.slot},
+                "$max": {"last_slot": event.slot, "last_slot_us": micros_since_epoch(event.slot)},
                 "$inc": {"counters.scheduled_runs": 1},
             }
             return update
@@ -468,6 +472,8 @@ def _task_created_doc(event: TaskCreated) -> Doc:
         "created_by": event.actor,
         **_next_run(event.next_slot, event.next_fire_at),
         "last_slot": None,
+        # Exact (a BSON date keeps milliseconds): where the occurrence log's segments end.
+        "last_slot_us": None,
         "last_run": None,
         "last_status": None,
         "last_error": None,

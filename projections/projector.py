@@ -569,3 +569,5 @@ async def ensure_indexes(db: AsyncDatabase[Any], collections: CollectionNames | 
     # The API's ?wait looks up what a command caused.
     await audit.create_index([("causation_id", ASCENDING)])
     await db[names.stats].create_index([("tenant", ASCENDING)])
+    # The occurrence log reads a task's schedule documents by kind and its facts by slot range.
+    await db[names.occurrences].create_index([("task_id", ASCENDING), ("kind", ASCENDING), ("slot_us", ASCENDING)])

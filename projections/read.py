@@ -30,6 +30,8 @@ class CollectionNames:
     executions: str = "executions"
     audit: str = "audit"
     stats: str = "stats"
+    occurrences: str = "occurrences"
+    """The facts of the occurrence log (see :mod:`projections.occurrences`)."""
 
     def with_suffix(self, suffix: str) -> CollectionNames:
         """The same names with ``suffix`` appended (fresh collections for a replay)."""

@@ -17,7 +17,8 @@ capability probe (:func:`probe`):
   revoked, and reads a document it does not hold by ``_id`` before folding into it.
 
 Write order within a batch (for a crash in between): ``stats`` first, whose ``offset`` then
-skips the batch when it comes again, then ``executions``, ``tasks`` and last ``audit`` (what
+skips the batch when it comes again, then ``executions``, ``occurrences`` (write-once documents,
+see :mod:`projections.occurrences`), ``tasks`` and last ``audit`` (what
 the API's ``?wait`` polls, so a client that saw its command's events sees the task too).
 """
 
@@ -221,6 +222,8 @@ class ViewStore:
         folding = time.perf_counter()
         await self._replace(self.names.stats, folded.stats, "offset")
         await self._replace(self.names.executions, folded.executions, "version")
+        # Before tasks: a task document at some version means its occurrences are there too.
+        await self._insert(self.names.occurrences, folded.occurrences.inserts)
         await self._replace(self.names.tasks, folded.tasks, "version")
         await self._insert(self.names.audit, folded.audit)
         self.writes += len(folded)

@@ -86,10 +86,11 @@ BAD_CURSORS = [
         b'{"k":"executions","p":0,"x":{"v":18446744073709551616},"i":"t/1"}',
         b'{"k":"tasks:name","p":0,"x":{"v":"\\ud800"},"i":"t/1"}',
         b'{"k":"tasks:next_run","p":0,"x":{"d":5},"i":null}',
+        b'{"k":"occurrences:t","p":0,"x":{"d":"2026-01-01T00:00:00"},"i":"99999999999999999999"}',
     )
 ]
 BAD_HEADERS = [("If-Match", '"\u00b2"'), ("If-Match", '"' + "9" * 5000 + '"'), ("Idempotency-Key", "caf\u00e9")]
-CURSOR_LISTS = frozenset({"/v1/tasks", "/v1/tasks/{task_id}/executions"})
+CURSOR_LISTS = frozenset({"/v1/tasks", "/v1/tasks/{task_id}/executions", "/v1/tasks/{task_id}/occurrences"})
 
 Spot = tuple[tuple[str | int, ...], str]
 """Where a value can be spoiled: its path in the body, and ``key``, ``string``, ``integer`` or

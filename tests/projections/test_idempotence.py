@@ -143,8 +143,10 @@ async def test_a_batch_writes_each_touched_document_once(mongo_db: Db, infra: In
         db = client[mongo_db.name]
         folded = await apply_events(db, names, positioned(h.events))
         assert (len(folded.tasks), len(folded.executions), len(folded.stats), len(folded.audit)) == (1, 1, 1, 4)
-        # One statement per document on the wire: 1 task, 1 execution, 1 stats (updates), 4 audit inserts.
-        assert listener.statements == {"update": 3, "insert": 4}
+        assert len(folded.occurrences) == 2  # the schedule segment, the run's dispatch (its completion names no slot)
+        # One statement per document on the wire: 1 task, 1 execution, 1 stats (updates); 4 audit
+        # and 2 occurrence inserts.
+        assert listener.statements == {"update": 3, "insert": 6}
     finally:
         await client.close()
     execution = await mongo_db[names.executions].find_one({"_id": ex_id})
