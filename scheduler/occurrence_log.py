@@ -12,9 +12,10 @@ read into plain values by the shell:
 * :class:`MissedFact` - a ``SlotsMissed`` range: contiguous slots of the schedule, one reason.
 
 The slots themselves come from a *slot source* (:data:`SlotSource`): by default
-:func:`schedule_slots` walks the definition with :func:`scheduler.schedule.next_slot`; a source
-that knows more (daylight-saving notes, wall times skipped by a DST policy) can be passed in
-instead, as long as it yields :class:`ScheduledSlot` in order.
+:func:`policy_slots`, which lists a cron schedule's wall times with what its DST policy did to
+each (:func:`scheduler.schedule.occurrences`: ``shifted``, ``skipped``, ``first``, ``second``),
+and walks other schedules with :func:`scheduler.schedule.next_slot` (:func:`schedule_slots`).
+Any source yielding :class:`ScheduledSlot` in order can be passed in instead.
 
 Fates (:data:`FATES`), decided in this order for each slot:
 
@@ -40,8 +41,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, get_args
 
-from scheduler.schedule import fire_at, next_slot
-from schemas.specs import TaskDefinition
+from scheduler.schedule import fire_at, next_slot, occurrences
+from schemas._types import iana_zone
+from schemas.specs import CronSchedule, TaskDefinition
 
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -203,6 +205,36 @@ def schedule_slots(segment: Segment, start: datetime, end: datetime) -> Iterator
         slot = next_slot(segment.definition, slot, anchor=segment.anchor)
 
 
+def policy_slots(segment: Segment, start: datetime, end: datetime) -> Iterator[ScheduledSlot]:
+    """The default slot source: a cron segment's wall times from ``start`` (inclusive) to
+    ``end``, each with what daylight saving did to it, the ones its DST policy does not fire
+    included (``slot`` None, placed where they would have fired); other schedules as
+    :func:`schedule_slots`. Honours the definition's ``start_at`` and ``end_at``; ``max_runs``
+    ends the segment (``until``), as there."""
+    definition = segment.definition
+    schedule = definition.schedule
+    first = segment.first_slot
+    if not isinstance(schedule, CronSchedule):
+        yield from schedule_slots(segment, start, end)
+        return
+    if first is None or first >= end:
+        return
+    lower = max(start, first, definition.start_at or first)
+    upper = end if definition.end_at is None else min(end, definition.end_at + _MICROSECOND)
+    if upper <= lower:
+        return
+    zone = iana_zone(schedule.timezone)
+    for occurrence in occurrences(schedule, lower - _MICROSECOND, upper - _MICROSECOND, anchor=segment.anchor):
+        at = occurrence.slot
+        if at is None and occurrence.wall is not None:
+            # Where it would have fired: a gap time at its shifted instant, a repeated time at
+            # the occurrence the policy left out.
+            fold = 1 if occurrence.dst == "second" else 0
+            at = occurrence.wall.replace(tzinfo=zone, fold=fold).astimezone(first.tzinfo)
+        if at is not None:
+            yield ScheduledSlot(slot=occurrence.slot, at=at, wall=occurrence.wall, dst=occurrence.dst)
+
+
 @dataclass(frozen=True)
 class Position:
     """Where a page ends: after the ``count``-th occurrence at ``at`` (ties are possible when
@@ -227,7 +259,7 @@ def window(
     *,
     limit: int,
     after: Position | None = None,
-    source: SlotSource = schedule_slots,
+    source: SlotSource = policy_slots,
 ) -> Window:
     """Up to ``limit`` slots of ``segments`` (in order) with ``at`` in ``[start, end)``, after
     ``after``. Each slot belongs to exactly one segment: a segment's slots stop at its ``until``.

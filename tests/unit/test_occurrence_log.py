@@ -163,6 +163,61 @@ def test_a_dst_skipped_wall_time_from_the_slot_source_is_listed_once() -> None:
     assert seen == [(T0, None), (None, "skipped"), (T0 + MIN, "shifted")]
 
 
+def _cron_day(expression: str, day: datetime, **policy: str) -> tuple[Segment, datetime, datetime]:
+    """A segment of a New York cron task over the local day ``day`` (its UTC bounds)."""
+    from zoneinfo import ZoneInfo
+
+    from schemas.specs import CronSchedule
+
+    zone = ZoneInfo("America/New_York")
+    start = day.replace(tzinfo=zone).astimezone(UTC)
+    end = (day + timedelta(days=1)).replace(tzinfo=zone).astimezone(UTC)
+    schedule = CronSchedule(expression=expression, timezone="America/New_York", **policy)  # type: ignore[arg-type]
+    definition = TaskDefinition(name="t", schedule=schedule, work=HandlerWork(name="noop"))
+    first = schedule_slots(Segment(1, "task-1", definition, start, start, None, None, "due"), start, end)
+    return Segment(1, "task-1", definition, start, next(iter(first)).at, None, None, "due"), start, end
+
+
+@pytest.mark.parametrize(
+    ("expression", "day", "policy", "expected"),
+    [
+        # Spring forward: 02:30 does not exist. Shifted, it fires at 03:30 EDT; skipped, it is
+        # listed as skipped_dst where it would have fired, and nothing fires.
+        ("30 2 * * *", datetime(2026, 3, 8), {}, [("2026-03-08 02:30", "shifted", True)]),
+        ("30 2 * * *", datetime(2026, 3, 8), {"dst_gap": "skip"}, [("2026-03-08 02:30", "skipped", False)]),
+        # Fall back: 01:30 happens twice; "both" fires each, "second" lists the first unfired.
+        (
+            "30 1 * * *",
+            datetime(2026, 11, 1),
+            {"dst_repeat": "both"},
+            [("2026-11-01 01:30", "first", True), ("2026-11-01 01:30", "second", True)],
+        ),
+        (
+            "30 1 * * *",
+            datetime(2026, 11, 1),
+            {"dst_repeat": "second"},
+            [("2026-11-01 01:30", "first", False), ("2026-11-01 01:30", "second", True)],
+        ),
+    ],
+)
+def test_the_default_source_lists_what_the_dst_policy_did(
+    expression: str, day: datetime, policy: dict[str, str], expected: list[tuple[str, str, bool]]
+) -> None:
+    """With no source given, the log lists a cron task's wall times with their DST notes: a
+    skipped or unfired wall time once, as ``skipped_dst`` with no slot, and each fired one as
+    a slot of its own (never a fate invented for a time that had none)."""
+    seg, start, end = _cron_day(expression, day, **policy)
+    page = window([seg], start, end, limit=100)
+    got = [
+        (f"{o.wall:%Y-%m-%d %H:%M}", o.dst, o.slot is not None)
+        for o in build(page.slots, Facts.of([], []), end)
+        if o.dst is not None
+    ]
+    assert got == expected
+    skipped = [o for o in build(page.slots, Facts.of([], []), end) if o.slot is None]
+    assert all(o.fate == "skipped_dst" for o in skipped)
+
+
 # ---------------------------------------------------------------------------------------------
 # Segments and pages
 # ---------------------------------------------------------------------------------------------
