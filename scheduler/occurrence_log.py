@@ -55,6 +55,8 @@ FATES: tuple[Fate, ...] = get_args(Fate)
 PRIMARY_RUN_REASONS = frozenset({"schedule", "buffered"})
 """Dispatch reasons of the execution that *is* a slot's fate; runs of a slot for any other
 reason (a backfill, say) are listed with it as ``reruns``."""
+RERUN_REASONS = frozenset({"backfill"})
+"""Dispatch reasons that are only ever ``reruns`` of a slot, never its fate."""
 
 
 @dataclass(frozen=True)
@@ -309,8 +311,10 @@ def fate(segment: Segment, occurrence: ScheduledSlot, facts: Facts, now: datetim
     runs = facts.runs.get(slot, [])
     primary = next((r for r in runs if r.reason in PRIMARY_RUN_REASONS), None)
     missed = facts.missed_at(slot)
-    if primary is None and missed is None and runs:
-        primary = runs[0]  # a run for a reason this code does not know yet still explains the slot
+    if primary is None and missed is None:
+        # A run for a reason this code does not know yet still explains the slot; a backfill
+        # never does: it reran the slot later, whatever the schedule did with it then.
+        primary = next((r for r in runs if r.reason not in RERUN_REASONS), None)
     reruns = tuple(_rerun(r) for r in runs if r is not primary)
     if primary is not None:
         ran = primary.dispatched_at is not None

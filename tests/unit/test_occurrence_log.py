@@ -109,10 +109,17 @@ FATE_TABLE: list[tuple[str, Facts, Segment, datetime, tuple[Any, ...]]] = [
     ),
     (
         "a run for a new reason alone still explains the slot",
-        Facts.of([run(T0, "backfill")], []),
+        Facts.of([run(T0, "replayed")], []),
         segment(handled=T0),
         T0,
-        ("fired", "backfill", "succeeded"),
+        ("fired", "replayed", "succeeded"),
+    ),
+    (
+        "a backfill never is the fate: a paused task's slot backfilled is still pending",
+        Facts.of([run(T0, "backfill")], []),
+        segment(unhandled="paused"),
+        T0 + MIN,
+        ("pending", "paused", None),
     ),
 ]
 
