@@ -10,6 +10,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 """Earliest instant accepted on the wire."""
+SECRET_TOKEN_PREFIX = "enc:v1:"  # nosec B105  # a format marker, not a password
+"""Start of every sealed secret (see ``schemas.secrets``); here so that models which must
+recognise a sealed value need not import the module that seals it."""
+SECRET_MARKER = "***"  # nosec B105  # a placeholder shown instead of a secret, not a password
+"""What readers see instead of a secret; in an update it means "keep the stored secret"."""
+
 LATEST = datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 """Latest instant accepted on the wire."""
 

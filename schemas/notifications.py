@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from schemas._types import UtcDatetime, WireModel
+from schemas._types import SECRET_MARKER, SECRET_TOKEN_PREFIX, UtcDatetime, WireModel
 
 NotificationEvent = Literal[
     "succeeded",
@@ -77,8 +77,6 @@ TENANT_RULES_SUBJECT = "notification-rules"
 _NAMESPACE = uuid.UUID("3f6c2a0e-9d4b-5c1e-8f7a-6b2d4e0c9a13")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
 _EMAIL = re.compile(rf"[^@\s<>,;\"']{{1,64}}@{_LABEL}(?:\.{_LABEL})+")
-_MARKER = "***"  # schemas.secrets.MARKER (not imported: secrets imports specs, which imports this)
-_TOKEN_PREFIX = "enc:v1:"  # schemas.secrets.TOKEN_PREFIX, likewise
 
 
 class WebhookChannel(WireModel):
@@ -106,7 +104,7 @@ class WebhookChannel(WireModel):
     @field_validator("secret")
     @classmethod
     def _secret(cls, value: str) -> str:
-        if value != _MARKER and not value.startswith(_TOKEN_PREFIX) and len(value) < MIN_SECRET_CHARS:
+        if value != SECRET_MARKER and not value.startswith(SECRET_TOKEN_PREFIX) and len(value) < MIN_SECRET_CHARS:
             raise ValueError(f"secret must be at least {MIN_SECRET_CHARS} characters")
         return value
 

@@ -40,11 +40,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ValidationError
 
+from schemas._types import SECRET_MARKER, SECRET_TOKEN_PREFIX
 from schemas.specs import HttpWork, TaskDefinition, Work
 
-TOKEN_PREFIX = "enc:v1:"  # nosec B105  # a format marker, not a password
+TOKEN_PREFIX = SECRET_TOKEN_PREFIX
 """Start of every token (version 1: AES-256-GCM, 96-bit random nonce, JSON plaintext)."""
-MARKER = "***"
+MARKER = SECRET_MARKER
 """What readers see instead of a secret; in an update it means "keep the stored secret"."""
 SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 """HTTP headers whose values are always secrets (case insensitive)."""

@@ -42,7 +42,7 @@ RULES_EXAMPLE = {
     "rules": [
         {
             "on": ["failed", "retries_exhausted"],
-            "channel": {"kind": "webhook", "url": "https://hooks.example/scheduler", "secret": "at-least-16-chars"},
+            "channel": {"kind": "webhook", "url": "https://hooks.example/scheduler", "secret": "at-least-16-chars"},  # nosec B105
         },
         {"on": ["timed_out", "paused_after_failures"], "channel": {"kind": "email", "to": ["ops@example.com"]}},
     ]
