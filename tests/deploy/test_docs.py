@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 import pytest
+import yaml
 from fastapi.routing import APIRoute
 from pydantic_settings import BaseSettings
 from starlette.routing import Route
@@ -161,3 +162,68 @@ def test_the_configuration_tables_name_every_setting() -> None:
     assert not missing, f"settings missing from the README's configuration tables: {missing}"
     stale = sorted(named - variables)
     assert not stale, f"in the README's configuration tables but no process reads them: {stale}"
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-compose.yml and the Prometheus scrape configuration
+# ---------------------------------------------------------------------------------------------
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+PROCESSES = ("worker", "executor", "triggers", "projector", "notifier", "api")
+"""The long-running ``scheduler`` processes (README, "Processes")."""
+
+
+def scheduler_services() -> dict[str, dict[str, Any]]:
+    """Services built from deploy/Dockerfile, whose entrypoint is ``scheduler``."""
+    return {
+        name: service
+        for name, service in COMPOSE["services"].items()
+        if (service.get("build") or {}).get("dockerfile") == "deploy/Dockerfile"
+    }
+
+
+def test_the_image_runs_the_scheduler_command() -> None:
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert re.search(r'^ENTRYPOINT \["scheduler"\]$', dockerfile, re.M)
+    assert 'scheduler = "streams.cli:main"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_every_compose_command_is_a_scheduler_command_with_valid_options() -> None:
+    services = scheduler_services()
+    assert {s["command"][0] for s in services.values()} >= set(PROCESSES)
+    for name, service in services.items():
+        command = service["command"]
+        assert isinstance(command, list) and all(isinstance(a, str) for a in command), name
+        sub = scheduler.get_command(click.Context(scheduler), command[0])
+        assert sub is not None, f"service {name}: {command[0]!r} is not a scheduler command"
+        # Parsing the arguments (without running) catches a misspelt or removed option.
+        sub.make_context(command[0], list(command[1:]))
+
+
+def test_compose_sets_only_settings_that_exist() -> None:
+    variables = {f"SCHED_{name}".upper() for cls in SETTINGS_CLASSES for name in cls.model_fields}
+    for name, service in scheduler_services().items():
+        environment = service.get("environment") or {}
+        unknown = sorted(set(environment) - variables)
+        assert not unknown, f"service {name} sets variables no process reads: {unknown}"
+    api = scheduler_services()["api"]["environment"]
+    assert api["SCHED_API_HOST"] == "0.0.0.0" and str(api["SCHED_API_PORT"]) in COMPOSE["services"]["api"]["ports"][0]
+
+
+def test_prometheus_scrapes_every_process_compose_runs() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    ports = {
+        int(target.rsplit(":", 1)[1])
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    for name, service in scheduler_services().items():
+        if service["command"][0] not in PROCESSES:
+            continue  # one-shot commands (topics) serve no metrics
+        environment = service.get("environment") or {}
+        port = environment.get("SCHED_METRICS_PORT") or environment.get("SCHED_API_PORT")
+        assert port is not None, f"service {name} serves no metrics"
+        assert int(port) in ports, f"service {name}: port {port} is not scraped by prometheus.yml"
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert {"scheduler-trigger-router", "scheduler-notifier"} <= jobs

@@ -11,7 +11,9 @@ import yaml
 from prometheus_client import REGISTRY, CollectorRegistry
 
 import projections.metrics  # noqa: F401  # the projector's metrics are registered on import
-import streams.metrics  # noqa: F401
+import streams.metrics
+import streams.notifier  # the notifier's and the trigger router's likewise
+import streams.triggers  # noqa: F401
 from api.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
