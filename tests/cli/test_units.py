@@ -72,6 +72,26 @@ def test_yaml_timestamps_become_iso_strings_and_errors_name_the_line(tmp_path: P
     assert caught.value.exit_code == ExitCode.USAGE and "line 2" in caught.value.message
 
 
+def test_yaml_reads_on_as_a_key_and_only_true_and_false_as_booleans(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML's default) read a notification rule's ``on:`` as ``True`` and ``no`` as
+    ``False``: the README's own example of rules was refused by the API (``on`` missing)."""
+    path = tmp_path / "task.yaml"
+    path.write_text(
+        "name: nightly\n"
+        "notifications:\n"
+        "  - on: [failed, retries_exhausted]\n"
+        "    channel: {kind: email, to: [ops@acme.example]}\n"
+        "tags: [yes, no, off, On]\n"
+        "flags: [true, false, True, FALSE]\n"
+    )
+    document = load_document(str(path))
+    assert document["notifications"] == [
+        {"on": ["failed", "retries_exhausted"], "channel": {"kind": "email", "to": ["ops@acme.example"]}}
+    ]
+    assert document["tags"] == ["yes", "no", "off", "On"]
+    assert document["flags"] == [True, False, True, False]
+
+
 def _completed(task_id: str, status: str) -> ExecutionCompleted:
     at = datetime(2026, 11, 29, tzinfo=UTC)
     return ExecutionCompleted(
@@ -140,7 +160,12 @@ def test_replay_drives_the_bar_through_the_replay_progress_hook(monkeypatch: pyt
         (["worker"], ["--worker-id", "--no-executor", "--data-dir"]),
         (["executor"], ["--worker-id"]),
         (["projector"], []),
+        (["triggers"], []),
         (["notifier"], []),
+        (["calendars", "put"], ["--if-match", "--wait", "--json"]),
+        (["tasks", "backfill"], ["--from", "--to", "--max-concurrency", "--wait", "--idempotency-key"]),
+        (["tasks", "backfill-cancel"], ["--wait", "--idempotency-key"]),
+        (["notifications", "set"], ["--wait", "--json"]),
         (["api"], []),
         (["topics"], []),
         (["secrets", "encrypt"], ["--tenant", "--task-id", "--pointer", "--json"]),
