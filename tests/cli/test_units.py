@@ -198,3 +198,23 @@ def test_bad_configuration_is_a_usage_error_without_a_traceback_or_the_value(mon
     assert result.exit_code == 2 and "SCHED_API_TIMEOUT_SECONDS" in result.stderr, result.output
     result = runner.invoke(main, ["token", "--tenant", "a"], env={"SCHED_JWT_HS256_SECRET": "a-short-secret"})
     assert result.exit_code == 2 and "32 bytes" in result.stderr and "a-short-secret" not in result.output
+
+
+def test_wait_is_bounded_as_the_api_bounds_it() -> None:
+    """``--wait`` took up to 300 s while the API's ``?wait`` takes at most 30: a longer wait was
+    sent and answered 422. Now click refuses it (usage) before anything is sent."""
+    from click.testing import CliRunner
+
+    from api.deps import Wait
+    from streams.cli import main
+
+    (query,) = Wait.__metadata__
+    limit = next(m.le for m in query.metadata if hasattr(m, "le"))
+    runner = CliRunner()
+    for command in (["tasks", "pause", "t"], ["calendars", "delete", "c"], ["notifications", "set", "-"]):
+        refused = runner.invoke(
+            main, [*command, "--wait", str(limit + 1), "--token", "t", "--api-url", "http://127.0.0.1:9"]
+        )
+        assert refused.exit_code == 2 and "--wait" in refused.output, refused.output
+    help_text = runner.invoke(main, ["tasks", "create", "--help"]).output
+    assert f"0<=x<={limit}" in help_text.replace(".0", ""), help_text
