@@ -64,11 +64,19 @@ def test_the_dashboard_and_alerts_cover_what_operators_need() -> None:
         "scheduler_execution_outcomes_total",
         "scheduler_api_request_duration_seconds_bucket",
         "scheduler_api_requests_total",
+        "scheduler_trigger_events_total",
+        "scheduler_notifications_total",
+        "scheduler_notification_latency_seconds_bucket",
     ):
         assert series in used, series
     alerts = {rule["alert"]: rule for rule in alert_rules()}
-    assert {"SchedulerWorkerDown", "SchedulerConsumerLagGrowing", "SchedulerFiresLate", "SchedulerFailureRate"} <= set(
-        alerts
-    )
+    assert {
+        "SchedulerWorkerDown",
+        "SchedulerConsumerLagGrowing",
+        "SchedulerFiresLate",
+        "SchedulerFailureRate",
+        "SchedulerProcessDown",
+        "SchedulerNotificationsDeadLettered",
+    } <= set(alerts)
     for rule in alerts.values():
         assert rule["expr"].strip() and rule["for"] and rule["annotations"]["summary"]
