@@ -227,3 +227,35 @@ def test_prometheus_scrapes_every_process_compose_runs() -> None:
         assert int(port) in ports, f"service {name}: port {port} is not scraped by prometheus.yml"
     jobs = {job["job_name"] for job in config["scrape_configs"]}
     assert {"scheduler-trigger-router", "scheduler-notifier"} <= jobs
+
+
+def _field_defaults() -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    for cls in SETTINGS_CLASSES:
+        for name, info in cls.model_fields.items():
+            if info.default_factory is None:
+                defaults[f"SCHED_{name}".upper()] = info.default
+    return defaults
+
+
+def test_the_configuration_tables_give_the_defaults_the_code_has() -> None:
+    """Numbers and quoted words in the default column match the fields' defaults (where a row
+    lists as many defaults, split by ``/``, as variables)."""
+    defaults, checked = _field_defaults(), 0
+    for row in configuration_tables().splitlines():
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        variables = re.findall(r"`(SCHED_[A-Z0-9_]+)`", cells[0])
+        given = [text.strip() for text in cells[1].split(" / ")]
+        if len(given) != len(variables):
+            continue
+        for variable, text in zip(variables, given, strict=True):
+            text = re.sub(r"\s*\(.*\)$", "", text)  # "none (plain HTTP)": the words say it
+            default = defaults.get(variable)
+            if re.fullmatch(r"-?[0-9.]+", text) and isinstance(default, int | float):
+                assert float(text) == float(default), f"{variable}: README says {text}, the code {default}"
+                checked += 1
+            elif re.fullmatch(r"`[^`]*`", text) and isinstance(default, str):
+                assert text.strip("`") == default, f"{variable}: README says {text}, the code {default!r}"
+                checked += 1
+    assert checked > 40, checked
+    print(checked)  # the rows are still read
