@@ -259,3 +259,13 @@ def test_the_configuration_tables_give_the_defaults_the_code_has() -> None:
                 checked += 1
     assert checked > 40, checked
     print(checked)  # the rows are still read
+
+
+def test_the_cli_table_names_every_subcommand() -> None:
+    rows = [line for line in section("CLI").splitlines() if line.startswith("| `")]
+    for name, command in sorted(scheduler.commands.items()):
+        if not isinstance(command, click.Group):
+            continue
+        text = " ".join(row.split(" | ")[0] for row in rows if row.startswith(f"| `{name} "))
+        missing = [sub for sub in command.commands if not re.search(rf"(?<![\w-]){re.escape(sub)}(?![\w-])", text)]
+        assert not missing, f"scheduler {name}: subcommands missing from the README's CLI table: {missing}"
