@@ -1,7 +1,8 @@
 """The one command-line tool, ``scheduler``: one click group for everything.
 
 - Processes: ``worker``, ``executor``, ``triggers``, ``projector``, ``notifier``, ``api``, ``topics``, ``secrets``.
-- The REST API from a terminal: ``tasks`` and ``executions`` (``streams/cli_tasks.py``).
+- The REST API from a terminal: ``tasks`` and ``executions`` (``streams/cli_tasks.py``),
+  ``calendars`` (``streams/cli_calendars.py``), ``notifications`` (``streams/cli_notifications.py``).
 - Straight to Kafka and the views, where the API is not involved: ``tail``
   (``streams/cli_tail.py``) and ``replay`` (``streams/cli_ops.py``).
 - Development: ``stack`` (``deploy/stack.py``), ``token``, ``demo`` (``streams/demo.py``).
@@ -201,6 +202,8 @@ def secrets_encrypt(tenant: str, task_id: str, pointer: str, as_json: bool) -> N
 def _register() -> None:
     # Imported here, not at the top: each module is small and imports what its commands need lazily.
     from deploy.stack import cli as stack
+    from streams.cli_calendars import calendars
+    from streams.cli_notifications import notifications
     from streams.cli_ops import replay, token
     from streams.cli_tail import tail
     from streams.cli_tasks import executions, tasks
@@ -208,6 +211,8 @@ def _register() -> None:
 
     main.add_command(tasks)
     main.add_command(executions)
+    main.add_command(calendars)
+    main.add_command(notifications)
     main.add_command(tail)
     main.add_command(replay)
     main.add_command(stack, "stack")

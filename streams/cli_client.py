@@ -17,8 +17,10 @@ Exit codes (documented in the README, "CLI"), so a script can tell what went wro
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -223,11 +225,39 @@ def open_client(api_url: str | None, token: str | None) -> ApiClient:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_document(path: str) -> dict[str, Any]:
-    """A task definition from a YAML or JSON file (``-``: stdin); :class:`CliError` (usage) if unreadable.
+_YAML_12_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+"""Booleans as YAML 1.2 has them (PyYAML follows YAML 1.1, where ``on``, ``off``, ``yes`` and
+``no`` are booleans too)."""
+
+
+@functools.cache
+def _yaml_loader() -> Any:
+    """PyYAML's safe loader with YAML 1.2 booleans only.
+
+    Under YAML 1.1 a notification rule's ``on: [failed]`` is read as ``{True: ["failed"]}`` (the
+    API then says field ``on`` is missing and ``true`` is not allowed), and a word such as ``no``
+    or ``off`` in a list of values becomes ``False``. PyYAML has no YAML 1.2 mode, so the bool
+    resolver is replaced by one matching only ``true`` and ``false``.
+    """
+    import yaml
+
+    loader: Any = type("Yaml12SafeLoader", (yaml.SafeLoader,), {})
+    bool_tag = "tag:yaml.org,2002:bool"
+    loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    loader.add_implicit_resolver(bool_tag, _YAML_12_BOOL, list("tTfF"))
+    return loader
+
+
+def load_document(path: str, what: str = "a task definition (a mapping)") -> dict[str, Any]:
+    """A mapping (``what``: a task definition, a calendar...) from a YAML or JSON file (``-``:
+    stdin); :class:`CliError` (usage) if unreadable or not a mapping.
 
     YAML is a superset of JSON, so one parser reads both; a ``.json`` file is read as strict
-    JSON so its errors name the line and column the way JSON tools do.
+    JSON so its errors name the line and column the way JSON tools do. YAML booleans are only
+    ``true`` and ``false`` (YAML 1.2): ``on:`` is the key of a notification rule, not ``True``.
     """
     import yaml
 
@@ -238,7 +268,7 @@ def load_document(path: str) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise CliError(f"{path} is not UTF-8 text", ExitCode.USAGE) from None
     try:
-        doc = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        doc = json.loads(text) if path.endswith(".json") else yaml.load(text, Loader=_yaml_loader())  # nosec B506  # a SafeLoader
     except json.JSONDecodeError as exc:
         raise CliError(
             f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", ExitCode.USAGE
@@ -249,7 +279,7 @@ def load_document(path: str) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc)
         raise CliError(f"{path}: invalid YAML{where}: {problem}", ExitCode.USAGE) from None
     if not isinstance(doc, dict):
-        raise CliError(f"{path}: expected a task definition (a mapping), got {type(doc).__name__}", ExitCode.USAGE)
+        raise CliError(f"{path}: expected {what}, got {type(doc).__name__}", ExitCode.USAGE)
     # YAML reads unquoted timestamps as datetimes; the API wants ISO 8601 strings.
     converted: dict[str, Any] = json.loads(json.dumps(doc, default=_iso))
     return converted

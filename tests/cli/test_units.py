@@ -72,6 +72,26 @@ def test_yaml_timestamps_become_iso_strings_and_errors_name_the_line(tmp_path: P
     assert caught.value.exit_code == ExitCode.USAGE and "line 2" in caught.value.message
 
 
+def test_yaml_reads_on_as_a_key_and_only_true_and_false_as_booleans(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML's default) read a notification rule's ``on:`` as ``True`` and ``no`` as
+    ``False``: the README's own example of rules was refused by the API (``on`` missing)."""
+    path = tmp_path / "task.yaml"
+    path.write_text(
+        "name: nightly\n"
+        "notifications:\n"
+        "  - on: [failed, retries_exhausted]\n"
+        "    channel: {kind: email, to: [ops@acme.example]}\n"
+        "tags: [yes, no, off, On]\n"
+        "flags: [true, false, True, FALSE]\n"
+    )
+    document = load_document(str(path))
+    assert document["notifications"] == [
+        {"on": ["failed", "retries_exhausted"], "channel": {"kind": "email", "to": ["ops@acme.example"]}}
+    ]
+    assert document["tags"] == ["yes", "no", "off", "On"]
+    assert document["flags"] == [True, False, True, False]
+
+
 def _completed(task_id: str, status: str) -> ExecutionCompleted:
     at = datetime(2026, 11, 29, tzinfo=UTC)
     return ExecutionCompleted(
@@ -140,7 +160,12 @@ def test_replay_drives_the_bar_through_the_replay_progress_hook(monkeypatch: pyt
         (["worker"], ["--worker-id", "--no-executor", "--data-dir"]),
         (["executor"], ["--worker-id"]),
         (["projector"], []),
+        (["triggers"], []),
         (["notifier"], []),
+        (["calendars", "put"], ["--if-match", "--wait", "--json"]),
+        (["tasks", "backfill"], ["--from", "--to", "--max-concurrency", "--wait", "--idempotency-key"]),
+        (["tasks", "backfill-cancel"], ["--wait", "--idempotency-key"]),
+        (["notifications", "set"], ["--wait", "--json"]),
         (["api"], []),
         (["topics"], []),
         (["secrets", "encrypt"], ["--tenant", "--task-id", "--pointer", "--json"]),
@@ -173,3 +198,23 @@ def test_bad_configuration_is_a_usage_error_without_a_traceback_or_the_value(mon
     assert result.exit_code == 2 and "SCHED_API_TIMEOUT_SECONDS" in result.stderr, result.output
     result = runner.invoke(main, ["token", "--tenant", "a"], env={"SCHED_JWT_HS256_SECRET": "a-short-secret"})
     assert result.exit_code == 2 and "32 bytes" in result.stderr and "a-short-secret" not in result.output
+
+
+def test_wait_is_bounded_as_the_api_bounds_it() -> None:
+    """``--wait`` took up to 300 s while the API's ``?wait`` takes at most 30: a longer wait was
+    sent and answered 422. Now click refuses it (usage) before anything is sent."""
+    from click.testing import CliRunner
+
+    from api.deps import Wait
+    from streams.cli import main
+
+    (query,) = Wait.__metadata__
+    limit = next(m.le for m in query.metadata if hasattr(m, "le"))
+    runner = CliRunner()
+    for command in (["tasks", "pause", "t"], ["calendars", "delete", "c"], ["notifications", "set", "-"]):
+        refused = runner.invoke(
+            main, [*command, "--wait", str(limit + 1), "--token", "t", "--api-url", "http://127.0.0.1:9"]
+        )
+        assert refused.exit_code == 2 and "--wait" in refused.output, refused.output
+    help_text = runner.invoke(main, ["tasks", "create", "--help"]).output
+    assert f"0<=x<={limit}" in help_text.replace(".0", ""), help_text

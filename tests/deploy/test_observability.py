@@ -11,7 +11,9 @@ import yaml
 from prometheus_client import REGISTRY, CollectorRegistry
 
 import projections.metrics  # noqa: F401  # the projector's metrics are registered on import
-import streams.metrics  # noqa: F401
+import streams.metrics
+import streams.notifier  # the notifier's and the trigger router's likewise
+import streams.triggers  # noqa: F401
 from api.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -62,11 +64,19 @@ def test_the_dashboard_and_alerts_cover_what_operators_need() -> None:
         "scheduler_execution_outcomes_total",
         "scheduler_api_request_duration_seconds_bucket",
         "scheduler_api_requests_total",
+        "scheduler_trigger_events_total",
+        "scheduler_notifications_total",
+        "scheduler_notification_latency_seconds_bucket",
     ):
         assert series in used, series
     alerts = {rule["alert"]: rule for rule in alert_rules()}
-    assert {"SchedulerWorkerDown", "SchedulerConsumerLagGrowing", "SchedulerFiresLate", "SchedulerFailureRate"} <= set(
-        alerts
-    )
+    assert {
+        "SchedulerWorkerDown",
+        "SchedulerConsumerLagGrowing",
+        "SchedulerFiresLate",
+        "SchedulerFailureRate",
+        "SchedulerProcessDown",
+        "SchedulerNotificationsDeadLettered",
+    } <= set(alerts)
     for rule in alerts.values():
         assert rule["expr"].strip() and rule["for"] and rule["annotations"]["summary"]
