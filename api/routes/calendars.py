@@ -62,10 +62,11 @@ HORIZON = timedelta(days=366)
 """How far ahead a task's slots are checked against its calendars."""
 MAX_REFERENCING = 1000
 """Most referencing tasks a calendar change is checked against (and a refusal names)."""
-CHECK_STEPS = 3000
-"""Exclusions one request may walk through proving that calendars exclude every slot (a few
-seconds at worst, off the event loop); what is not proven within it is accepted: the check is
-a guard against mistakes, and a task whose slots are all excluded only records them missed."""
+CHECK_STEPS = 30_000
+"""Work one request may spend proving that calendars exclude every slot: exclusions walked plus
+cron matches the calendars' rules computed (``scheduler.calendar.MAX_CHECK_STEPS``; about half a
+second at worst, off the event loop); what is not proven within it is accepted: the check is a
+guard against mistakes, and a task whose slots are all excluded only records them missed."""
 
 Name = Annotated[
     str, Path(description="The calendar's name, unique in the tenant.", pattern=CALENDAR_NAME_PATTERN, max_length=63)

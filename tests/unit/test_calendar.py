@@ -335,12 +335,28 @@ def test_every_slot_excluded_answers_undecided_beyond_its_budget() -> None:
     windows = cal(
         rules=[{"cron": "0 * * * *", "duration_seconds": 1800}, {"cron": "30 * * * *", "duration_seconds": 1800}]
     )
-    assert every_slot_excluded(half_hourly, [windows], NOW, YEAR, anchor=NOW, max_steps=100) == (None, 100)
+    proven, spent = every_slot_excluded(half_hourly, [windows], NOW, YEAR, anchor=NOW, max_steps=100)
+    assert proven is None and 100 <= spent <= 102  # a step may finish past the budget by its rules
     assert not excludes_every_slot(half_hourly, [windows], NOW, YEAR, anchor=NOW, max_steps=100)
-    # Within a day the same is proven: 48 windows.
+    # Within a day the same is proven: 48 windows, and the cron matches their rules computed.
     day = NOW + timedelta(days=1)
-    assert every_slot_excluded(half_hourly, [windows], NOW, day, anchor=NOW, max_steps=100) == (True, 48)
+    proven, spent = every_slot_excluded(half_hourly, [windows], NOW, day, anchor=NOW, max_steps=1000)
+    assert proven is True and 48 < spent < 200
     assert every_slot_excluded(half_hourly, [CHRISTMAS], NOW, day, anchor=NOW) == (False, 1)
+
+
+def test_the_check_budget_counts_the_cron_matches_of_every_rule() -> None:
+    # An attack on the API's check: calendars of 50 windowed every-second rules each. Every
+    # exclusion stepped over computed a match of each rule: with a budget counted in exclusions
+    # alone, 3,000 of them cost 10 s of CPU under 4 calendars (a minute under 20).
+    rules = [{"cron": "* * * * * *", "duration_seconds": 1}] * 50
+    calendars = [cal(f"c{i}", rules=rules) for i in range(4)]
+    every_second = task(schedule={"kind": "cron", "expression": "* * * * * *"})
+    started = time.perf_counter()
+    proven, spent = every_slot_excluded(every_second, calendars, NOW, YEAR, anchor=NOW, max_steps=3000)
+    assert proven is None and spent < 3000 + 4 * 50 + 1
+    assert not excludes_all_time(calendars[0], NOW, YEAR, max_steps=3000)
+    assert time.perf_counter() - started < 1.0
 
 
 @pytest.mark.parametrize("name", ["", "Upper", "-lead", "a b", "abc\n", "x" * 64, "é"])
