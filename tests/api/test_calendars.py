@@ -118,6 +118,22 @@ async def test_bad_calendars_are_422_naming_the_field(api: Running) -> None:
     assert (await http.get("/v1/calendars", headers=auth(tenant))).json()["items"] == []
 
 
+async def test_calendar_dates_beyond_the_wire_years_are_422_not_500(api: Running) -> None:
+    # A range ending in 9999 on a wall clock behind UTC overflowed `datetime`: the API's check
+    # answered 500, and one starting later reached the worker, whose decider crashed on it.
+    http, tenant = api.http, new_tenant()
+    cases = [
+        ({"timezone": "Etc/GMT+12", "ranges": [{"start": "2020-01-01", "end": "9999-12-31T23:00:00"}]}, "ranges.0.end"),
+        ({"timezone": "Etc/GMT+12", "ranges": [{"start": "2998-01-01", "end": "9999-12-31T23:00:00"}]}, "ranges.0.end"),
+        ({"dates": ["9999-12-31"]}, "dates"),
+    ]
+    for body, field in cases:
+        r = await http.put("/v1/calendars/far", json=body, headers=auth(tenant))
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["errors"][0]["field"] == field, (body, r.json())
+    assert (await http.get("/v1/calendars", headers=auth(tenant))).json()["items"] == []
+
+
 async def test_task_naming_an_unknown_calendar_is_422_and_nothing_is_created(api: Running) -> None:
     http, tenant = api.http, new_tenant()
     assert (await put(api, tenant, "holidays", HOLIDAY)).status_code == 200

@@ -453,3 +453,25 @@ def test_prepared_exclusions_asked_in_order_agree_with_asking_afresh(
     for instant in instants:
         assert exclusions.excluded_by(instant) == excluded_by([calendar], instant), instant
         assert exclusions.end(instant) == exclusion_end(calendar, instant), instant
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        # Ending in year 9999 on a wall clock twelve hours behind UTC: the decider's
+        # exclusion end overflowed `datetime` and crashed the worker on every such slot.
+        ({"timezone": "Etc/GMT+12", "ranges": [{"start": "2027-01-01", "end": "9999-12-31T23:00:00"}]},
+         ("ranges", 0, "end")),
+        ({"ranges": [{"start": "0001-01-01", "end": "2027-01-01"}]}, ("ranges", 0, "start")),
+        ({"dates": ["9999-12-31"]}, ("dates",)),
+    ],
+)  # fmt: skip
+def test_calendar_dates_and_ranges_stay_within_the_wire_years(body: dict[str, Any], loc: tuple[Any, ...]) -> None:
+    with pytest.raises(ValidationError) as info:
+        CalendarBody.model_validate(body)
+    assert info.value.errors()[0]["loc"] == loc
+    assert "years 1971 to 2998" in info.value.errors()[0]["msg"]
+    # At the bounds the wall-clock arithmetic holds in every zone.
+    edge = cal(timezone="Etc/GMT+12", ranges=[{"start": "2020-01-01", "end": "2998-12-31T23:59:59"}])
+    assert excluded_by([edge], datetime(2998, 12, 31, 12, tzinfo=UTC)) == "hol"
+    assert excludes_all_time(edge, NOW, YEAR)
