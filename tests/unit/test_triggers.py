@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from schemas.commands import CreateTask
 from schemas.envelope import command_envelope, decode_command, encode
 from schemas.errors import DecodeError
-from schemas.specs import TaskDefinition
+from schemas.specs import TOLERANT, TaskDefinition
 from schemas.triggers import (
     CloudEvent,
     TaskRules,
@@ -450,3 +450,23 @@ def test_the_index_offers_only_tasks_with_a_rule_on_the_type_or_a_prefix() -> No
     index.apply(b"acme/b", None)
     assert [t for t, _ in index.candidates("acme", "other")] == []
     assert [t for t, _ in index.candidates("acme", "deploy.done")] == ["acme/a", "acme/c"]
+
+
+@pytest.mark.parametrize(
+    ("sensitive", "rule"),
+    [
+        (["/token"], {"type": "x", "params_key": "token"}),
+        (["/token/inner"], {"type": "x", "params_key": "token"}),
+        (["/event_count"], {"type": "x", "debounce_seconds": 5}),
+    ],
+)
+def test_a_rule_may_not_put_the_event_under_a_sensitive_param(sensitive: list[str], rule: dict[str, Any]) -> None:
+    body = {"name": "t", "work": {"kind": "handler", "name": "noop"}, "sensitive_params": sensitive, "triggers": [rule]}
+    with pytest.raises(ValidationError, match=r"triggers\.0\.params_key"):
+        TaskDefinition.model_validate(body)
+    # Stored definitions accepted before the rule stay readable.
+    assert TaskDefinition.model_validate(body, context=TOLERANT).triggers[0].params_key == rule.get(
+        "params_key", "event"
+    )
+    # Elsewhere the event goes: fine.
+    assert TaskDefinition.model_validate({**body, "sensitive_params": ["/other"]}).triggers
