@@ -661,6 +661,25 @@ class TaskDefinition(WireModel):
                 raise ValueError(f"{pointer!r} must be a JSON pointer into params starting with '/', e.g. '/api_token'")
         return value
 
+    @field_validator("triggers")
+    @classmethod
+    def _event_not_in_a_secret(cls, value: list[TriggerRule], info: ValidationInfo) -> list[TriggerRule]:
+        # The router puts the event (and, debounced, its count) in the run's params in clear: under
+        # a sensitive param it would replace the task's secret with whatever an event says, and
+        # travel and be stored in clear where only encrypted values may be.
+        if _tolerant(info):
+            return value
+        tops = {p.split("/")[1].replace("~1", "/").replace("~0", "~") for p in info.data.get("sensitive_params") or ()}
+        for i, rule in enumerate(value):
+            keys = [rule.params_key] + ([f"{rule.params_key}_count"] if rule.debounce_seconds is not None else [])
+            for key in keys:
+                if key in tops:
+                    raise ValueError(
+                        f"triggers.{i}.params_key: the event would be put under param {key!r}, which "
+                        "sensitive_params marks as a secret; choose another params_key"
+                    )
+        return value
+
     @field_validator("jitter_seconds")
     @classmethod
     def _jitter_below_gap(cls, value: float, info: ValidationInfo) -> float:
