@@ -74,6 +74,8 @@ METADATA_PREFIX = "v1:"
 RECALL_SECONDS = 60.0
 """Longest a router spends, at an assignment, recalling the events its partitions routed before:
 past it, it routes with what it recalled (the task processor still remembers recent trigger ids)."""
+MAX_TASK_ID = 200
+"""Longest task id a command carries (``schemas.commands``)."""
 COMMAND_NAMESPACE = uuid.UUID("5e2d9c71-4a3b-5f6e-8d12-7c9b0a1e3f45")
 """Namespace of the command ids derived from trigger ids."""
 
@@ -147,6 +149,14 @@ class RulesIndex:
             rules = TaskRules.model_validate_json(value, context=TOLERANT)
         except ValidationError as exc:
             raise DecodeError(f"not a task's trigger rules: {exc.errors()[0].get('msg')}") from None
+        # The key is the task the runs go to: it must be the rules' own task, of their tenant, and
+        # a task id a command can carry. A record breaking that (the topic is writable by more
+        # than the task processor) once made every matching event fail to become a command, and
+        # the router crash on it again after each restart.
+        if task_id != rules.task_id or not task_id.startswith(rules.tenant + "/") or len(task_id) > MAX_TASK_ID:
+            raise DecodeError(
+                f"the key must be the rules' task id, of their tenant, at most {MAX_TASK_ID} characters", field="key"
+            )
         self._drop(task_id)
         if rules.rules:
             self._by_tenant.setdefault(rules.tenant, _TenantRules()).add(task_id, list(rules.rules))

@@ -470,3 +470,25 @@ def test_a_rule_may_not_put_the_event_under_a_sensitive_param(sensitive: list[st
     )
     # Elsewhere the event goes: fine.
     assert TaskDefinition.model_validate({**body, "sensitive_params": ["/other"]}).triggers
+
+
+@pytest.mark.parametrize(
+    ("key", "task_id", "tenant"),
+    [
+        (b"", "", "acme"),  # no task id: no command can carry it
+        (b"acme/" + b"x" * 300, "acme/" + "x" * 300, "acme"),  # longer than a task id
+        (b"globex/x", "globex/x", "acme"),  # another tenant's task under acme's rules
+        (b"acme/a", "acme/b", "acme"),  # rules of another task
+    ],
+)
+def test_a_poison_record_on_trigger_rules_is_refused_and_routing_goes_on(key: bytes, task_id: str, tenant: str) -> None:
+    index = index_with(("acme/ok", "acme", [RULE]))
+    value = TaskRules(task_id=task_id, tenant=tenant, sequence=1, rules=[TriggerRule.model_validate(RULE)])
+    with pytest.raises(DecodeError) as info:
+        index.apply(key, value.model_dump_json().encode())
+    assert info.value.field == "key"
+    assert len(index) == 1
+    # acme's events still route, to acme's own task only (this raised while building the
+    # command, and the router crashed on the same record after every restart).
+    routed = routing(index).record(TP, 0, 0, raw(), [], now=0)
+    assert [c.task_id for c in routed.commands] == ["acme/ok"] and routed.invalid is None
