@@ -563,7 +563,7 @@ class ShellWork(WireModel):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
-            if not _ENV_NAME.match(name):
+            if not _ENV_NAME.fullmatch(name):
                 raise ValueError(f"env name {name!r} must be letters, digits and '_', not starting with a digit")
             _no_nul(text, f"env {name}")
         if sum(len(k) + len(v.encode()) + 2 for k, v in value.items()) > _SHELL_ARGS_BYTES:
