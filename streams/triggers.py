@@ -300,6 +300,19 @@ class Routing:
         if not self.seen.add(dedup_key(event), now) and not replaying:
             self._count("deduplicated")
             return Routed()
+        try:
+            return self._match(tp, offset, timestamp, event, now, replaying=replaying)
+        except Exception as exc:
+            # Matching is pure and total by design; should a defect (or an index entry no command
+            # can carry) make it raise, the record is dead-lettered and the partition moves on,
+            # rather than the router stopping on it and every successor stopping on it again.
+            log.exception("trigger router: could not route %s[%d]@%d", tp.topic, tp.partition, offset)
+            self._count("invalid")
+            return Routed() if replaying else Routed(invalid=DecodeError(f"could not be routed: {exc!r}"))
+
+    def _match(
+        self, tp: TopicPartition, offset: int, timestamp: float, event: CloudEvent, now: float, *, replaying: bool
+    ) -> Routed:
         commands: list[TriggerTask] = []
         windowed = False
         for task_id, rules in self.index.candidates(event.tenant, event.type):

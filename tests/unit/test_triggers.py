@@ -492,3 +492,18 @@ def test_a_poison_record_on_trigger_rules_is_refused_and_routing_goes_on(key: by
     # command, and the router crashed on the same record after every restart).
     routed = routing(index).record(TP, 0, 0, raw(), [], now=0)
     assert [c.task_id for c in routed.commands] == ["acme/ok"] and routed.invalid is None
+
+
+def test_a_record_that_cannot_be_routed_is_reported_and_the_next_one_routes() -> None:
+    # Whatever slips into the index (here a task id no command can carry, put there directly),
+    # building the commands raised out of the router's loop: it stopped on the record, and its
+    # successor stopped on it again.
+    index = index_with(("acme/ok", "acme", [RULE]))
+    index._by_tenant["acme"].add("", [TriggerRule.model_validate(RULE)])
+    r = routing(index)
+    routed = r.record(TP, 0, 0, raw(id="1"), [], now=0)
+    assert routed.commands == [] and routed.invalid is not None and "could not be routed" in str(routed.invalid)
+    assert r.committable() == {TP: OffsetAndMetadata(1, "v1:1")}  # the record is passed
+    del index._by_tenant["acme"].rules[""]
+    index._by_tenant["acme"].by_type[RULE["type"]].discard("")
+    assert [c.task_id for c in r.record(TP, 1, 0, raw(id="2"), [], now=0).commands] == ["acme/ok"]
