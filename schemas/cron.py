@@ -48,6 +48,8 @@ _FORMS = "a value, a range a-b, a step */n or a-b/n, or a comma-separated list o
 _ZERO_STEP = re.compile(r"/0*(?:$|[^0-9])")
 _REFERENCE = datetime(2001, 1, 1)
 """Fixed start of bounded look-aheads: validation must not depend on the clock."""
+_GAPS_FROM = datetime(2030, 1, 1)
+"""Fixed start of :func:`only_in_gaps`: a year whose zone rules are those of the years ahead."""
 
 
 def cron_fields(expression: str) -> list[str]:
@@ -137,6 +139,22 @@ def _next(it: croniter) -> datetime | None:
 def never_matches(expression: str) -> bool:
     """True when no wall-clock time ever matches (e.g. ``0 0 30 2 *``)."""
     return next(wall_times(expression, _REFERENCE), None) is None
+
+
+def only_in_gaps(expression: str, timezone: str, limit: int = 60) -> bool:
+    """True when each of the first ``limit`` times ``expression`` matches from 2030 on is a wall
+    time ``timezone`` skips (spring forward): with ``dst_gap`` ``skip`` such a schedule never
+    fires (``30 2 * 3 0#2`` in America/New_York), and looking for its next slot walked
+    centuries of matches every time a task was created, updated or previewed. (A fixed start,
+    not the clock: validation must not depend on it; zones' past rules do not matter.)"""
+    zone = ZoneInfo(timezone)
+    for count, wall in enumerate(wall_times(expression, _GAPS_FROM)):
+        if count >= limit:
+            return True
+        before, after = zone.utcoffset(wall), zone.utcoffset(wall.replace(fold=1))
+        if before is None or after is None or before >= after:
+            return False  # an ordinary or a repeated wall time: it fires
+    return False
 
 
 def every_hour(expression: str) -> bool:

@@ -30,6 +30,7 @@ from schemas.cron import (
     cron_fields,
     field_problem,
     never_matches,
+    only_in_gaps,
     repeat_rule,
     repeated_windows,
     shortest_gap,
@@ -177,6 +178,19 @@ class CronSchedule(WireModel):
     @classmethod
     def _valid_zone(cls, value: str) -> str:
         iana_zone(value)
+        return value
+
+    @field_validator("dst_gap")
+    @classmethod
+    def _fires_despite_gaps(cls, value: DstGap, info: ValidationInfo) -> DstGap:
+        expression, timezone = info.data.get("expression"), info.data.get("timezone")
+        if value != "skip" or _tolerant(info) or expression is None or timezone is None:
+            return value
+        if only_in_gaps(expression, timezone):
+            raise ValueError(
+                f"with dst_gap 'skip' the schedule never fires: every time {expression!r} matches is skipped by "
+                f"a daylight-saving change in {timezone} (use 'shift', or another expression)"
+            )
         return value
 
 
