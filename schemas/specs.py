@@ -525,6 +525,12 @@ class ShellLimits(WireModel):
     it is read and dropped (the process is not stopped); the result says it was truncated."""
 
 
+MAX_TAGS = 50
+"""Most tags of one task."""
+MAX_TAG_CHARS = 200
+"""Longest tag (the longest a ``tag`` filter takes)."""
+
+
 def _no_nul(value: str, what: str) -> str:
     if "\x00" in value:
         raise ValueError(f"{what} must not contain NUL characters")
@@ -635,6 +641,7 @@ class TaskDefinition(WireModel):
     ``every_seconds``; for cron, the shortest wall-clock gap between matches; any value for a
     one-shot), so slots always fire in order and a jitter never makes a slot late."""
     tags: list[str] = Field(default_factory=list)
+    """Labels to filter and report by: at most 50, each at most 200 characters."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Parameters passed to the work; a trigger may override them per execution."""
     pause_after_failures: int | None = Field(default=None, ge=1, le=1000)
@@ -673,6 +680,20 @@ class TaskDefinition(WireModel):
         for pointer in value:
             if not pointer.startswith("/") or len(pointer) > 1000:
                 raise ValueError(f"{pointer!r} must be a JSON pointer into params starting with '/', e.g. '/api_token'")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _bounded_tags(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        # A report by tag counts every run under each tag of its task: 50,000 one-letter tags
+        # (well inside a request) made one report hold 50,000 groups of every run's figures.
+        if _tolerant(info):
+            return value  # stored definitions accepted before stay readable
+        if len(value) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags")
+        for tag in value:
+            if len(tag) > MAX_TAG_CHARS:
+                raise ValueError(f"a tag is at most {MAX_TAG_CHARS} characters")
         return value
 
     @field_validator("triggers")
