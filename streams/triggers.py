@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
@@ -47,6 +48,7 @@ from schemas.envelope import command_envelope, encode
 from schemas.errors import DecodeError
 from schemas.specs import TOLERANT
 from schemas.triggers import (
+    BATCH_MAX_BYTES,
     CloudEvent,
     TaskRules,
     TriggerRule,
@@ -234,6 +236,13 @@ class Window:
     closes_at: float
     """Epoch seconds."""
     events: list[CloudEvent] = field(default_factory=list)
+    """The first events matched: as many as the run's params carry (``debounce_max_events``,
+    ``BATCH_MAX_BYTES`` of them). Keeping every one let a flood of events grow the router without
+    bound, and rebuild the same window after the restart that followed."""
+    count: int = 0
+    """Every event matched in the window."""
+    size: int = 0
+    """Bytes of the kept events' summaries."""
     first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     """Per partition, the offset of its first event there: nothing at or after it is committed
     while the window is open, so a restart reads every event of the window again."""
@@ -329,7 +338,10 @@ class Routing:
                 opened = min(timestamp, now)
                 window = Window(task_id, event.tenant, rule, opened + rule.debounce_seconds)
                 self.windows[key] = window
-            window.events.append(event)
+            window.count += 1
+            if len(window.events) < rule.debounce_max_events and window.size <= BATCH_MAX_BYTES:
+                window.events.append(event)
+                window.size += len(orjson.dumps(event.summary()))
             window.first_offsets.setdefault(tp, offset)
             windowed = True
         self._count("matched" if commands or windowed else "unmatched")
@@ -342,7 +354,11 @@ class Routing:
             if window.closes_at <= now:
                 del self.windows[key]
                 first = window.events[0]
-                out.append(self._command(window.task_id, first, window.rule, window.events, now, debounced=True))
+                out.append(
+                    self._command(
+                        window.task_id, first, window.rule, window.events, now, debounced=True, count=window.count
+                    )
+                )
         return out
 
     def next_close(self) -> float | None:
@@ -401,6 +417,7 @@ class Routing:
         now: float,
         *,
         debounced: bool,
+        count: int | None = None,
     ) -> TriggerTask:
         tid = trigger_id(task_id, event, window=debounced)
         self.stats.runs += 1
@@ -412,7 +429,7 @@ class Routing:
             actor=ACTOR,
             at=datetime.fromtimestamp(now, UTC),
             trigger_id=tid,
-            params=trigger_params(rule, events, debounced=debounced),
+            params=trigger_params(rule, events, debounced=debounced, count=count),
         )
 
     def _count(self, result: str) -> None:

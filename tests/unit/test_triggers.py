@@ -507,3 +507,17 @@ def test_a_record_that_cannot_be_routed_is_reported_and_the_next_one_routes() ->
     del index._by_tenant["acme"].rules[""]
     index._by_tenant["acme"].by_type[RULE["type"]].discard("")
     assert [c.task_id for c in r.record(TP, 1, 0, raw(id="2"), [], now=0).commands] == ["acme/ok"]
+
+
+def test_a_debounce_window_keeps_only_what_its_run_carries_however_many_events_it_counts() -> None:
+    # Every event of an open window was kept until it closed: a flood within an hour's window
+    # grew the router without bound, and a router that ran out of memory rebuilt the same
+    # window from the held offset after its restart, and ran out again.
+    r = routing(index_with(("acme/a", "acme", [{**RULE, "debounce_seconds": 3600, "debounce_max_events": 3}])))
+    for i in range(1000):
+        r.record(TP, i, 100.0, raw(id=str(i), data={"x": "y" * 1000}), [], now=100.0)
+    (window,) = r.windows.values()
+    assert len(window.events) == 3 and window.count == 1000
+    (run,) = r.due(3700.0)
+    assert [e["id"] for e in run.params["event"]] == ["0", "1", "2"] and run.params["event_count"] == 1000
+    assert run.trigger_id == trigger_id("acme/a", event(id="0"), window=True)
