@@ -34,9 +34,13 @@ _DAY = timedelta(days=1)
 _SECOND = timedelta(seconds=1)
 _MICROSECOND = timedelta(microseconds=1)
 
-MAX_CHECK_STEPS = 10_000
-"""Most exclusion windows :func:`excludes_every_slot` walks through before it gives up (and
-answers False: not proven). A year of hourly windows is 8,760."""
+MAX_CHECK_STEPS = 50_000
+"""Most units of work :func:`excludes_every_slot` spends before it gives up (and answers False:
+not proven): one per exclusion stepped over and one per cron match a calendar rule computed
+(about 20 µs each, so about a second). A year of hourly windows is 8,760 exclusions and as many
+matches. Counting the matches, not only the exclusions, is what bounds a step's cost: 20
+calendars of 50 windowed ``* * * * * *`` rules made each exclusion compute 1,000 matches, and a
+budget of 3,000 exclusions cost a minute of CPU."""
 
 
 def task_calendars(definition: TaskDefinition, known: Mapping[str, Calendar]) -> list[Calendar]:
@@ -79,6 +83,11 @@ class Exclusions:
     def __bool__(self) -> bool:
         return bool(self._calendars)
 
+    @property
+    def work(self) -> int:
+        """Cron matches computed so far by the calendars' rules (what a check's budget counts)."""
+        return sum(c.work for c in self._calendars)
+
     def excluded_by(self, slot: datetime) -> str | None:
         """The name of the first calendar (in the task's order) that excludes ``slot``, or None."""
         for calendar in self._calendars:
@@ -109,6 +118,12 @@ class _Prepared:
             for r in calendar.rules
             if r.duration_seconds is not None
         ]
+        self._day_work = 0
+
+    @property
+    def work(self) -> int:
+        """Cron matches computed so far (day rules asked, window cursors stepped or restarted)."""
+        return self._day_work + sum(w.work for w in self.windows)
 
     def end(self, slot: datetime) -> datetime | None:
         wall = slot.astimezone(self.zone).replace(tzinfo=None)
@@ -122,6 +137,7 @@ class _Prepared:
         that exclude it), or None."""
         ends: list[datetime] = []
         day = wall.date()
+        self._day_work += len(self.day_rules)
         if day in self.dates or any(_matches_on(cron, day) for cron in self.day_rules):
             ends.append(datetime.combine(day, time()) + _DAY)
         i = bisect_right(self.starts, wall)
@@ -148,6 +164,8 @@ class _Window:
         self._low: datetime | None = None
         self._matches: Iterator[datetime] = iter(())
         self._first: datetime | None = None
+        self.work = 0
+        """Cron matches computed (each step of the cursor, each fresh search)."""
 
     def end(self, wall: datetime) -> datetime | None:
         low = wall - self.length
@@ -157,6 +175,7 @@ class _Window:
             for _ in range(self._STEPS):
                 if self._first is None or self._first > low:
                     break
+                self.work += 1
                 self._first = next(self._matches, None)
             else:
                 if self._first is not None and self._first <= low:
@@ -167,6 +186,7 @@ class _Window:
         return None
 
     def _seek(self, low: datetime) -> None:
+        self.work += 1
         self._matches = wall_times(self.cron, low)
         self._first = next(self._matches, None)
 
@@ -182,7 +202,7 @@ def excludes_every_slot(
     max_steps: int = MAX_CHECK_STEPS,
 ) -> bool:
     """True when the task has a slot in ``(after, until]`` and ``calendars`` exclude every one
-    (proven within ``max_steps`` exclusions; see :func:`every_slot_excluded`)."""
+    (proven within ``max_steps`` units of work; see :func:`every_slot_excluded`)."""
     proven, _ = every_slot_excluded(
         definition, calendars, after, until, anchor=anchor, runs_so_far=runs_so_far, max_steps=max_steps
     )
@@ -200,8 +220,9 @@ def every_slot_excluded(
     max_steps: int = MAX_CHECK_STEPS,
 ) -> tuple[bool | None, int]:
     """Whether ``calendars`` exclude every slot of the task in ``(after, until]`` (False too when
-    it has none there), or None when ``max_steps`` exclusions were walked without deciding; and
-    the steps taken (a caller checking many tasks spends one budget across them).
+    it has none there), or None when ``max_steps`` units of work (see :data:`MAX_CHECK_STEPS`:
+    exclusions walked plus cron matches computed) were spent without deciding; and the work
+    spent (a caller checking many tasks spends one budget across them).
 
     Walks from exclusion to exclusion rather than slot by slot, so a minutely schedule under a
     month-long range costs one step.
@@ -212,27 +233,32 @@ def every_slot_excluded(
     slot = next_slot(definition, after, anchor=anchor, runs_so_far=runs_so_far)
     if slot is None or slot > until:
         return False, 0
-    for step in range(1, max_steps + 1):
+    step = 0
+    while (spent := step + exclusions.work) < max_steps:
+        step += 1
         end = exclusions.end(slot)
         if end is None:
-            return False, step
+            return False, step + exclusions.work
         # The end bounds a contiguous excluded stretch that holds ``slot``: jump past it.
         resume = max(end - _MICROSECOND, slot)
         following = next_slot(definition, resume, anchor=anchor, runs_so_far=runs_so_far)
         if following is None or following > until:
-            return True, step
+            return True, step + exclusions.work
         slot = following
-    return None, max_steps
+    return None, spent
 
 
 def excludes_all_time(
     calendar: Calendar, after: datetime, until: datetime, *, max_steps: int = MAX_CHECK_STEPS
 ) -> bool:
     """True when ``calendar`` excludes every instant from ``after`` to ``until`` (proven within
-    ``max_steps`` exclusions): whatever a task's schedule, no slot of it there could run."""
+    ``max_steps`` units of work, as :func:`every_slot_excluded` counts them): whatever a task's
+    schedule, no slot of it there could run."""
     prepared = _Prepared(calendar)
     instant = after
-    for _ in range(max_steps):
+    step = 0
+    while step + prepared.work < max_steps:
+        step += 1
         end = prepared.end(instant)
         if end is None:
             return False

@@ -15,12 +15,12 @@ view) settles on the same calendar whatever it read before.
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, NaiveDatetime, TypeAdapter, field_validator, model_validator
+from pydantic import Field, NaiveDatetime, TypeAdapter, ValidationInfo, field_validator, model_validator
 
-from schemas._types import UtcDatetime, WireModel, iana_zone
+from schemas._types import EARLIEST, LATEST, UtcDatetime, WireModel, iana_zone
 from schemas.cron import cron_fields, field_problem, never_matches
 
 CALENDAR_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -33,10 +33,25 @@ CalendarName = Annotated[str, Field(pattern=CALENDAR_NAME_PATTERN, min_length=1,
 MAX_DATES = 1000
 MAX_RANGES = 500
 MAX_RULES = 50
+MAX_TASK_RULES = 100
+"""Most rules a task's calendars may hold together: each rule is evaluated for every slot of the
+task (by the worker's decider, and by the API's previews and checks), so 20 calendars of 50
+every-other-second windows made one slot cost 15 ms, a thousand times a plain one. Dates and
+ranges cost nothing per slot (a set, a bisection) and do not count."""
 MAX_WINDOW_SECONDS = 31 * 86_400
 """Longest window of a rule: a month (longer exclusions are ranges)."""
 
 _NON_DETERMINISTIC_FIELD = re.compile(r"(?<![A-Za-z])[HhRr](?![A-Za-z])")
+_YEARS = range(EARLIEST.year + 1, LATEST.year)
+"""Years a local date or time may fall in: those of the wire's instants (``UtcDatetime``), less
+a year at each end, so any zone's wall clock maps to an instant and a day or window after it
+still fits in ``datetime`` (a range ending 9999-12-31 in ``Etc/GMT+12`` overflowed in the
+worker's decider and crashed it on every slot it held)."""
+
+
+def _in_years(value: date, what: str) -> None:
+    if value.year not in _YEARS:
+        raise ValueError(f"{what} must be in the years {_YEARS.start} to {_YEARS.stop - 1}")
 
 
 class DateRange(WireModel):
@@ -50,6 +65,12 @@ class DateRange(WireModel):
     """First excluded local time (no offset: the calendar's zone applies)."""
     end: NaiveDatetime
     """First local time no longer excluded; after ``start``."""
+
+    @field_validator("start", "end")
+    @classmethod
+    def _bounded(cls, value: datetime, info: ValidationInfo) -> datetime:
+        _in_years(value, str(info.field_name))
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> DateRange:
@@ -115,6 +136,8 @@ class CalendarBody(WireModel):
     @field_validator("dates")
     @classmethod
     def _sorted_dates(cls, value: list[date]) -> list[date]:
+        for day in value:
+            _in_years(day, f"date {day.isoformat()}")
         return sorted(set(value))
 
 

@@ -30,6 +30,7 @@ from schemas.cron import (
     cron_fields,
     field_problem,
     never_matches,
+    only_in_gaps,
     repeat_rule,
     repeated_windows,
     shortest_gap,
@@ -177,6 +178,19 @@ class CronSchedule(WireModel):
     @classmethod
     def _valid_zone(cls, value: str) -> str:
         iana_zone(value)
+        return value
+
+    @field_validator("dst_gap")
+    @classmethod
+    def _fires_despite_gaps(cls, value: DstGap, info: ValidationInfo) -> DstGap:
+        expression, timezone = info.data.get("expression"), info.data.get("timezone")
+        if value != "skip" or _tolerant(info) or expression is None or timezone is None:
+            return value
+        if only_in_gaps(expression, timezone):
+            raise ValueError(
+                f"with dst_gap 'skip' the schedule never fires: every time {expression!r} matches is skipped by "
+                f"a daylight-saving change in {timezone} (use 'shift', or another expression)"
+            )
         return value
 
 
@@ -511,6 +525,12 @@ class ShellLimits(WireModel):
     it is read and dropped (the process is not stopped); the result says it was truncated."""
 
 
+MAX_TAGS = 50
+"""Most tags of one task."""
+MAX_TAG_CHARS = 200
+"""Longest tag (the longest a ``tag`` filter takes)."""
+
+
 def _no_nul(value: str, what: str) -> str:
     if "\x00" in value:
         raise ValueError(f"{what} must not contain NUL characters")
@@ -563,7 +583,7 @@ class ShellWork(WireModel):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
-            if not _ENV_NAME.match(name):
+            if not _ENV_NAME.fullmatch(name):
                 raise ValueError(f"env name {name!r} must be letters, digits and '_', not starting with a digit")
             _no_nul(text, f"env {name}")
         if sum(len(k) + len(v.encode()) + 2 for k, v in value.items()) > _SHELL_ARGS_BYTES:
@@ -621,6 +641,7 @@ class TaskDefinition(WireModel):
     ``every_seconds``; for cron, the shortest wall-clock gap between matches; any value for a
     one-shot), so slots always fire in order and a jitter never makes a slot late."""
     tags: list[str] = Field(default_factory=list)
+    """Labels to filter and report by: at most 50, each at most 200 characters."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Parameters passed to the work; a trigger may override them per execution."""
     pause_after_failures: int | None = Field(default=None, ge=1, le=1000)
@@ -659,6 +680,39 @@ class TaskDefinition(WireModel):
         for pointer in value:
             if not pointer.startswith("/") or len(pointer) > 1000:
                 raise ValueError(f"{pointer!r} must be a JSON pointer into params starting with '/', e.g. '/api_token'")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _bounded_tags(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        # A report by tag counts every run under each tag of its task: 50,000 one-letter tags
+        # (well inside a request) made one report hold 50,000 groups of every run's figures.
+        if _tolerant(info):
+            return value  # stored definitions accepted before stay readable
+        if len(value) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags")
+        for tag in value:
+            if len(tag) > MAX_TAG_CHARS:
+                raise ValueError(f"a tag is at most {MAX_TAG_CHARS} characters")
+        return value
+
+    @field_validator("triggers")
+    @classmethod
+    def _event_not_in_a_secret(cls, value: list[TriggerRule], info: ValidationInfo) -> list[TriggerRule]:
+        # The router puts the event (and, debounced, its count) in the run's params in clear: under
+        # a sensitive param it would replace the task's secret with whatever an event says, and
+        # travel and be stored in clear where only encrypted values may be.
+        if _tolerant(info):
+            return value
+        tops = {p.split("/")[1].replace("~1", "/").replace("~0", "~") for p in info.data.get("sensitive_params") or ()}
+        for i, rule in enumerate(value):
+            keys = [rule.params_key] + ([f"{rule.params_key}_count"] if rule.debounce_seconds is not None else [])
+            for key in keys:
+                if key in tops:
+                    raise ValueError(
+                        f"triggers.{i}.params_key: the event would be put under param {key!r}, which "
+                        "sensitive_params marks as a secret; choose another params_key"
+                    )
         return value
 
     @field_validator("jitter_seconds")

@@ -441,11 +441,17 @@ message (1 MB by default)."""
 
 
 def trigger_params(
-    rule: TriggerRule, events: Sequence[CloudEvent], *, debounced: bool, max_bytes: int = BATCH_MAX_BYTES
+    rule: TriggerRule,
+    events: Sequence[CloudEvent],
+    *,
+    debounced: bool,
+    max_bytes: int = BATCH_MAX_BYTES,
+    count: int | None = None,
 ) -> dict[str, Any]:
     """The params of a triggered run: the event under ``params_key``, or, debounced, the list
     of the window's first events (at most ``debounce_max_events``, and ``max_bytes`` of them)
-    and the count of all of them under ``<params_key>_count``."""
+    and the count of all of them under ``<params_key>_count`` (``count``, when ``events`` holds
+    only the first of them)."""
     if not debounced:
         return {rule.params_key: events[0].summary()}
     kept: list[dict[str, Any]] = []
@@ -456,7 +462,7 @@ def trigger_params(
         if kept and size > max_bytes:
             break
         kept.append(summary)
-    return {rule.params_key: kept, f"{rule.params_key}_count": len(events)}
+    return {rule.params_key: kept, f"{rule.params_key}_count": len(events) if count is None else count}
 
 
 def first_match(rules: Iterable[TriggerRule], event: CloudEvent) -> TriggerRule | None:

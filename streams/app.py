@@ -56,6 +56,17 @@ from streams.store import StateStore, Stored, claim_data_dir, partition_for
 
 log = logging.getLogger(__name__)
 
+_FAILED_WAKE_RETRY_SECONDS = 60.0
+"""How long a task whose wake the decider failed on waits before it is woken again."""
+
+
+def _command_json(command: Command | InvalidCommand) -> Any:
+    """What a dead letter of a command from a batch carries: the command (or the invalid one's reason)."""
+    if isinstance(command, InvalidCommand):
+        return {"task_id": command.task_id, "reason": str(command)}
+    return command.model_dump(mode="json")
+
+
 RESEND_WINDOW = 60.0
 """Seconds: after recovery, the last events of tasks applied this recently are sent again if
 they are not on ``task-events``."""
@@ -220,18 +231,34 @@ class TaskProcessor:
             self.stats.commands += 1
             await self._dead(source, key, raw, DecodeError("message key must be the task id", field="key"))
             return
-        await self._decide(key, command, source.partition, correlation)
+        await self._decide(key, command, source, correlation, raw)
 
     async def _decide(
-        self, key: bytes, command: Command | InvalidCommand, partition: int, correlation: str | None
+        self,
+        key: bytes,
+        command: Command | InvalidCommand,
+        source: _Source,
+        correlation: str | None,
+        raw: bytes | None = None,
     ) -> None:
+        """Load, decide, save, publish one command (``raw``: its bytes, for a dead letter;
+        None: the command's own JSON)."""
         self.stats.commands += 1
         state = self.store.load(key)
-        if isinstance(command, InvalidCommand):
-            decided = rejection(command, state)
-        else:
-            decided = decision(command, state, self.calendars.book.of(command.tenant))
-        await self._commit(key, decided, partition, correlation)
+        try:
+            if isinstance(command, InvalidCommand):
+                decided = rejection(command, state)
+            else:
+                decided = decision(command, state, self.calendars.book.of(command.tenant))
+        except Exception as exc:
+            # The decider is total by design; should a defect (or a calendar it cannot evaluate)
+            # make it raise, the message goes to dead-letter and the partition moves on, rather
+            # than the agent stopping on it and every successor stopping on it again.
+            log.exception("decider failed on a command for %s", command.task_id)
+            payload = raw if raw is not None else orjson.dumps(_command_json(command))
+            await self._dead(source, key, payload, exc)
+            return
+        await self._commit(key, decided, source.partition, correlation)
 
     async def _commit(self, key: bytes, decided: Decision, partition: int, correlation: str | None) -> None:
         if not decided.events:
@@ -268,7 +295,7 @@ class TaskProcessor:
             found = item.get("correlationid") if isinstance(item, dict) else None
             correlation = found if isinstance(found, str) else None
             # Keyed by its own task id: decided as is (no key to check, no bytes to keep).
-            await self._decide(item_key, command, source.partition, correlation)
+            await self._decide(item_key, command, source, correlation, None)
 
     async def _apply_tick(self, tick: Tick, source: _Source) -> None:
         """Wake every task of this partition that is due at or before the tick's time."""
@@ -283,7 +310,16 @@ class TaskProcessor:
                 at=tick.at,
             )
             state = self.store.load(key)
-            decided = decision(wake, state, self.calendars.book.of(tenant))
+            try:
+                decided = decision(wake, state, self.calendars.book.of(tenant))
+            except Exception as exc:
+                # As for a command (see _decide): the task's wake is dead-lettered, the tick's other
+                # tasks still fire, and this one is looked at again a minute later, not every tick.
+                log.exception("decider failed waking %s", task_id)
+                await self._dead(source, key, orjson.dumps(wake.model_dump(mode="json")), exc)
+                retry = tick.at + timedelta(seconds=max(self.settings.tick_resend_seconds, _FAILED_WAKE_RETRY_SECONDS))
+                self.firing.track(task_id, tenant, partition, retry)
+                continue
             await self._commit(key, decided, partition, tick.tick_id)  # a wake's cause is its tick
             if not decided.events and state is not None:
                 # Nothing to do although the index said so: look again a little later rather

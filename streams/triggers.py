@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
@@ -47,6 +48,7 @@ from schemas.envelope import command_envelope, encode
 from schemas.errors import DecodeError
 from schemas.specs import TOLERANT
 from schemas.triggers import (
+    BATCH_MAX_BYTES,
     CloudEvent,
     TaskRules,
     TriggerRule,
@@ -74,6 +76,8 @@ METADATA_PREFIX = "v1:"
 RECALL_SECONDS = 60.0
 """Longest a router spends, at an assignment, recalling the events its partitions routed before:
 past it, it routes with what it recalled (the task processor still remembers recent trigger ids)."""
+MAX_TASK_ID = 200
+"""Longest task id a command carries (``schemas.commands``)."""
 COMMAND_NAMESPACE = uuid.UUID("5e2d9c71-4a3b-5f6e-8d12-7c9b0a1e3f45")
 """Namespace of the command ids derived from trigger ids."""
 
@@ -147,6 +151,14 @@ class RulesIndex:
             rules = TaskRules.model_validate_json(value, context=TOLERANT)
         except ValidationError as exc:
             raise DecodeError(f"not a task's trigger rules: {exc.errors()[0].get('msg')}") from None
+        # The key is the task the runs go to: it must be the rules' own task, of their tenant, and
+        # a task id a command can carry. A record breaking that (the topic is writable by more
+        # than the task processor) once made every matching event fail to become a command, and
+        # the router crash on it again after each restart.
+        if task_id != rules.task_id or not task_id.startswith(rules.tenant + "/") or len(task_id) > MAX_TASK_ID:
+            raise DecodeError(
+                f"the key must be the rules' task id, of their tenant, at most {MAX_TASK_ID} characters", field="key"
+            )
         self._drop(task_id)
         if rules.rules:
             self._by_tenant.setdefault(rules.tenant, _TenantRules()).add(task_id, list(rules.rules))
@@ -224,6 +236,13 @@ class Window:
     closes_at: float
     """Epoch seconds."""
     events: list[CloudEvent] = field(default_factory=list)
+    """The first events matched: as many as the run's params carry (``debounce_max_events``,
+    ``BATCH_MAX_BYTES`` of them). Keeping every one let a flood of events grow the router without
+    bound, and rebuild the same window after the restart that followed."""
+    count: int = 0
+    """Every event matched in the window."""
+    size: int = 0
+    """Bytes of the kept events' summaries."""
     first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     """Per partition, the offset of its first event there: nothing at or after it is committed
     while the window is open, so a restart reads every event of the window again."""
@@ -290,6 +309,19 @@ class Routing:
         if not self.seen.add(dedup_key(event), now) and not replaying:
             self._count("deduplicated")
             return Routed()
+        try:
+            return self._match(tp, offset, timestamp, event, now, replaying=replaying)
+        except Exception as exc:
+            # Matching is pure and total by design; should a defect (or an index entry no command
+            # can carry) make it raise, the record is dead-lettered and the partition moves on,
+            # rather than the router stopping on it and every successor stopping on it again.
+            log.exception("trigger router: could not route %s[%d]@%d", tp.topic, tp.partition, offset)
+            self._count("invalid")
+            return Routed() if replaying else Routed(invalid=DecodeError(f"could not be routed: {exc!r}"))
+
+    def _match(
+        self, tp: TopicPartition, offset: int, timestamp: float, event: CloudEvent, now: float, *, replaying: bool
+    ) -> Routed:
         commands: list[TriggerTask] = []
         windowed = False
         for task_id, rules in self.index.candidates(event.tenant, event.type):
@@ -306,7 +338,10 @@ class Routing:
                 opened = min(timestamp, now)
                 window = Window(task_id, event.tenant, rule, opened + rule.debounce_seconds)
                 self.windows[key] = window
-            window.events.append(event)
+            window.count += 1
+            if len(window.events) < rule.debounce_max_events and window.size <= BATCH_MAX_BYTES:
+                window.events.append(event)
+                window.size += len(orjson.dumps(event.summary()))
             window.first_offsets.setdefault(tp, offset)
             windowed = True
         self._count("matched" if commands or windowed else "unmatched")
@@ -319,7 +354,11 @@ class Routing:
             if window.closes_at <= now:
                 del self.windows[key]
                 first = window.events[0]
-                out.append(self._command(window.task_id, first, window.rule, window.events, now, debounced=True))
+                out.append(
+                    self._command(
+                        window.task_id, first, window.rule, window.events, now, debounced=True, count=window.count
+                    )
+                )
         return out
 
     def next_close(self) -> float | None:
@@ -378,6 +417,7 @@ class Routing:
         now: float,
         *,
         debounced: bool,
+        count: int | None = None,
     ) -> TriggerTask:
         tid = trigger_id(task_id, event, window=debounced)
         self.stats.runs += 1
@@ -389,7 +429,7 @@ class Routing:
             actor=ACTOR,
             at=datetime.fromtimestamp(now, UTC),
             trigger_id=tid,
-            params=trigger_params(rule, events, debounced=debounced),
+            params=trigger_params(rule, events, debounced=debounced, count=count),
         )
 
     def _count(self, result: str) -> None:

@@ -44,6 +44,7 @@ from scheduler.calendar import every_slot_excluded, excludes_all_time, task_cale
 from scheduler.schedule import anchor_for
 from schemas.calendars import (
     CALENDAR_NAME_PATTERN,
+    MAX_TASK_RULES,
     Calendar,
     CalendarBody,
     CalendarDeleted,
@@ -62,10 +63,11 @@ HORIZON = timedelta(days=366)
 """How far ahead a task's slots are checked against its calendars."""
 MAX_REFERENCING = 1000
 """Most referencing tasks a calendar change is checked against (and a refusal names)."""
-CHECK_STEPS = 3000
-"""Exclusions one request may walk through proving that calendars exclude every slot (a few
-seconds at worst, off the event loop); what is not proven within it is accepted: the check is
-a guard against mistakes, and a task whose slots are all excluded only records them missed."""
+CHECK_STEPS = 30_000
+"""Work one request may spend proving that calendars exclude every slot: exclusions walked plus
+cron matches the calendars' rules computed (``scheduler.calendar.MAX_CHECK_STEPS``; about half a
+second at worst, off the event loop); what is not proven within it is accepted: the check is a
+guard against mistakes, and a task whose slots are all excluded only records them missed."""
 
 Name = Annotated[
     str, Path(description="The calendar's name, unique in the tenant.", pattern=CALENDAR_NAME_PATTERN, max_length=63)
@@ -173,6 +175,11 @@ async def _excludes_all(
     return proven is True
 
 
+def _rules_of(calendars: list[Calendar]) -> int:
+    """How many rules ``calendars`` hold together (see ``MAX_TASK_RULES``)."""
+    return sum(len(c.rules) for c in calendars)
+
+
 async def check_task_calendars(state: ApiState, tenant: str, definition: TaskDefinition, task: Doc | None) -> None:
     """422 when ``definition.calendars`` names a calendar the tenant does not have, or when its
     calendars exclude every slot of the schedule in the next year (``task``: the stored task
@@ -191,6 +198,12 @@ async def check_task_calendars(state: ApiState, tenant: str, definition: TaskDef
     ]
     if unknown:
         raise Unprocessable("; ".join(f"{e.field}: {e.message}" for e in unknown), errors=unknown)
+    if (rules := _rules_of(task_calendars(definition, known))) > MAX_TASK_RULES:
+        message = f"these calendars hold {rules} rules together; a task's calendars may hold at most {MAX_TASK_RULES}"
+        raise Unprocessable(
+            f"definition.calendars: {message}",
+            errors=[FieldError(field="definition.calendars", message=message, pointer="#/calendars")],
+        )
     if await _excludes_all(definition, task_calendars(definition, known), task, [CHECK_STEPS]):
         message = "these calendars exclude every slot of the schedule in the next year (the task would never run)"
         raise Unprocessable(
@@ -334,11 +347,20 @@ async def _check_referencing(state: ApiState, tenant: str, calendar: Calendar) -
         return
     known = {**await tenant_calendars(state, tenant), calendar.name: calendar}
     blocked: list[str] = []
+    crowded: list[str] = []
     budget = [CHECK_STEPS]  # shared by the tasks: one request does bounded work
     for task in tasks:
         definition = TaskDefinition.model_validate(task["definition"], context=TOLERANT)
-        if await _excludes_all(definition, task_calendars(definition, known), task, budget):
+        if _rules_of(task_calendars(definition, known)) > MAX_TASK_RULES:
+            crowded.append(public_task_id(tenant, str(task["_id"])))
+        elif await _excludes_all(definition, task_calendars(definition, known), task, budget):
             blocked.append(public_task_id(tenant, str(task["_id"])))
+    if crowded:
+        message = (
+            f"task(s) {', '.join(crowded[:20])}{' and more' if len(crowded) > 20 else ''} would have more than "
+            f"{MAX_TASK_RULES} calendar rules together"
+        )
+        raise Unprocessable(f"rules: {message}", errors=[FieldError(field="rules", message=message, pointer="#/rules")])
     if blocked:
         message = (
             f"would exclude every slot in the next year of task(s) {', '.join(blocked[:20])}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated, Any, Literal
 
@@ -403,7 +404,8 @@ async def next_fire_times(
         if definition.max_runs is not None:
             runs = await state.views.scheduled_runs(principal.tenant, doc)
         calendars = task_calendars(definition, await tenant_calendars(state, principal.tenant))
-        times = _preview(doc, definition, n, runs, calendars)
+        # Pure, but a slot costs a cron step per calendar rule: off the event loop.
+        times = await asyncio.to_thread(_preview, doc, definition, n, runs, calendars)
     return NextFireTimes(task_id=task_id, status=str(doc.get("status")), fire_times=times)
 
 

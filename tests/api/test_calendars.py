@@ -118,6 +118,22 @@ async def test_bad_calendars_are_422_naming_the_field(api: Running) -> None:
     assert (await http.get("/v1/calendars", headers=auth(tenant))).json()["items"] == []
 
 
+async def test_calendar_dates_beyond_the_wire_years_are_422_not_500(api: Running) -> None:
+    # A range ending in 9999 on a wall clock behind UTC overflowed `datetime`: the API's check
+    # answered 500, and one starting later reached the worker, whose decider crashed on it.
+    http, tenant = api.http, new_tenant()
+    cases = [
+        ({"timezone": "Etc/GMT+12", "ranges": [{"start": "2020-01-01", "end": "9999-12-31T23:00:00"}]}, "ranges.0.end"),
+        ({"timezone": "Etc/GMT+12", "ranges": [{"start": "2998-01-01", "end": "9999-12-31T23:00:00"}]}, "ranges.0.end"),
+        ({"dates": ["9999-12-31"]}, "dates"),
+    ]
+    for body, field in cases:
+        r = await http.put("/v1/calendars/far", json=body, headers=auth(tenant))
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["errors"][0]["field"] == field, (body, r.json())
+    assert (await http.get("/v1/calendars", headers=auth(tenant))).json()["items"] == []
+
+
 async def test_task_naming_an_unknown_calendar_is_422_and_nothing_is_created(api: Running) -> None:
     http, tenant = api.http, new_tenant()
     assert (await put(api, tenant, "holidays", HOLIDAY)).status_code == 200
@@ -171,6 +187,30 @@ async def test_calendar_changes_that_would_stop_a_task_are_refused(api: Running)
     assert (await http.delete(f"/v1/tasks/{task_id}?wait=20", headers=auth(tenant))).status_code == 200
     r = await http.delete("/v1/calendars/closures?wait=20", headers=auth(tenant))
     assert r.status_code == 200, r.text
+
+
+async def test_a_tasks_calendars_may_hold_at_most_a_hundred_rules_together(api: Running) -> None:
+    # Each rule is evaluated for every slot, by the worker and by the previews: 20 calendars of
+    # 50 every-other-second windows made one slot cost 15 ms and a preview of 100 block the
+    # API's event loop for 1.5 s.
+    http, tenant = api.http, new_tenant()
+    fifty = {"rules": [{"cron": f"{i} 2 * * sun", "duration_seconds": 1} for i in range(50)]}
+    for name in ("a", "b", "c"):
+        assert (await put(api, tenant, name, fifty)).status_code == 200
+    assert (await put(api, tenant, "days", {"dates": ["2030-01-01"]})).status_code == 200
+    r = await http.post("/v1/tasks", json={**TASK, "calendars": ["a", "b", "c"]}, headers=auth(tenant))
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["definition.calendars"] and "at most 100" in r.text
+    r = await http.post("/v1/tasks?wait=20", json={**TASK, "calendars": ["a", "b", "days"]}, headers=auth(tenant))
+    assert r.status_code == 200, r.text
+    task_id = r.json()["task_id"]
+    # Nor may a calendar grow a task's past it.
+    r = await put(api, tenant, "days", {"dates": ["2030-01-01"], "rules": [{"cron": "0 3 * * sun"}]})
+    assert r.status_code == 422 and task_id in r.json()["detail"], r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["rules"]
+    assert (await http.get("/v1/calendars/days", headers=auth(tenant))).json()["revision"] == 1
+    r = await http.put(f"/v1/tasks/{task_id}", json={**TASK, "calendars": ["a", "b", "c"]}, headers=auth(tenant))
+    assert r.status_code == 422, r.text
 
 
 def _midday_zone() -> tuple[str, datetime]:

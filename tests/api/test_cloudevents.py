@@ -175,6 +175,22 @@ async def test_a_rule_with_an_unknown_field_is_a_422_naming_it(cold_api: Running
     assert [e["field"] for e in r.json()["errors"]] == ["definition.triggers.0.sorce"]
 
 
+async def test_a_rule_putting_the_event_in_a_sensitive_param_is_a_422(cold_api: Running) -> None:
+    # The router puts the event in the run's params in clear: under a sensitive param it would
+    # replace the task's secret with what an event says, in clear on Kafka and in the views.
+    base = {"name": "t", "work": {"kind": "handler", "name": "noop"}, "params": {"token": "s3cret-value"}}
+    for sensitive, rule in [
+        (["/token"], {"type": "x", "params_key": "token"}),
+        (["/token/inner"], {"type": "x", "params_key": "token"}),
+        (["/event_count"], {"type": "x", "debounce_seconds": 5}),
+    ]:
+        body = {**base, "sensitive_params": sensitive, "triggers": [rule]}
+        r = await cold_api.http.post("/v1/tasks", json=body, headers=auth(new_tenant()))
+        assert r.status_code == 422, (body, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == ["definition.triggers"], r.text
+        assert "triggers.0.params_key" in r.json()["detail"]
+
+
 async def test_kafka_unreachable_is_a_503_and_the_event_is_not_accepted(stack: Stack, keys: Keys) -> None:
     settings = settings_for(stack, keys, kafka_bootstrap=f"127.0.0.1:{free_port()}")
     async for running in _running(settings):

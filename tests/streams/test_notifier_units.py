@@ -4,6 +4,7 @@ and what its record says. (The real sends are proven in tests/integration/test_n
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -195,3 +196,57 @@ async def test_a_task_learnt_in_the_batch_being_recorded_is_known_after_a_rebala
                                 finished_at=at)  # fmt: skip
     later = await notifier.handle([_record(failed, 1)])
     assert [(d["scope"], d["channel"], d["status"]) for d in later.deliveries] == [("task", "kafka", "delivered")]
+
+
+async def test_a_webhook_to_a_name_of_a_loopback_address_is_refused_and_never_sent() -> None:
+    # The API refuses literal addresses and `localhost`; any other name is resolved where the
+    # notification is sent, by the executor's fenced client, and the address connected to is
+    # what is checked. The machine's own host name (or `localhost`) resolves to loopback here.
+    import socket
+
+    from aiohttp import web
+
+    from streams.fence import fenced_http_client
+
+    host = socket.gethostname()
+    try:
+        if not all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, 80)):
+            host = "localhost"
+    except OSError:
+        host = "localhost"
+    hits: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    ring = Keyring(parse_keys({"k": new_key()}))
+    token = ring.encrypt(
+        "a-secret-of-sixteen-chars", tenant="acme", task_id="acme/t", pointer="/notifications/0/channel/secret"
+    )
+    notifier = Notifier(NotifierSettings(notify_attempts=3, notify_backoff_seconds=0.01))
+    notifier.keyring = ring
+    letters: list[str] = []
+
+    async def dead_letter(record: Any, payload: bytes, reason: str, error: Exception) -> None:
+        letters.append(reason)
+
+    notifier._send_dead_letter = dead_letter  # type: ignore[method-assign]
+    notifier._http = fenced_http_client(notifier.settings, 4)
+    p = pending(token)
+    p.rule = NotificationRule(on=["failed"], channel=WebhookChannel(url=f"http://{host}:{port}/hook", secret=token))
+    try:
+        record = await notifier._deliver(p)
+    finally:
+        await notifier._http.close()
+        await runner.cleanup()
+    assert (record["status"], record["attempts"]) == ("dead_lettered", 1)  # a refusal is not retried
+    assert "loopback" in record["last_error"] and len(letters) == 1
+    assert hits == []

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import datetime
 
-from schemas.calendars import Calendar, CalendarUpserted
-from schemas.commands import CreateTask
+import orjson
+
+from schemas.calendars import Calendar, CalendarUpserted, DateRange
+from schemas.commands import CreateTask, Wake
 from schemas.envelope import command_envelope, encode
 from schemas.events import ExecutionDispatched, SlotsMissed
 from schemas.specs import HandlerWork, IntervalSchedule, TaskDefinition
@@ -71,3 +74,37 @@ async def test_the_firing_loop_waits_until_the_calendars_are_read() -> None:
         loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop
+
+
+def _poison_calendar(tenant: str, name: str) -> CalendarUpserted:
+    """A calendar no decider can evaluate: a range ending in year 9999 twelve hours behind UTC
+    (the schema refuses it now; one accepted before, or any other defect of the pure core, must
+    not stop the worker)."""
+    calendar = Calendar.model_construct(
+        name=name, timezone="Etc/GMT+12", description=None, dates=[], rules=[],
+        ranges=[DateRange.model_construct(start=datetime(2020, 1, 1), end=datetime(9999, 12, 31, 23))],
+    )  # fmt: skip
+    return CalendarUpserted.model_construct(
+        event_id=calendar_event_id(tenant, name, 1, "r"), tenant=tenant, name=name, revision=1, at=T0, actor="a",
+        calendar=calendar, type="CalendarUpserted",
+    )  # fmt: skip
+
+
+async def test_a_task_the_decider_fails_on_is_dead_lettered_and_the_others_still_fire() -> None:
+    # A defect of the pure core used to escape the agent: the worker stopped on the message,
+    # and its successor met the same message (or the same due task at every tick) again.
+    processor, producer = _processor()
+    processor.calendars.book.apply(_poison_calendar("acme", "broken"))
+    broken, fine = task_in(1, 0), task_in(1, 1)
+    for task_id, calendars in ((broken, ["broken"]), (fine, [])):
+        await processor.apply(task_id.encode(), _create(task_id, calendars), _Source("commands", 1, 0))
+    await processor.apply(b"tick", _tick(1, at(10)), _Source("commands", 1, 10))
+    assert [e.task_id for e in _events(producer) if isinstance(e, ExecutionDispatched)] == [fine]
+    letters = [orjson.loads(v) for topic, _, v, _ in producer.sent if topic.endswith("dead-letter")]
+    assert len(letters) == 1 and "OverflowError" in orjson.dumps(letters[0]).decode()
+    # A command the decider fails on is dead-lettered as it came, and the partition moves on.
+    wake = Wake(command_id="w", task_id=broken, tenant="acme", actor="system", at=at(20))
+    raw = encode(command_envelope(wake, source="test"))
+    await processor.apply(broken.encode(), raw, _Source("commands", 1, 11))
+    letters = [orjson.loads(v) for topic, _, v, _ in producer.sent if topic.endswith("dead-letter")]
+    assert len(letters) == 2 and "OverflowError" in orjson.dumps(letters[1]).decode()

@@ -171,6 +171,7 @@ def test_working_directories_must_lie_under_an_allowed_root(tmp_path: Path) -> N
         {"argv": ["/bin/sh", "a\x00b"]},
         {"argv": ["/bin/sh", "x" * 200_000]},
         {"argv": ["/bin/sh"], "env": {"1BAD": "x"}},
+        {"argv": ["/bin/sh"], "env": {"GOOD\n": "x"}},  # `$` matched before a final line break
         {"argv": ["/bin/sh"], "cwd": "relative/dir"},
         {"argv": ["/bin/sh"], "limits": {"memory_mb": 10**9}},
         {"argv": ["/bin/sh"], "limits": {"output_bytes": SHELL_OUTPUT_MAX + 1}},

@@ -335,12 +335,28 @@ def test_every_slot_excluded_answers_undecided_beyond_its_budget() -> None:
     windows = cal(
         rules=[{"cron": "0 * * * *", "duration_seconds": 1800}, {"cron": "30 * * * *", "duration_seconds": 1800}]
     )
-    assert every_slot_excluded(half_hourly, [windows], NOW, YEAR, anchor=NOW, max_steps=100) == (None, 100)
+    proven, spent = every_slot_excluded(half_hourly, [windows], NOW, YEAR, anchor=NOW, max_steps=100)
+    assert proven is None and 100 <= spent <= 102  # a step may finish past the budget by its rules
     assert not excludes_every_slot(half_hourly, [windows], NOW, YEAR, anchor=NOW, max_steps=100)
-    # Within a day the same is proven: 48 windows.
+    # Within a day the same is proven: 48 windows, and the cron matches their rules computed.
     day = NOW + timedelta(days=1)
-    assert every_slot_excluded(half_hourly, [windows], NOW, day, anchor=NOW, max_steps=100) == (True, 48)
+    proven, spent = every_slot_excluded(half_hourly, [windows], NOW, day, anchor=NOW, max_steps=1000)
+    assert proven is True and 48 < spent < 200
     assert every_slot_excluded(half_hourly, [CHRISTMAS], NOW, day, anchor=NOW) == (False, 1)
+
+
+def test_the_check_budget_counts_the_cron_matches_of_every_rule() -> None:
+    # An attack on the API's check: calendars of 50 windowed every-second rules each. Every
+    # exclusion stepped over computed a match of each rule: with a budget counted in exclusions
+    # alone, 3,000 of them cost 10 s of CPU under 4 calendars (a minute under 20).
+    rules = [{"cron": "* * * * * *", "duration_seconds": 1}] * 50
+    calendars = [cal(f"c{i}", rules=rules) for i in range(4)]
+    every_second = task(schedule={"kind": "cron", "expression": "* * * * * *"})
+    started = time.perf_counter()
+    proven, spent = every_slot_excluded(every_second, calendars, NOW, YEAR, anchor=NOW, max_steps=3000)
+    assert proven is None and spent < 3000 + 4 * 50 + 1
+    assert not excludes_all_time(calendars[0], NOW, YEAR, max_steps=3000)
+    assert time.perf_counter() - started < 1.0
 
 
 @pytest.mark.parametrize("name", ["", "Upper", "-lead", "a b", "abc\n", "x" * 64, "é"])
@@ -437,3 +453,25 @@ def test_prepared_exclusions_asked_in_order_agree_with_asking_afresh(
     for instant in instants:
         assert exclusions.excluded_by(instant) == excluded_by([calendar], instant), instant
         assert exclusions.end(instant) == exclusion_end(calendar, instant), instant
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        # Ending in year 9999 on a wall clock twelve hours behind UTC: the decider's
+        # exclusion end overflowed `datetime` and crashed the worker on every such slot.
+        ({"timezone": "Etc/GMT+12", "ranges": [{"start": "2027-01-01", "end": "9999-12-31T23:00:00"}]},
+         ("ranges", 0, "end")),
+        ({"ranges": [{"start": "0001-01-01", "end": "2027-01-01"}]}, ("ranges", 0, "start")),
+        ({"dates": ["9999-12-31"]}, ("dates",)),
+    ],
+)  # fmt: skip
+def test_calendar_dates_and_ranges_stay_within_the_wire_years(body: dict[str, Any], loc: tuple[Any, ...]) -> None:
+    with pytest.raises(ValidationError) as info:
+        CalendarBody.model_validate(body)
+    assert info.value.errors()[0]["loc"] == loc
+    assert "years 1971 to 2998" in info.value.errors()[0]["msg"]
+    # At the bounds the wall-clock arithmetic holds in every zone.
+    edge = cal(timezone="Etc/GMT+12", ranges=[{"start": "2020-01-01", "end": "2998-12-31T23:59:59"}])
+    assert excluded_by([edge], datetime(2998, 12, 31, 12, tzinfo=UTC)) == "hol"
+    assert excludes_all_time(edge, NOW, YEAR)

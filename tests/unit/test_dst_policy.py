@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from scheduler.schedule import Occurrence, fire_times, jitter_offset, next_fire, occurrences
 from schemas.cron import repeat_rule, repeated_windows, shortest_gap
-from schemas.specs import CronSchedule, IntervalSchedule, OnceSchedule, TaskDefinition
+from schemas.specs import TOLERANT, CronSchedule, IntervalSchedule, OnceSchedule, TaskDefinition
 
 NY, BERLIN, LORD_HOWE = "America/New_York", "Europe/Berlin", "Australia/Lord_Howe"
 ANCHOR = datetime(2020, 1, 1, tzinfo=UTC)
@@ -622,3 +622,18 @@ def test_stored_schedules_without_policies_decode_to_the_defaults() -> None:
     stored = CronSchedule.model_validate({"kind": "cron", "expression": "30 2 * * *", "timezone": NY})
     assert (stored.dst_gap, stored.dst_repeat) == ("shift", "auto")
     assert CronSchedule.model_validate(stored.model_dump(mode="json")) == stored
+
+
+def test_a_skip_policy_under_which_the_schedule_never_fires_is_refused() -> None:
+    # The second Sunday of March at 02:30 in New York is always inside the spring-forward gap:
+    # with `skip` nothing ever fires, and each search for the next slot walked to the horizon
+    # (0.36 s of the worker's agent per create or update, and of the API per preview).
+    never = {"kind": "cron", "expression": "30 2 * 3 0#2", "timezone": "America/New_York", "dst_gap": "skip"}
+    with pytest.raises(ValidationError) as info:
+        CronSchedule.model_validate(never)
+    assert info.value.errors()[0]["loc"] == ("dst_gap",) and "never fires" in info.value.errors()[0]["msg"]
+    # Shifted, it fires; elsewhere (Berlin springs forward on the last Sunday) it is an ordinary time.
+    assert CronSchedule.model_validate({**never, "dst_gap": "shift"}).dst_gap == "shift"
+    assert CronSchedule.model_validate({**never, "timezone": "Europe/Berlin"}).dst_gap == "skip"
+    # A stored definition accepted before stays readable.
+    assert CronSchedule.model_validate(never, context=TOLERANT).dst_gap == "skip"

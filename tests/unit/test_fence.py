@@ -123,6 +123,14 @@ TOPICS = [
     ("prod.triggers", "one of this deployment's own topics"),
     ("prod.dead-letter", "one of this deployment's own topics"),
     ("prod.dispatch.high", "one of this deployment's own topics"),
+    # The compacted topics merged with calendars, triggers and notifications: a notification's
+    # Kafka channel or Kafka work aimed there would rewrite another tenant's rules or calendars.
+    ("prod.trigger-rules", "one of this deployment's own topics"),
+    ("prod.calendars", "one of this deployment's own topics"),
+    ("prod.notification-rules", "one of this deployment's own topics"),
+    ("staging.calendars", "named like a scheduler deployment's topic"),
+    ("staging-trigger-rules", "named like a scheduler deployment's topic"),
+    ("notification-rules", "named like a scheduler deployment's topic"),
     ("prod.scheduler-tasks-changelog", "one of this deployment's own topics"),
     ("prod.scheduler-__assignor-__leader", "one of this deployment's own topics"),
     ("staging.commands", "named like a scheduler deployment's topic"),

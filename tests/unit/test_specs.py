@@ -310,3 +310,16 @@ def test_the_schedule_rules_are_in_the_openapi_descriptions() -> None:
     assert any("dst_repeat" in example for example in cron["examples"])
     assert "starts with ``*``" in cron["properties"]["expression"]["description"]
     assert "shortest gap" in schema["properties"]["jitter_seconds"]["description"]
+
+
+def test_tags_are_bounded_in_number_and_length() -> None:
+    # A report by tag counts every run under each tag of its task: 50,000 one-character tags
+    # fit in a request and made one report hold 50,000 groups of every run's figures.
+    base = {"name": "t", "work": {"kind": "handler", "name": "noop"}}
+    for tags, message in (([str(i) for i in range(51)], "at most 50 tags"), (["x" * 201], "at most 200 characters")):
+        with pytest.raises(ValidationError) as info:
+            TaskDefinition.model_validate({**base, "tags": tags})
+        assert info.value.errors()[0]["loc"] == ("tags",) and message in info.value.errors()[0]["msg"]
+        # A stored definition accepted before stays readable.
+        assert TaskDefinition.model_validate({**base, "tags": tags}, context=TOLERANT).tags == tags
+    assert len(TaskDefinition.model_validate({**base, "tags": ["x" * 200] * 50}).tags) == 50

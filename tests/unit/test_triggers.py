@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from schemas.commands import CreateTask
 from schemas.envelope import command_envelope, decode_command, encode
 from schemas.errors import DecodeError
-from schemas.specs import TaskDefinition
+from schemas.specs import TOLERANT, TaskDefinition
 from schemas.triggers import (
     CloudEvent,
     TaskRules,
@@ -450,3 +450,74 @@ def test_the_index_offers_only_tasks_with_a_rule_on_the_type_or_a_prefix() -> No
     index.apply(b"acme/b", None)
     assert [t for t, _ in index.candidates("acme", "other")] == []
     assert [t for t, _ in index.candidates("acme", "deploy.done")] == ["acme/a", "acme/c"]
+
+
+@pytest.mark.parametrize(
+    ("sensitive", "rule"),
+    [
+        (["/token"], {"type": "x", "params_key": "token"}),
+        (["/token/inner"], {"type": "x", "params_key": "token"}),
+        (["/event_count"], {"type": "x", "debounce_seconds": 5}),
+    ],
+)
+def test_a_rule_may_not_put_the_event_under_a_sensitive_param(sensitive: list[str], rule: dict[str, Any]) -> None:
+    body = {"name": "t", "work": {"kind": "handler", "name": "noop"}, "sensitive_params": sensitive, "triggers": [rule]}
+    with pytest.raises(ValidationError, match=r"triggers\.0\.params_key"):
+        TaskDefinition.model_validate(body)
+    # Stored definitions accepted before the rule stay readable.
+    assert TaskDefinition.model_validate(body, context=TOLERANT).triggers[0].params_key == rule.get(
+        "params_key", "event"
+    )
+    # Elsewhere the event goes: fine.
+    assert TaskDefinition.model_validate({**body, "sensitive_params": ["/other"]}).triggers
+
+
+@pytest.mark.parametrize(
+    ("key", "task_id", "tenant"),
+    [
+        (b"", "", "acme"),  # no task id: no command can carry it
+        (b"acme/" + b"x" * 300, "acme/" + "x" * 300, "acme"),  # longer than a task id
+        (b"globex/x", "globex/x", "acme"),  # another tenant's task under acme's rules
+        (b"acme/a", "acme/b", "acme"),  # rules of another task
+    ],
+)
+def test_a_poison_record_on_trigger_rules_is_refused_and_routing_goes_on(key: bytes, task_id: str, tenant: str) -> None:
+    index = index_with(("acme/ok", "acme", [RULE]))
+    value = TaskRules(task_id=task_id, tenant=tenant, sequence=1, rules=[TriggerRule.model_validate(RULE)])
+    with pytest.raises(DecodeError) as info:
+        index.apply(key, value.model_dump_json().encode())
+    assert info.value.field == "key"
+    assert len(index) == 1
+    # acme's events still route, to acme's own task only (this raised while building the
+    # command, and the router crashed on the same record after every restart).
+    routed = routing(index).record(TP, 0, 0, raw(), [], now=0)
+    assert [c.task_id for c in routed.commands] == ["acme/ok"] and routed.invalid is None
+
+
+def test_a_record_that_cannot_be_routed_is_reported_and_the_next_one_routes() -> None:
+    # Whatever slips into the index (here a task id no command can carry, put there directly),
+    # building the commands raised out of the router's loop: it stopped on the record, and its
+    # successor stopped on it again.
+    index = index_with(("acme/ok", "acme", [RULE]))
+    index._by_tenant["acme"].add("", [TriggerRule.model_validate(RULE)])
+    r = routing(index)
+    routed = r.record(TP, 0, 0, raw(id="1"), [], now=0)
+    assert routed.commands == [] and routed.invalid is not None and "could not be routed" in str(routed.invalid)
+    assert r.committable() == {TP: OffsetAndMetadata(1, "v1:1")}  # the record is passed
+    del index._by_tenant["acme"].rules[""]
+    index._by_tenant["acme"].by_type[RULE["type"]].discard("")
+    assert [c.task_id for c in r.record(TP, 1, 0, raw(id="2"), [], now=0).commands] == ["acme/ok"]
+
+
+def test_a_debounce_window_keeps_only_what_its_run_carries_however_many_events_it_counts() -> None:
+    # Every event of an open window was kept until it closed: a flood within an hour's window
+    # grew the router without bound, and a router that ran out of memory rebuilt the same
+    # window from the held offset after its restart, and ran out again.
+    r = routing(index_with(("acme/a", "acme", [{**RULE, "debounce_seconds": 3600, "debounce_max_events": 3}])))
+    for i in range(1000):
+        r.record(TP, i, 100.0, raw(id=str(i), data={"x": "y" * 1000}), [], now=100.0)
+    (window,) = r.windows.values()
+    assert len(window.events) == 3 and window.count == 1000
+    (run,) = r.due(3700.0)
+    assert [e["id"] for e in run.params["event"]] == ["0", "1", "2"] and run.params["event_count"] == 1000
+    assert run.trigger_id == trigger_id("acme/a", event(id="0"), window=True)
