@@ -17,11 +17,11 @@ plain AND expression with the other day field ``*``.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import re
+from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -50,6 +50,9 @@ _REFERENCE = datetime(2001, 1, 1)
 """Fixed start of bounded look-aheads: validation must not depend on the clock."""
 _GAPS_FROM = datetime(2030, 1, 1)
 """Fixed start of :func:`only_in_gaps`: a year whose zone rules are those of the years ahead."""
+PARSED_CACHE_SIZE = 1024
+"""Most parsed expressions kept (:func:`_parsed`), least recently used dropped first: a few
+KB each, and a worker's tasks share few distinct expressions."""
 
 
 def cron_fields(expression: str) -> list[str]:
@@ -112,18 +115,44 @@ def wall_times(expression: str, after: datetime) -> Iterator[datetime]:
         heads = [_next(iters[i]) if h == smallest else h for i, h in enumerate(heads)]
 
 
-@lru_cache(maxsize=1024)
+_PARSED: OrderedDict[tuple[str, bool], croniter] = OrderedDict()
+
+
 def _parsed(expression: str, seconds: bool) -> croniter:
-    """A croniter of ``expression``, parsed once: parsing expands every field, which took 2 ms
-    for long lists (``*/1 0-59 * * * *``, or sixty values listed), and every slot looked for
-    parsed it again (counting a backfill's 10,000 slots took 9 s, in the API and on the
-    worker's agent alike)."""
-    return croniter(expression, _REFERENCE, day_or=False, second_at_beginning=seconds)
+    """A croniter of ``expression``, parsed once (a bounded LRU; the result never depends on
+    what the cache holds, so the core stays deterministic).
+
+    Parsing expands every field and was about 80% of :func:`scheduler.schedule.next_fire` for
+    a cron (which is on the firing path): each search parsed the expression again. An
+    ``OrderedDict``, not ``functools.lru_cache``: ``schemas`` imports only what the purity
+    test allows.
+    """
+    key = (expression, seconds)
+    found = _PARSED.get(key)
+    if found is None:
+        found = _PARSED[key] = croniter(expression, _REFERENCE, day_or=False, second_at_beginning=seconds)
+        if len(_PARSED) > PARSED_CACHE_SIZE:
+            with contextlib.suppress(KeyError):  # another thread (the API's pool) emptied it
+                _PARSED.popitem(last=False)
+    else:
+        with contextlib.suppress(KeyError):  # another thread dropped it meanwhile
+            _PARSED.move_to_end(key)
+    return found
 
 
 def _croniter_at(expression: str, seconds: bool, after: datetime) -> croniter:
-    # A copy: its position is its own, while the expanded fields (read only) are shared.
-    it: croniter = copy.copy(_parsed(expression, seconds))
+    """A fresh croniter of ``expression`` positioned at ``after``, copied from the parsed one.
+
+    A copy as ``copy.copy`` makes it (``copy`` is not an allowed import here): its position is
+    its own. The parsed fields are read only, except the sets of ``n#k`` day-of-week values
+    that croniter merges in place (idempotently) while searching: copied too, so no search
+    can touch another's.
+    """
+    parsed = _parsed(expression, seconds)
+    it: croniter = croniter.__new__(croniter)
+    it.__dict__.update(parsed.__dict__)
+    it.expanded = list(parsed.expanded)
+    it.nth_weekday_of_month = {day: set(nths) for day, nths in parsed.nth_weekday_of_month.items()}
     it.set_current(after, force=True)
     return it
 
@@ -160,7 +189,7 @@ def only_in_gaps(expression: str, timezone: str, limit: int = 60) -> bool:
 def every_hour(expression: str) -> bool:
     """True when the hour field matches all 24 hours (``*``, ``*/1``, ``0-23``)."""
     fields = cron_fields(expression)
-    expanded = croniter(" ".join(fields), second_at_beginning=len(fields) == 6).expanded
+    expanded = _parsed(" ".join(fields), len(fields) == 6).expanded
     return bool(expanded[1] == ["*"])
 
 
@@ -260,7 +289,7 @@ def _day_sets(expression: str) -> tuple[list[int], list[int], list[int]]:
     """The second, minute and hour values ``expression`` matches, each ascending."""
     fields = cron_fields(expression)
     seconds = len(fields) == 6
-    expanded = croniter(" ".join(fields), second_at_beginning=seconds).expanded
+    expanded = _parsed(" ".join(fields), seconds).expanded
     second_f = expanded[5] if seconds else [0]
     secs, mins, hours = (_values(f, n) for f, n in ((second_f, 60), (expanded[0], 60), (expanded[1], 24)))
     return secs, mins, hours

@@ -355,7 +355,7 @@ class TaskProcessor:
         cutoff = time.time() - RESEND_WINDOW
         resend: list[tuple[bytes, Stored]] = []
         for key, doc, entry, partition in self.store.entries():
-            self.firing.track(entry.task_id, entry.tenant, partition, entry.wakeup)
+            self.firing.restore(entry.task_id, entry.tenant, partition, entry.wakeup)
             if entry.applied_at >= cutoff and doc["last_events"]:
                 resend.append((key, Stored.from_doc(doc, partition)))
         read = time.perf_counter() - started

@@ -1,7 +1,8 @@
 """Firing on time: which partitions need a tick now, and which tasks a tick wakes.
 
 The worker keeps, for the partitions it owns, each task's next wakeup (one due-index per
-partition) and where the task lives (tenant and partition). The firing loop sends at most
+partition; the index holding a task is its partition, and a ``<tenant>/<id>`` id names its
+tenant, so neither is stored per task). The firing loop sends at most
 one :class:`~schemas.control.Tick` to a partition with anything due. While ticks are on
 their way, another leaves only for tasks that fell due after the newest one's time, at most
 :data:`MAX_IN_FLIGHT` per partition (a tick applied clears the ticks it covers; a lost one is
@@ -41,39 +42,63 @@ class Firing:
         self.resend_seconds = resend_seconds
         self.stats = FiringStats()
         self.partitions: dict[int, DueIndex] = {}
-        self._home: dict[str, tuple[str, int]] = {}
-        """Task -> (tenant, partition), for the tasks that have a wakeup. The tuples are shared
-        (one per tenant and partition), so a million tasks cost a million dict slots, no more."""
-        self._homes: dict[tuple[str, int], tuple[str, int]] = {}
+        """Partition -> the due-index of its tasks that have a wakeup. A task is in one at most;
+        where it is, is the task's partition (no task -> partition map: memory per task)."""
+        self._tenants: dict[str, str] = {}
+        """Task -> tenant, only for tasks whose id does not name their tenant (see
+        :func:`tenant_in`): ``<tenant>/<id>`` ids, all the API makes, cost nothing here."""
+        self._tenant_names: dict[str, str] = {}
+        """One string per tenant, shared by the entries of ``_tenants``."""
         self._in_flight: dict[int, list[tuple[float, datetime]]] = {}
         """Partition -> (when sent, monotonic seconds; the tick's time) of its ticks on their way,
         oldest first."""
 
     def __len__(self) -> int:
-        return len(self._home)
+        return sum(len(index) for index in self.partitions.values())
 
     def clear(self) -> None:
         """Forget everything (partitions are moving; a rebuild follows)."""
         self.partitions.clear()
-        self._home.clear()
-        self._homes.clear()
+        self._tenants.clear()
+        self._tenant_names.clear()
         self._in_flight.clear()
 
     def get(self, task_id: str) -> datetime | None:
         """The wakeup recorded for a task."""
-        home = self._home.get(task_id)
-        return None if home is None else self.partitions[home[1]].get(task_id)
+        index = self._index_of(task_id)
+        return None if index is None else index.get(task_id)
 
     def track(self, task_id: str, tenant: str, partition: int, wakeup: datetime | None) -> None:
         """Record where a task lives and when it next needs waking (None: never, or gone)."""
-        home = self._home.get(task_id)
-        if home is not None and (wakeup is None or home[1] != partition):
-            self.partitions[home[1]].set(task_id, None)
-            del self._home[task_id]
+        index = self.partitions.get(partition)
+        if index is None or task_id not in index.wakeups:
+            # Not in this partition's index: drop it from another's, if it was there (a task
+            # moving partition). In this one, ``set`` below replaces the wakeup.
+            elsewhere = self._index_of(task_id)
+            if elsewhere is not None:
+                elsewhere.set(task_id, None)
+        self._record(task_id, tenant, partition, index, wakeup)
+
+    def restore(self, task_id: str, tenant: str, partition: int, wakeup: datetime | None) -> None:
+        """:meth:`track` for a rebuild from the table after :meth:`clear`, where each task comes
+        once: no other partition can hold it, so none is searched (a rebuild of a million)."""
+        self._record(task_id, tenant, partition, self.partitions.get(partition), wakeup)
+
+    def _record(
+        self, task_id: str, tenant: str, partition: int, index: DueIndex | None, wakeup: datetime | None
+    ) -> None:
         if wakeup is None:
+            if index is not None:
+                index.set(task_id, None)
+            self._tenants.pop(task_id, None)
             return
-        self._home[task_id] = self._homes.setdefault((tenant, partition), (tenant, partition))
-        self.partitions.setdefault(partition, DueIndex()).set(task_id, wakeup)
+        if tenant_in(task_id) == tenant:
+            self._tenants.pop(task_id, None)
+        else:
+            self._tenants[task_id] = self._tenant_names.setdefault(tenant, tenant)
+        if index is None:
+            index = self.partitions[partition] = DueIndex()
+        index.set(task_id, wakeup)
 
     def to_tick(self, now: datetime, clock: float) -> list[int]:
         """The partitions to send a tick to now, marked as having one on its way.
@@ -118,12 +143,30 @@ class Firing:
         index = self.partitions.get(partition)
         if index is None:
             return []
-        due = []
-        for task_id, _ in index.pop_due(at, limit):
-            tenant, _partition = self._home.pop(task_id)
-            due.append((task_id, tenant))
+        due = [(task_id, self._pop_tenant(task_id)) for task_id in index.pop_due_ids(at, limit)]
         self.stats.wakes_applied += len(due)
         return due
+
+    def _pop_tenant(self, task_id: str) -> str:
+        """The tenant of a task leaving the index (recorded, or named by its id)."""
+        tenant = self._tenants.pop(task_id, None)
+        if tenant is None:
+            tenant = tenant_in(task_id)
+            assert tenant is not None  # track() records the tenant of every id that names none
+        return tenant
+
+    def _index_of(self, task_id: str) -> DueIndex | None:
+        """The due-index holding ``task_id``, if any (a scan of the owned partitions)."""
+        for index in self.partitions.values():
+            if task_id in index.wakeups:
+                return index
+        return None
+
+
+def tenant_in(task_id: str) -> str | None:
+    """The tenant a ``<tenant>/<id>`` task id names; None for an id without a ``/``."""
+    tenant, sep, _ = task_id.partition("/")
+    return tenant if sep else None
 
 
 def _earliest(indexes: Iterable[DueIndex]) -> datetime | None:

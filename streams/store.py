@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 from aiokafka.partitioner import murmur2
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from scheduler import TaskState, next_wakeup
 from schemas.events import Event
@@ -103,12 +103,61 @@ class IndexEntry:
         return cls(state.task_id, state.tenant, next_wakeup(state), doc["applied_at"], None)
 
 
+_ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
+"""Per model class, the one fields-set shared by its cached instances that have every field set."""
+
+
+def share_field_sets(model: BaseModel) -> None:
+    """Let ``model`` and the models inside it share one fields-set per class (in place).
+
+    Pydantic gives every instance its own set of the names of the fields it was given: for a
+    decoded state (seven models, every field given) those sets were 7 KB of its 11 KB, so most
+    of the state cache. A model with every field set gets the set its class shares instead,
+    equal to its own, so nothing reads differently. Nothing can change a shared set: the models
+    are frozen (pydantic checks that before it records an assignment), adding a field name to a
+    set of every field is a no-op, and ``model_copy`` copies the set before it updates it.
+    """
+    cls = type(model)
+    fields = model.__pydantic_fields_set__
+    shared = _ALL_FIELDS.get(cls)
+    if fields is shared:
+        return  # shared before, and so was everything inside it (frozen: the same objects)
+    if len(fields) == len(cls.__pydantic_fields__) and cls.model_config.get("extra") != "allow":
+        if shared is None:
+            _ALL_FIELDS[cls] = fields
+        else:
+            object.__setattr__(model, "__pydantic_fields_set__", shared)
+    for value in model.__dict__.values():
+        if type(value) not in _LEAVES:
+            _share_within(value)
+
+
+_LEAVES = frozenset({str, int, float, bool, type(None), datetime})
+"""Types of field values with no model inside. Checked first: ``isinstance`` against
+``BaseModel`` (an ABC) is slow for the many plain values a state holds."""
+
+
+def _share_within(value: object) -> None:
+    if isinstance(value, dict):
+        for item in value.values():
+            if type(item) not in _LEAVES:
+                _share_within(item)
+    elif isinstance(value, list | tuple):
+        if value and type(value[0]) not in _LEAVES:
+            # Only containers of models or containers: the 64 recent command ids are strings.
+            for item in value:
+                _share_within(item)
+    elif isinstance(value, BaseModel):
+        share_field_sets(value)
+
+
 class StateStore:
     """Load and save task states in the table, keeping recently used ones decoded.
 
     Decoding the stored JSON on every command cost more than deciding, so decoded states of
     recently touched tasks stay in a bounded LRU; the table stays the source of truth. The
-    cache is cleared whenever partitions move.
+    cache is cleared whenever partitions move. Cached states share their models' fields-sets
+    (:func:`share_field_sets`): about 4 KB a state instead of 11 (a new task's).
     """
 
     def __init__(self, table: MutableMapping[bytes, bytes], partitions: int, cache_size: int) -> None:
@@ -153,6 +202,7 @@ class StateStore:
         self._cache.clear()
 
     def _remember(self, key: bytes, state: TaskState) -> None:
+        share_field_sets(state)
         self._cache[key] = state
         self._cache.move_to_end(key)
         if len(self._cache) > self.cache_size:

@@ -14,28 +14,44 @@ during the run), waits until every ``TaskCreated`` is on ``task-events`` and rea
   from its changelog topic, then rebuilds the due-index.
 
 Prints the figures; asserts nothing about time (the CI smoke checks the counts).
+
+    .venv/bin/python -m tests.bench.scale --micro --tasks 1000000
+
+needs no stack: what the worker's in-memory structures hold per task (tracemalloc), built as
+the worker's rebuild builds them from stored records (due-index and tenant map, with every
+task at one wakeup and each at its own; ids with and without their tenant), what a cached
+decoded state holds, and the CPU time of ``next_fire`` per call.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import re
 import shutil
 import sys
 import tempfile
 import time
+import timeit
+import tracemalloc
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from scheduler import decision
+from scheduler.schedule import next_fire
 from schemas.commands import CreateTask
-from schemas.envelope import command_envelope, encode
-from schemas.specs import CronSchedule, HandlerWork, TaskDefinition
+from schemas.envelope import command_envelope, decode_command, encode
+from schemas.specs import CronSchedule, HandlerWork, IntervalSchedule, Schedule, TaskDefinition
 from streams.app import RESEND_WINDOW
+from streams.firing import Firing
+from streams.store import IndexEntry, StateStore, Stored
 from tests.bench.common import rss_mb, run_and_print, wait_for_topics
 from tests.integration.harness import WorkerProc, worker_env
 
@@ -134,7 +150,7 @@ async def run(bootstrap: str, mongo_url: str, tasks: int, partitions: int = 8, q
         at = datetime.now(UTC)
         pending = []
         for i in range(tasks):
-            task_id = f"scale-{i:07d}"
+            task_id = f"scale/{i:07d}"  # <tenant>/<id>, as the API names every task
             pending.append(await producer.send(f"{prefix}.commands", key=task_id.encode(), value=_create(task_id, at)))
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
@@ -177,10 +193,99 @@ async def run(bootstrap: str, mongo_url: str, tasks: int, partitions: int = 8, q
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _traced(build: Callable[[], object]) -> int:
+    """Bytes still allocated once ``build`` returned (what its result holds), by tracemalloc."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = build()
+        gc.collect()
+        used: int = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    del kept
+    return used
+
+
+def index_bytes_per_task(tasks: int, *, spread: bool, tenant_in_id: bool, partitions: int = 8) -> float:
+    """Bytes per task of one worker's due-indexes and tenant map (task ids included), built from
+    stored records as the worker's rebuild does (a record decoded, its entry read, restored)."""
+    base = datetime(2027, 1, 1, 2, tzinfo=UTC)
+    records = [
+        orjson.dumps(
+            {"v": 2, "applied_at": 1.0,
+             "index": [f"scale/{i:07d}" if tenant_in_id else f"scale-{i:07d}", "scale",
+                       (base + timedelta(seconds=i if spread else 0)).isoformat(), i % partitions]}
+        )
+        for i in range(tasks)
+    ]  # fmt: skip
+
+    def build() -> Firing:
+        firing = Firing(resend_seconds=5)
+        for record in records:
+            entry = IndexEntry.read(orjson.loads(record))
+            firing.restore(entry.task_id, entry.tenant, entry.partition or 0, entry.wakeup)
+        return firing
+
+    return _traced(build) / tasks
+
+
+def cached_state_bytes(states: int = 2000) -> float:
+    """Bytes per decoded state in the worker's state cache (a new task's state)."""
+    table = {}
+    for i in range(states):
+        task_id = f"scale/{i:07d}"
+        state = decision(decode_command(_create(task_id, datetime.now(UTC))), None).state
+        assert state is not None
+        table[task_id.encode()] = Stored(state, [], 1.0, 0).dump()
+    store = StateStore(table, partitions=8, cache_size=states)
+
+    def build() -> StateStore:
+        for key in table:
+            store.load(key)
+        return store
+
+    return _traced(build) / states
+
+
+def next_fire_micros() -> dict[str, float]:
+    """CPU microseconds per ``next_fire`` call (best of 7 runs)."""
+    after = datetime(2026, 11, 29, 15, 0, 7, tzinfo=UTC)
+    cases: dict[str, Schedule] = {
+        "'* * * * *' UTC": CronSchedule(expression="* * * * *", timezone="UTC"),
+        "'* * * * *' Europe/Berlin": CronSchedule(expression="* * * * *", timezone="Europe/Berlin"),
+        "'0 2 * * *' Europe/Berlin": CronSchedule(expression="0 2 * * *", timezone="Europe/Berlin"),
+        "interval 60 s": IntervalSchedule(every_seconds=60),
+    }
+    figures = {}
+    for name, schedule in cases.items():
+        timer = timeit.Timer(lambda s=schedule: next_fire(s, after, anchor=after), timer=time.process_time)
+        figures[name] = min(timer.repeat(number=2000, repeat=7)) / 2000 * 1e6
+    return figures
+
+
+def micro(tasks: int) -> int:
+    """Print the in-process figures (no stack needed)."""
+    for spread in (False, True):
+        for tenant_in_id in (True, False):
+            per_task = index_bytes_per_task(tasks, spread=spread, tenant_in_id=tenant_in_id)
+            wakeups = "each its own wakeup" if spread else "one wakeup"
+            ids = "<tenant>/<id>" if tenant_in_id else "without tenant"
+            print(f"due-index + tenant map, {tasks} tasks, {wakeups}, ids {ids}: {per_task:.0f} bytes a task")
+    print(f"state cache: {cached_state_bytes():.0f} bytes a cached state (a new task's)")
+    for name, micros in next_fire_micros().items():
+        print(f"next_fire {name}: {micros:.1f} us a call (CPU)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--micro", action="store_true", help="in-process figures only (no stack)")
     args = parser.parse_args(argv)
+    if args.micro:
+        return micro(args.tasks)
     return run_and_print(lambda bootstrap, mongo: run(bootstrap, mongo, args.tasks))
 
 

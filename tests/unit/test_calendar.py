@@ -352,11 +352,11 @@ def test_the_check_budget_counts_the_cron_matches_of_every_rule() -> None:
     rules = [{"cron": "* * * * * *", "duration_seconds": 1}] * 50
     calendars = [cal(f"c{i}", rules=rules) for i in range(4)]
     every_second = task(schedule={"kind": "cron", "expression": "* * * * * *"})
-    started = time.perf_counter()
+    # The work is bounded by the budget itself (counted, not timed: a timed bound flakes on a
+    # busy machine): the steps spent never pass it by more than one round of rule matches.
     proven, spent = every_slot_excluded(every_second, calendars, NOW, YEAR, anchor=NOW, max_steps=3000)
     assert proven is None and spent < 3000 + 4 * 50 + 1
     assert not excludes_all_time(calendars[0], NOW, YEAR, max_steps=3000)
-    assert time.perf_counter() - started < 1.0
 
 
 @pytest.mark.parametrize("name", ["", "Upper", "-lead", "a b", "abc\n", "x" * 64, "é"])

@@ -37,11 +37,9 @@ SCHEMAS_MAY_IMPORT = {
     "os",  # os.urandom: the nonces of schemas/secrets.py
     "collections",
     "contextlib",
-    "copy",  # schemas/cron.py: a parsed croniter copied per search
     "dataclasses",
     "datetime",
     "enum",
-    "functools",  # schemas/cron.py: lru_cache of parsed expressions
     "hashlib",
     "hmac",  # schemas/notifications.py: webhook signatures
     "json",
