@@ -169,9 +169,13 @@ def test_demo_runs_through_the_one_cli(tmp_path: Path, cli: Cli) -> None:
 
 def test_ctrl_c_stops_tail_quietly(cli: Cli) -> None:
     env = {**os.environ, **cli.env}
+    # As from a terminal: Ctrl-C is not ignored. A test session started in the background of a
+    # shell without job control inherits SIGINT ignored, and so would the CLI (Python keeps an
+    # ignored SIGINT), which then never saw the Ctrl-C and the test timed out.
     proc = subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "tail", "--tenant", cli.tenant],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert proc.stderr is not None and "tailing " in proc.stderr.readline()
     proc.send_signal(signal.SIGINT)
