@@ -19,7 +19,7 @@ from api.commands import check_idempotency_key, command_id_for, now, submit
 from api.deps import IdempotencyKey, Operator, State, Viewer, Wait
 from api.errors import ERROR_RESPONSES, NotFound, problem_responses, rejection_error
 from api.models import BackfillPublic, CommandResult
-from api.queries import Doc, Views
+from api.routes.tasks import live_task
 from projections.folds import from_micros
 from scheduler.backfill import RangeProblem, checked_range
 from schemas._types import UtcDatetime
@@ -60,13 +60,6 @@ class BackfillResult(CommandResult):
     """Id of the backfill: its executions carry it, and `DELETE .../backfills/{backfill_id}` cancels it."""
 
 
-async def _live_task(views: Views, tenant: str, task_id: str) -> Doc:
-    doc = await views.task(tenant, task_id)
-    if doc is None or doc.get("status") == "deleted":
-        raise NotFound(f"task {task_id!r} not found")
-    return doc
-
-
 @router.post(
     "/{task_id}/backfills",
     status_code=202,
@@ -104,7 +97,7 @@ async def create_backfill(
     422 naming `to`; a range without a slot, a 422 naming `from`.
     """
     key = check_idempotency_key(idempotency_key)
-    doc = await _live_task(state.views, principal.tenant, task_id)
+    doc = await live_task(state.views, principal.tenant, task_id)
     at = now()
     # TOLERANT: a definition accepted under older rules still backfills.
     definition = TaskDefinition.model_validate(doc["definition"], context=TOLERANT)
@@ -163,7 +156,7 @@ async def cancel_backfill(
     With `?wait`: a backfill the task processor does not know is a 404, one that already ended a 409.
     """
     key = check_idempotency_key(idempotency_key)
-    doc = await _live_task(state.views, principal.tenant, task_id)
+    doc = await live_task(state.views, principal.tenant, task_id)
     command = CancelBackfill(
         command_id=command_id_for(principal.tenant, "cancel-backfill", f"{task_id}\x1f{backfill_id}", key),
         task_id=doc["_id"],

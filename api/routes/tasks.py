@@ -110,7 +110,7 @@ def handlers_allow(name: str, allowed: list[str] | None) -> bool:
     return allowed is None or name in allowed
 
 
-async def _live_task(views: Views, tenant: str, task_id: str) -> Doc:
+async def live_task(views: Views, tenant: str, task_id: str) -> Doc:
     """The task a command targets: it must exist (not deleted) in the caller's tenant."""
     doc = await views.task(tenant, task_id)
     if doc is None or doc.get("status") == "deleted":
@@ -223,7 +223,7 @@ async def update_task(
     expected = parse_if_match(if_match)
     key = check_idempotency_key(idempotency_key)
     check_work_fence(definition, principal.tenant, state.settings)
-    doc = await _live_task(state.views, principal.tenant, task_id)
+    doc = await live_task(state.views, principal.tenant, task_id)
     await check_task_calendars(state, principal.tenant, definition, doc)
     if expected is not None and expected < int(doc.get("revision", 0)):
         # Revisions only grow, so a revision older than the view's is stale for sure.
@@ -342,7 +342,7 @@ async def trigger_task(
     `Idempotency-Key` when given). With `?wait`, `execution_id` names the run.
     """
     key = check_idempotency_key(idempotency_key)
-    doc = await _live_task(state.views, principal.tenant, task_id)
+    doc = await live_task(state.views, principal.tenant, task_id)
     command_id = command_id_for(principal.tenant, "trigger", task_id, key)
     body = body or TriggerRequest()
     params = body.params
@@ -395,7 +395,7 @@ async def next_fire_times(
     slots it would fire once resumed. A slot one of the task's calendars excludes names it in
     `excluded_by` (it will be recorded missed, not run).
     """
-    doc = await _live_task(state.views, principal.tenant, task_id)
+    doc = await live_task(state.views, principal.tenant, task_id)
     # TOLERANT: a definition accepted under older rules (e.g. a jitter above the gap) still previews.
     definition = TaskDefinition.model_validate(doc["definition"], context=TOLERANT)
     times: list[FireTime] = []
@@ -501,7 +501,7 @@ async def _task_command(
 ) -> CommandResult:
     """Send a command about one of the caller's live tasks (404 when it has none by that id)."""
     key = check_idempotency_key(idempotency_key)
-    doc = await _live_task(state.views, principal.tenant, task_id)
+    doc = await live_task(state.views, principal.tenant, task_id)
     command = command_type(
         command_id=command_id_for(principal.tenant, verb, task_id, key),
         task_id=doc["_id"],
