@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,7 +112,8 @@ def test_backfill_runs_the_slots_of_a_past_range(cli: Cli, tmp_path: Path) -> No
     start, end = _minute_ago(10), _minute_ago(7)
     started = cli.ok("tasks", "backfill", task_id, "--from", start, "--to", end, "--max-concurrency", "2")
     line = started.stdout
-    assert line.startswith("started backfill ") and f"of task {task_id}: running" in line, line
+    # Three no-op runs may all have ended by the time the command answers.
+    assert line.startswith("started backfill ") and re.search(f"of task {task_id}: (running|completed), ", line), line
     assert "of 3 slots done" in line, line
     backfill_id = line.split()[2]
     ended = _backfill(cli, task_id)
