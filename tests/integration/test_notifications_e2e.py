@@ -88,11 +88,13 @@ def deployment(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         with running_worker(env, tmp, "w1"):
             notifier = WorkerProc(env, tmp / "notifier.log", None, ("notifier",)).start()
+            deployment = Deployment(prefix, env, tmp, mailbox, notifier)
             try:
-                yield Deployment(prefix, env, tmp, mailbox, notifier)
+                yield deployment
             finally:
-                notifier.stop()
-                print(notifier.tail())
+                # The notifier running now: a test may have replaced the first one.
+                deployment.notifier.stop()
+                print(deployment.notifier.tail())
     finally:
         smtp.stop()
 
