@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     about 4 KB (a new task's) to 10 KB (with its 64 recent command ids); a miss costs about
     0.15 ms. Keep it above the number of tasks that fire within a few periods of each other:
     tasks touched in a cycle larger than the cache miss every time."""
+    gc_thresholds: tuple[int, int, int] = (50_000, 20, 100)
+    """The garbage collector's thresholds (``gc.set_threshold``); see streams/gc_tuning.py.
+    CPython's (700, 10, 10) paused the worker for 100-280 ms every few seconds at 1,000
+    fires/s."""
     tick_resend_seconds: float = Field(default=5.0, gt=0)
     """A partition's tick not applied after this long is sent again (it was lost, or the
     partition is that far behind); while one is on its way, none more is sent."""
