@@ -38,7 +38,6 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from scheduler import Decision, TaskState, decision, next_wakeup, rejection
 from schemas.commands import Command, Wake
@@ -50,7 +49,6 @@ from streams.calendars import CalendarFollower
 from streams.connections import faust_options, kafka_options
 from streams.executor import Executor
 from streams.firing import Firing
-from streams.outbox import Outbox
 from streams.publisher import Publisher
 from streams.resend import published_event_ids
 from streams.settings import Settings, topic_name
@@ -139,9 +137,6 @@ class TaskProcessor:
             processing_guarantee="at_least_once",
             producer_acks=-1,
             producer_linger_ms=settings.producer_linger_ms,
-            # A tick's records for one partition go out as one batch (streams/outbox.py); Faust's
-            # default (16 KB) would split a busy tick's into many. Well under the broker's 1 MB.
-            producer_max_batch_size=256 * 1024,
             consumer_auto_offset_reset="earliest",
             stream_wait_empty=False,
             # Failover time after a crash is bounded by the session timeout.
@@ -175,8 +170,7 @@ class TaskProcessor:
         # inside an agent is "attached" to the source offset and published only at the next
         # commit (every 2.8 s), and its per-message machinery cost more than the decision
         # itself. Sending now is as safe: Faust flushes this producer before it commits offsets.
-        self.outbox = Outbox(self._kafka_producer)
-        self.publisher = Publisher(settings, self.outbox.send, self.source)
+        self.publisher = Publisher(settings, self._send, self.source)
         table.on_recover(self._on_recovered)
         self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]  # mode types receivers narrowly
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
@@ -196,11 +190,6 @@ class TaskProcessor:
     async def _send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None) -> Any:
         return await self.app.producer.send(topic, key, value, partition, None, None)
 
-    def _kafka_producer(self) -> AIOKafkaProducer:
-        """The aiokafka producer under Faust's (the one whose flush Faust awaits before a commit)."""
-        producer: AIOKafkaProducer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]  # Faust's aiokafka driver
-        return producer
-
     # ------------------------------------------------------------------ the agent
 
     async def _process(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
@@ -212,12 +201,7 @@ class TaskProcessor:
             yield None
 
     async def apply(self, key: bytes | None, raw: bytes, source: _Source) -> None:
-        """Apply one message of ``commands`` (a command, a batch of commands, or a tick), then hand
-        what it produced to the producer, one batch per topic partition."""
-        await self._apply_message(key, raw, source)
-        await self.outbox.flush()
-
-    async def _apply_message(self, key: bytes | None, raw: bytes, source: _Source) -> None:
+        """Apply one message of ``commands``: a command, a batch of commands, or a tick."""
         try:
             message, correlation = decode_message_correlated(raw)
         except InvalidCommand as exc:
@@ -392,7 +376,6 @@ class TaskProcessor:
                 missing += 1
                 self.stats.resent_events += len(events)
                 await self.publisher.events(key, events)
-        await self.outbox.flush()
         self.stats.index_rebuilds += 1
         self.stats.tasks_owned = len(self.firing)
         self.stats.last_rebuild_seconds = time.perf_counter() - started
