@@ -515,16 +515,10 @@ def _advance_backfill(d: _Decision) -> None:
             return
         if len(state.backfill_in_flight) >= limit:
             return
-        d.dispatch(
-            execution_id=execution_id_for_backfill(execution_key(state), backfill.backfill_id, slot),
-            attempt=1,
-            reason="backfill",
-            slot=slot,
-            trigger_id=None,
-            priority=definition.priority,
-            work=definition.work,
-            params=definition.params,
-            scheduled_for=slot,
+        d.dispatch_slot(
+            execution_id_for_backfill(execution_key(state), backfill.backfill_id, slot),
+            slot,
+            "backfill",
             backfill_id=backfill.backfill_id,
         )
         state = d.require_state()
@@ -684,17 +678,7 @@ def _run_slot(d: _Decision, slot: datetime) -> None:
                 pass
             case _:
                 assert_never(policy)
-    d.dispatch(
-        execution_id=execution_id,
-        attempt=1,
-        reason="schedule",
-        slot=slot,
-        trigger_id=None,
-        priority=definition.priority,
-        work=definition.work,
-        params=definition.params,
-        scheduled_for=slot,
-    )
+    d.dispatch_slot(execution_id, slot, "schedule")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -866,6 +850,34 @@ class _Decision:
         assert definition is not None
         self.emit(ExecutionDispatched, deadline=_later(self.meta.at, definition.timeout_seconds), **fields)
 
+    def dispatch_slot(
+        self,
+        execution_id: str,
+        slot: datetime,
+        reason: Literal["schedule", "buffered", "backfill"],
+        *,
+        backfill_id: str | None = None,
+    ) -> None:
+        """Dispatch the first attempt of ``slot`` with the task's current definition.
+
+        The scheduled, buffered and backfill paths all run a slot this way; one helper keeps
+        what a slot runs (work, params, priority, ``scheduled_for``) the same for all three.
+        """
+        definition = self.require_state().definition
+        assert definition is not None
+        self.dispatch(
+            execution_id=execution_id,
+            attempt=1,
+            reason=reason,
+            slot=slot,
+            trigger_id=None,
+            priority=definition.priority,
+            work=definition.work,
+            params=definition.params,
+            scheduled_for=slot,
+            backfill_id=backfill_id,
+        )
+
     def complete(
         self,
         execution: Execution,
@@ -958,18 +970,7 @@ class _Decision:
         state = self.require_state()
         if state.buffered is None or state.scheduled_in_flight or not state.exists or state.definition is None:
             return
-        definition = state.definition
-        self.dispatch(
-            execution_id=state.buffered.execution_id,
-            attempt=1,
-            reason="buffered",
-            slot=state.buffered.slot,
-            trigger_id=None,
-            priority=definition.priority,
-            work=definition.work,
-            params=definition.params,
-            scheduled_for=state.buffered.slot,
-        )
+        self.dispatch_slot(state.buffered.execution_id, state.buffered.slot, "buffered")
 
     def complete_if_exhausted(self) -> None:
         """Emit ``TaskCompleted`` once a scheduled task has no slot left."""

@@ -168,6 +168,19 @@ def test_scheduled_slot_is_not_held_back_by_backfill_executions() -> None:
     assert_then(events, [("ExecutionDispatched", {"reason": "schedule", "slot": at(10), "backfill_id": None})])
 
 
+def test_a_backfilled_slot_runs_what_the_scheduled_slot_runs() -> None:
+    """Same slot, two lanes: the dispatches differ only in id, reason, backfill and timing."""
+    task = create(overlap="allow_all", priority="high", params={"suite": "nightly"}, timeout_seconds=120)
+    [scheduled] = dispatched(when([task], cmd(Wake, at(10)))[0])
+    [backfilled] = dispatched(when([task], backfill(at(10), at(20)))[0])
+    lane = {"execution_id", "reason", "backfill_id", "deadline"}
+    bookkeeping = {"event_id", "sequence", "at", "causation_id", "actor", "next_slot", "next_fire_at"}
+    assert scheduled.model_dump(exclude=lane | bookkeeping) == backfilled.model_dump(exclude=lane | bookkeeping)
+    assert scheduled.params == {"suite": "nightly"} and scheduled.priority == "high"
+    assert (scheduled.reason, backfilled.reason, backfilled.backfill_id) == ("schedule", "backfill", "bf1")
+    assert scheduled.deadline - scheduled.at == backfilled.deadline - backfilled.at == timedelta(seconds=120)
+
+
 def test_buffered_slot_does_not_wait_for_backfill_executions() -> None:
     given_ = [create(overlap="buffer_one"), cmd(Wake, at(10)), cmd(Wake, at(20))]  # 00:10 running, 00:20 buffered
     given_.append(backfill(T0 - timedelta(days=1), T0 - timedelta(hours=23), when_=at(21)))
