@@ -31,17 +31,7 @@ from schemas.secrets import Keyring, new_key, parse_keys, seal_definition
 from schemas.specs import HandlerWork, IntervalSchedule, RetryPolicy, TaskDefinition
 from streams.notifier import DELIVERIES, RULES_VIEW
 from tests.conftest import Infra
-from tests.integration.harness import (
-    Bus,
-    HttpTarget,
-    WorkerProc,
-    free_port,
-    new_id,
-    now,
-    ready_bus,
-    running_worker,
-    worker_env,
-)
+from tests.integration.harness import Bus, HttpTarget, WorkerProc, free_port, new_id, now
 
 pytestmark = pytest.mark.slow
 
@@ -73,48 +63,59 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    prefix = f"ntf{uuid.uuid4().hex[:8]}"
-    tmp: Path = tmp_path_factory.mktemp("notify")
-    mailbox = Mailbox()
+def prefix() -> str:
+    return f"ntf{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def mailbox() -> Mailbox:
+    return Mailbox()
+
+
+@pytest.fixture(scope="module")
+def smtp_port(mailbox: Mailbox) -> Iterator[int]:
+    """A local SMTP server delivering to ``mailbox``: its port."""
     smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     smtp.start()
-    env = worker_env(
-        infra.bootstrap, infra.mongo_url, prefix, tmp / "data",
-        SCHED_MONGO_DATABASE=prefix, SCHED_SECRET_KEYS=json.dumps(KEYS), SCHED_KAFKA_WORK_TOPICS='["alerts.**"]',
-        SCHED_SMTP_HOST="127.0.0.1", SCHED_SMTP_PORT=str(smtp.port), SCHED_SMTP_FROM="scheduler@test.example",
-        SCHED_NOTIFY_ATTEMPTS="3", SCHED_NOTIFY_BACKOFF_SECONDS="0.1", SCHED_NOTIFY_TIMEOUT_SECONDS="5",
-    )  # fmt: skip
     try:
-        with running_worker(env, tmp, "w1"):
-            notifier = WorkerProc(env, tmp / "notifier.log", None, ("notifier",)).start()
-            deployment = Deployment(prefix, env, tmp, mailbox, notifier)
-            try:
-                yield deployment
-            finally:
-                # The notifier running now: a test may have replaced the first one.
-                deployment.notifier.stop()
-                print(deployment.notifier.tail())
+        yield smtp.port
     finally:
         smtp.stop()
 
 
-@pytest.fixture
-async def bus(infra: Infra, deployment: Deployment) -> AsyncIterator[Bus]:
-    b = await ready_bus(infra.bootstrap, deployment.prefix, follow=("task-events", "outcomes", "dead-letter"))
+@pytest.fixture(scope="module")
+def worker_settings(prefix: str, smtp_port: int) -> dict[str, str]:
+    return dict(
+        SCHED_MONGO_DATABASE=prefix, SCHED_SECRET_KEYS=json.dumps(KEYS), SCHED_KAFKA_WORK_TOPICS='["alerts.**"]',
+        SCHED_SMTP_HOST="127.0.0.1", SCHED_SMTP_PORT=str(smtp_port), SCHED_SMTP_FROM="scheduler@test.example",
+        SCHED_NOTIFY_ATTEMPTS="3", SCHED_NOTIFY_BACKOFF_SECONDS="0.1", SCHED_NOTIFY_TIMEOUT_SECONDS="5",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    prefix: str, worker: WorkerProc, mailbox: Mailbox, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    """The module's worker (conftest.py) with a notifier process next to it, on the same settings."""
+    tmp: Path = tmp_path_factory.mktemp("notify")
+    notifier = WorkerProc(worker.env, tmp / "notifier.log", None, ("notifier",)).start()
+    deployment = Deployment(prefix, worker.env, tmp, mailbox, notifier)
     try:
-        yield b
+        yield deployment
     finally:
-        await b.stop()
+        # The notifier running now: a test may have replaced the first one.
+        deployment.notifier.stop()
+        print(deployment.notifier.tail())
 
 
 @pytest.fixture
-async def webhook() -> AsyncIterator[HttpTarget]:
-    target = await HttpTarget().start()
-    try:
-        yield target
-    finally:
-        await target.stop()
+def bus_follows() -> tuple[str, ...]:
+    return ("task-events", "outcomes", "dead-letter")
+
+
+@pytest.fixture
+def webhook(target: HttpTarget) -> HttpTarget:
+    return target
 
 
 @pytest.fixture
