@@ -11,12 +11,12 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -267,6 +267,22 @@ def assert_every_slot_once(bus: Bus, task_ids: list[str], first_slot: datetime, 
             total += 1
             slot += timedelta(seconds=1)
     return total
+
+
+T = TypeVar("T")
+
+
+async def until(check: Callable[[], Awaitable[T | None]], within: float, what: str, *, every: float = 0.1) -> T:
+    """The first truthy value ``check()`` gives, asked every ``every`` seconds; an
+    ``AssertionError`` naming ``what`` once ``within`` seconds passed without one."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(every)
 
 
 def free_port() -> int:

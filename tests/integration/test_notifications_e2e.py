@@ -9,12 +9,12 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
@@ -31,7 +31,7 @@ from schemas.secrets import Keyring, new_key, parse_keys, seal_definition
 from schemas.specs import HandlerWork, IntervalSchedule, RetryPolicy, TaskDefinition
 from streams.notifier import DELIVERIES, RULES_VIEW
 from tests.conftest import Infra
-from tests.integration.harness import Bus, HttpTarget, WorkerProc, free_port, new_id, now
+from tests.integration.harness import Bus, HttpTarget, WorkerProc, free_port, new_id, now, until
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,6 @@ KEYS = {"notify-test": new_key()}
 RING = Keyring(parse_keys(KEYS))
 SECRET = "webhook-secret-of-the-e2e-test"
 TENANT = "acme"
-T = TypeVar("T")
 
 
 @dataclass
@@ -127,16 +126,6 @@ async def deliveries(infra: Infra, deployment: Deployment) -> AsyncIterator[Any]
         await client.close()
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], within: float, what: str) -> T:
-    """The first value of ``probe`` that is not None, within ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while (value := await probe()) is None:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.1)
-    return value
-
-
 def failing_task(rules: list[dict[str, Any]], *, attempts: int = 2) -> tuple[str, TaskDefinition]:
     task_id = f"{TENANT}/fails-{new_id()[:8]}"
     definition = TaskDefinition.model_validate(
@@ -220,7 +209,7 @@ async def test_a_failing_task_notifies_by_webhook_kafka_and_email(
         docs: list[dict[str, Any]] = await deliveries.find({"execution_id": execution_id}).to_list()
         return docs if len(docs) >= 3 else None
 
-    docs = await eventually(recorded, 20, "three delivery records")
+    docs = await until(recorded, 20, "three delivery records")
     assert sorted((d["channel"], d["status"], d["attempts"]) for d in docs) == [
         ("email", "delivered", 1), ("kafka", "delivered", 1), ("webhook", "delivered", 1),
     ]  # fmt: skip
@@ -271,7 +260,7 @@ async def test_a_failing_webhook_is_retried_then_dead_lettered(
         assert orjson.loads(letter["payload"])["execution_id"] == execution_id
         (delivery,) = {r["headers"][DELIVERY_HEADER] for r in failing.requests}
         assert len(failing.requests) == 3  # one delivery, sent three times
-        doc = await eventually(lambda: deliveries.find_one({"_id": delivery}), 10, "the delivery record")
+        doc = await until(lambda: deliveries.find_one({"_id": delivery}), 10, "the delivery record")
         assert (doc["status"], doc["attempts"], doc["execution_id"]) == ("dead_lettered", 3, execution_id)
         assert doc["last_error"] == "webhook answered HTTP 503"
     finally:
@@ -310,7 +299,7 @@ async def test_a_notifier_on_a_new_deployment_applies_rules_put_after_it_started
             rules=[{"on": ["missed"], "channel": {"kind": "kafka", "topic": "alerts.x"}}],
         )
         await bus.send_raw("notification-rules", TENANT.encode(), put.model_dump_json().encode())
-        view = await eventually(lambda: client[prefix][RULES_VIEW].find_one({"_id": TENANT}), 40, "the rules view")
+        view = await until(lambda: client[prefix][RULES_VIEW].find_one({"_id": TENANT}), 40, "the rules view")
         assert view["rules"][0]["channel"]["topic"] == "alerts.x" and notifier.alive()
     finally:
         notifier.stop()
