@@ -27,7 +27,7 @@ from schemas.specs import (
     TaskDefinition,
 )
 from tests.conftest import Infra
-from tests.integration.harness import Bus, HttpTarget, new_id, now
+from tests.integration.harness import Bus, HttpTarget, new_id, now, serve
 
 pytestmark = pytest.mark.slow
 
@@ -71,11 +71,7 @@ class Engine:
         app.router.add_post("/runs", self._start)
         app.router.add_get("/runs/{id}", self._status)
         app.router.add_post("/runs/{id}/cancel", self._cancel)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve(app)
         self.url = f"http://127.0.0.1:{port}"
         return self
 
