@@ -48,6 +48,19 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """Stop a process started in a session of its own, and what it started: SIGTERM to its
+    group (a clean shutdown), SIGKILL if it is still running after ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 class WorkerProc:
     """A worker (``scheduler worker``), or another ``scheduler`` command (``worker_id`` None),
     in its own process, as in production."""
@@ -82,12 +95,8 @@ class WorkerProc:
             self.proc.wait(10)
 
     def stop(self, timeout: float = 20) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc:
+            stop_group(self.proc, timeout)
 
     def tail(self, lines: int = 40) -> str:
         try:
