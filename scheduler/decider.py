@@ -335,14 +335,7 @@ def _delete(d: _Decision) -> None:
         return
     state, _ = live
     if state.backfill is not None:
-        # Ended first, so that cancelling its executions does not dispatch its next slots.
-        d.emit(
-            BackfillEnded,
-            backfill_id=state.backfill.backfill_id,
-            status="cancelled",
-            dispatched=state.backfill.dispatched,
-            reason="task deleted",
-        )
+        d.end_backfill(state.backfill, "cancelled", reason="task deleted")
     for execution in sorted(state.in_flight.values(), key=lambda e: e.execution_id):
         d.complete(execution, "cancelled", error="task deleted")
     if state.buffered is not None:
@@ -482,14 +475,7 @@ def _cancel_backfill(d: _Decision, cmd: CancelBackfill) -> None:
             d.reject("backfill not found", "backfill_id")
         return
     reason = cmd.reason or f"cancelled by {cmd.actor}"
-    # Ended first, so that cancelling its executions does not dispatch its next slots.
-    d.emit(
-        BackfillEnded,
-        backfill_id=backfill.backfill_id,
-        status="cancelled",
-        dispatched=backfill.dispatched,
-        reason=reason,
-    )
+    d.end_backfill(backfill, "cancelled", reason=reason)
     for execution in sorted(state.backfill_in_flight, key=lambda e: e.execution_id):
         d.complete(execution, "cancelled", error=reason)
 
@@ -509,9 +495,7 @@ def _advance_backfill(d: _Decision) -> None:
         slot = slot_after(definition, state.created_at, backfill.cursor, backfill.start, backfill.end)
         if slot is None:
             if not state.backfill_in_flight:
-                d.emit(
-                    BackfillEnded, backfill_id=backfill.backfill_id, status="completed", dispatched=backfill.dispatched
-                )
+                d.end_backfill(backfill, "completed")
             return
         if len(state.backfill_in_flight) >= limit:
             return
@@ -876,6 +860,23 @@ class _Decision:
             params=definition.params,
             scheduled_for=slot,
             backfill_id=backfill_id,
+        )
+
+    def end_backfill(
+        self, backfill: Backfill, status: Literal["completed", "cancelled"], *, reason: str | None = None
+    ) -> None:
+        """End the running backfill: every slot ran (``completed``), or ``cancelled`` with
+        ``reason`` (its pending slots are dropped).
+
+        A cancelling caller ends it before cancelling its executions in flight, so that their
+        completions do not dispatch its next slots.
+        """
+        self.emit(
+            BackfillEnded,
+            backfill_id=backfill.backfill_id,
+            status=status,
+            dispatched=backfill.dispatched,
+            reason=reason,
         )
 
     def complete(
