@@ -335,14 +335,7 @@ def _delete(d: _Decision) -> None:
         return
     state, _ = live
     if state.backfill is not None:
-        # Ended first, so that cancelling its executions does not dispatch its next slots.
-        d.emit(
-            BackfillEnded,
-            backfill_id=state.backfill.backfill_id,
-            status="cancelled",
-            dispatched=state.backfill.dispatched,
-            reason="task deleted",
-        )
+        d.end_backfill(state.backfill, "cancelled", reason="task deleted")
     for execution in sorted(state.in_flight.values(), key=lambda e: e.execution_id):
         d.complete(execution, "cancelled", error="task deleted")
     if state.buffered is not None:
@@ -482,14 +475,7 @@ def _cancel_backfill(d: _Decision, cmd: CancelBackfill) -> None:
             d.reject("backfill not found", "backfill_id")
         return
     reason = cmd.reason or f"cancelled by {cmd.actor}"
-    # Ended first, so that cancelling its executions does not dispatch its next slots.
-    d.emit(
-        BackfillEnded,
-        backfill_id=backfill.backfill_id,
-        status="cancelled",
-        dispatched=backfill.dispatched,
-        reason=reason,
-    )
+    d.end_backfill(backfill, "cancelled", reason=reason)
     for execution in sorted(state.backfill_in_flight, key=lambda e: e.execution_id):
         d.complete(execution, "cancelled", error=reason)
 
@@ -509,22 +495,14 @@ def _advance_backfill(d: _Decision) -> None:
         slot = slot_after(definition, state.created_at, backfill.cursor, backfill.start, backfill.end)
         if slot is None:
             if not state.backfill_in_flight:
-                d.emit(
-                    BackfillEnded, backfill_id=backfill.backfill_id, status="completed", dispatched=backfill.dispatched
-                )
+                d.end_backfill(backfill, "completed")
             return
         if len(state.backfill_in_flight) >= limit:
             return
-        d.dispatch(
-            execution_id=execution_id_for_backfill(execution_key(state), backfill.backfill_id, slot),
-            attempt=1,
-            reason="backfill",
-            slot=slot,
-            trigger_id=None,
-            priority=definition.priority,
-            work=definition.work,
-            params=definition.params,
-            scheduled_for=slot,
+        d.dispatch_slot(
+            execution_id_for_backfill(execution_key(state), backfill.backfill_id, slot),
+            slot,
+            "backfill",
             backfill_id=backfill.backfill_id,
         )
         state = d.require_state()
@@ -684,17 +662,7 @@ def _run_slot(d: _Decision, slot: datetime) -> None:
                 pass
             case _:
                 assert_never(policy)
-    d.dispatch(
-        execution_id=execution_id,
-        attempt=1,
-        reason="schedule",
-        slot=slot,
-        trigger_id=None,
-        priority=definition.priority,
-        work=definition.work,
-        params=definition.params,
-        scheduled_for=slot,
-    )
+    d.dispatch_slot(execution_id, slot, "schedule")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -866,6 +834,51 @@ class _Decision:
         assert definition is not None
         self.emit(ExecutionDispatched, deadline=_later(self.meta.at, definition.timeout_seconds), **fields)
 
+    def dispatch_slot(
+        self,
+        execution_id: str,
+        slot: datetime,
+        reason: Literal["schedule", "buffered", "backfill"],
+        *,
+        backfill_id: str | None = None,
+    ) -> None:
+        """Dispatch the first attempt of ``slot`` with the task's current definition.
+
+        The scheduled, buffered and backfill paths all run a slot this way; one helper keeps
+        what a slot runs (work, params, priority, ``scheduled_for``) the same for all three.
+        """
+        definition = self.require_state().definition
+        assert definition is not None
+        self.dispatch(
+            execution_id=execution_id,
+            attempt=1,
+            reason=reason,
+            slot=slot,
+            trigger_id=None,
+            priority=definition.priority,
+            work=definition.work,
+            params=definition.params,
+            scheduled_for=slot,
+            backfill_id=backfill_id,
+        )
+
+    def end_backfill(
+        self, backfill: Backfill, status: Literal["completed", "cancelled"], *, reason: str | None = None
+    ) -> None:
+        """End the running backfill: every slot ran (``completed``), or ``cancelled`` with
+        ``reason`` (its pending slots are dropped).
+
+        A cancelling caller ends it before cancelling its executions in flight, so that their
+        completions do not dispatch its next slots.
+        """
+        self.emit(
+            BackfillEnded,
+            backfill_id=backfill.backfill_id,
+            status=status,
+            dispatched=backfill.dispatched,
+            reason=reason,
+        )
+
     def complete(
         self,
         execution: Execution,
@@ -958,18 +971,7 @@ class _Decision:
         state = self.require_state()
         if state.buffered is None or state.scheduled_in_flight or not state.exists or state.definition is None:
             return
-        definition = state.definition
-        self.dispatch(
-            execution_id=state.buffered.execution_id,
-            attempt=1,
-            reason="buffered",
-            slot=state.buffered.slot,
-            trigger_id=None,
-            priority=definition.priority,
-            work=definition.work,
-            params=definition.params,
-            scheduled_for=state.buffered.slot,
-        )
+        self.dispatch_slot(state.buffered.execution_id, state.buffered.slot, "buffered")
 
     def complete_if_exhausted(self) -> None:
         """Emit ``TaskCompleted`` once a scheduled task has no slot left."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from schemas.secrets import new_key
 from streams.admin import ensure_topics
 from streams.settings import Settings
 from tests.conftest import Infra
-from tests.integration.harness import REPO, WorkerProc, worker_env
+from tests.integration.harness import REPO, WorkerProc, stop_group, worker_env
 
 SECRET = "test-secret-with-at-least-32-bytes-of-entropy!"
 AUDIENCE = "scheduler-api"
@@ -160,12 +159,7 @@ def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
         yield stack
     finally:
         worker.stop()
-        if projector.poll() is None:
-            os.killpg(projector.pid, signal.SIGTERM)
-            try:
-                projector.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(projector.pid, signal.SIGKILL)
+        stop_group(projector)
         log.close()
         # Bounded: a wedged server must not hang the session's teardown.
         with MongoClient(infra.mongo_url, serverSelectionTimeoutMS=5000, socketTimeoutMS=30_000) as client:

@@ -3,12 +3,11 @@ follow, cancel, bad input) and the pause after N consecutive failures as the vie
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.api.conftest import Keys, Running, Stack, _running, auth, new_tenant, settings_for
+from tests.integration.harness import until
 
 EVERY_MINUTE: dict[str, Any] = {
     "name": "minutely",
@@ -26,17 +25,6 @@ def iso(value: datetime) -> str:
 def minute_ago(minutes: int) -> datetime:
     """A whole minute ``minutes`` before now (the start of a range with whole-minute slots)."""
     return datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes)
-
-
-async def _until(check: Any, within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def _create(api: Running, tenant: str, body: dict[str, Any]) -> str:
@@ -62,7 +50,7 @@ async def test_backfill_runs_each_slot_once_and_shows_progress(api: Running) -> 
         view = got.json()
         return view if got.status_code == 200 and view["status"] == "completed" and view["succeeded"] == 5 else None
 
-    view = await _until(done, 30, "the backfill to complete")
+    view = await until(done, 30, "the backfill to complete")
     assert view["slots"] == 5 and view["dispatched"] == 5 and view["from"] == iso(start), view
     r = await http.get(f"/v1/tasks/{task_id}/executions?limit=50", headers=auth(tenant, ["viewer"]))
     backfilled = [e for e in r.json()["items"] if e["reason"] == "backfill"]
@@ -106,7 +94,7 @@ async def test_cancel_a_running_backfill(api: Running) -> None:
         view = got.json()
         return view if view.get("status") == "cancelled" and view.get("cancelled") == 3 else None
 
-    view = await _until(cancelled, 20, "the backfill view to show the cancel")
+    view = await until(cancelled, 20, "the backfill view to show the cancel")
     assert view["dispatched"] == 3 and view["reason"] == "cancelled by alice", view
     # Cancelling again: it already ended (409); an unknown backfill: 404.
     r = await http.delete(f"/v1/tasks/{task_id}/backfills/{backfill_id}?wait=20", headers=operator)
@@ -168,7 +156,7 @@ async def test_pause_after_consecutive_failures_shows_the_reason(api: Running) -
         task = (await http.get(f"/v1/tasks/{task_id}", headers=operator)).json()
         return task if task["status"] == "paused" else None
 
-    task = await _until(paused, 30, "the task to pause")
+    task = await until(paused, 30, "the task to pause")
     assert task["paused_reason"] == "consecutive_failures" and task["paused_failures"] == 2, task
     assert task["paused_note"].startswith("paused after 2 consecutive failures; last error: ")
     assert "engine down" in task["paused_note"], task

@@ -4,22 +4,13 @@ worker runs (a long HTTP request, an engine run), and the execution shows ``canc
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
 from schemas.specs import HttpRequestSpec, HttpWork
 from tests.api.conftest import Running, auth, new_tenant
-from tests.integration.harness import HttpTarget
+from tests.integration.harness import HttpTarget, until
 from tests.integration.test_cancel_e2e import Engine
-
-
-async def _until(check: Callable[[], Any], within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while not (result := await check()):
-        assert time.monotonic() < deadline, f"timed out after {within}s waiting for {what}"
-        await asyncio.sleep(0.1)
-    return result
 
 
 async def _run_then_cancel(api: Running, work: HttpWork, running: Callable[[], bool]) -> dict[str, Any]:
@@ -37,7 +28,7 @@ async def _run_then_cancel(api: Running, work: HttpWork, running: Callable[[], b
     async def runs() -> bool:
         return running()
 
-    await _until(runs, 30, "the work to run")
+    await until(runs, 30, "the work to run")
     r = await http.post(
         f"/v1/executions/{execution_id}/cancel?wait=20", json={"reason": "wrong build"}, headers=auth(tenant)
     )
@@ -47,7 +38,7 @@ async def _run_then_cancel(api: Running, work: HttpWork, running: Callable[[], b
         r = await http.get(f"/v1/executions/{execution_id}", headers=auth(tenant))
         return r.json() if r.status_code == 200 and r.json()["status"] == "cancelled" else None
 
-    await _until(cancelled, 30, "the execution to show cancelled")
+    await until(cancelled, 30, "the execution to show cancelled")
     await asyncio.sleep(2.0)  # an executor's late report, if any, would land now
     execution: dict[str, Any] = (await http.get(f"/v1/executions/{execution_id}", headers=auth(tenant))).json()
     assert execution["status"] == "cancelled" and execution["error"] == "wrong build", execution

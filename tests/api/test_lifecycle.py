@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import httpx
 
 from tests.api.conftest import Running, auth, new_tenant
+from tests.integration.harness import until
 
 CRON_TASK: dict[str, Any] = {
     "name": "nightly",
@@ -16,17 +15,6 @@ CRON_TASK: dict[str, Any] = {
     "work": {"kind": "handler", "name": "noop"},
     "tags": ["reports", "nightly"],
 }
-
-
-async def _until(check: Any, within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def test_task_lifecycle(api: Running) -> None:
@@ -94,7 +82,7 @@ async def test_task_lifecycle(api: Running) -> None:
         items = r.json()["items"]
         return items[0] if items and items[0]["status"] == "succeeded" else None
 
-    execution = await _until(finished, 30, "the triggered execution to succeed")
+    execution = await until(finished, 30, "the triggered execution to succeed")
     assert execution["id"] == execution_id and execution["task_id"] == task_id
     assert execution["reason"] == "manual" and execution["priority"] == "high" and execution["params"] == {"x": 1}
     assert [e["status"] for e in execution["timeline"]][-1] == "succeeded"
@@ -110,7 +98,7 @@ async def test_task_lifecycle(api: Running) -> None:
         stats = (await http.get("/v1/stats", headers=auth(tenant, ["viewer"]))).json()
         return stats if stats["executions"].get("succeeded") == 1 else None
 
-    stats = await _until(counted, 20, "statistics")
+    stats = await until(counted, 20, "statistics")
     assert stats["tasks"].get("active") == 1
 
     # Delete: gone from reads and lists, commands are 404, the history stays readable.
@@ -137,7 +125,7 @@ async def test_without_wait_answers_202_then_the_view_catches_up(api: Running) -
         r = await http.get(f"/v1/tasks/{body['task_id']}", headers=auth(tenant, ["viewer"]))
         return r if r.status_code == 200 else None
 
-    await _until(visible, 20, "the task to show")
+    await until(visible, 20, "the task to show")
 
 
 async def test_idempotency_key_gives_the_same_ids_and_one_task(api: Running) -> None:

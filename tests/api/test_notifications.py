@@ -3,7 +3,6 @@ projector plus a notifier process of this module (real broker and FerretDB)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -16,18 +15,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from schemas.notifications import DELIVERY_HEADER, SIGNATURE_HEADER, TenantNotificationRules, verify_signature
 from schemas.secrets import is_token
 from tests.api.conftest import Running, Stack, auth, new_tenant
-from tests.integration.harness import HttpTarget, WorkerProc
+from tests.integration.harness import HttpTarget, WorkerProc, until
 
 SECRET = "tenant-webhook-secret-0123456789"
-
-
-async def _until(check: Any, within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while not (result := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.1)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +105,7 @@ async def test_tenant_rules_and_an_executions_deliveries(
         body: dict[str, Any] = (await http.get("/v1/notification-rules", headers=viewer)).json()
         return body if body["rules"] else None
 
-    got = await _until(shown, 30, "the rules to be applied")
+    got = await until(shown, 30, "the rules to be applied")
     assert got["rules"][0]["channel"] == {"kind": "webhook", "url": webhook.url, "secret": "***"}
     assert got["updated_by"] == "alice"
     r = await http.put("/v1/notification-rules", json=got | {"updated_by": None, "updated_at": None}, headers=admin)
@@ -142,7 +132,7 @@ async def test_tenant_rules_and_an_executions_deliveries(
         items: list[dict[str, Any]] = r.json()["items"] if r.status_code == 200 else []
         return items if len(items) == 2 else None
 
-    items = await _until(delivered, 30, "two deliveries")
+    items = await until(delivered, 30, "two deliveries")
     assert sorted((i["scope"], i["channel"], i["status"], i["event"]) for i in items) == [
         ("task", "kafka", "delivered", "failed"),
         ("tenant", "webhook", "delivered", "failed"),
@@ -200,5 +190,5 @@ async def test_a_secret_put_in_clear_on_the_rules_topic_is_not_shown(
         body: dict[str, Any] = (await api.http.get("/v1/notification-rules", headers=auth(tenant, ["viewer"]))).json()
         return body if body["rules"] else None
 
-    got = await _until(shown, 30, "the rules to be applied")
+    got = await until(shown, 30, "the rules to be applied")
     assert got["rules"][0]["channel"]["secret"] == "***" and SECRET not in str(got)

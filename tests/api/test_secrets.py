@@ -4,8 +4,6 @@ no topic's bytes, no view document, no API answer."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from typing import Any
 
@@ -18,18 +16,7 @@ from api.commands import task_public
 from api.routes.events import public_event
 from schemas.secrets import MARKER
 from tests.api.conftest import Running, Stack, _running, auth, new_tenant, settings_for
-from tests.integration.harness import HttpTarget
-
-
-async def _until(check: Any, within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.2)
+from tests.integration.harness import HttpTarget, until
 
 
 async def _topic_bytes(stack: Stack) -> dict[str, bytes]:
@@ -109,7 +96,7 @@ async def test_a_secret_reaches_the_target_and_nothing_else(api: Running, warm: 
             doc: dict[str, Any] = r.json()
             return doc if r.status_code == 200 and doc["status"] in ("succeeded", "failed") else None
 
-        run = await _until(lambda: finished(first), 30, "the first run")
+        run = await until(lambda: finished(first), 30, "the first run")
         assert run["status"] == "succeeded", run
         assert run["params"] == {"token": MARKER, "region": "eu"}
         # The work still works: the target got the clear header.
@@ -129,7 +116,7 @@ async def test_a_secret_reaches_the_target_and_nothing_else(api: Running, warm: 
         assert r.status_code == 200, r.text
         r = await call("POST", f"/v1/tasks/{task_id}/trigger?wait=20", headers=admin)
         second = r.json()["execution_id"]
-        run = await _until(lambda: finished(second), 30, "the second run")
+        run = await until(lambda: finished(second), 30, "the second run")
         assert run["status"] == "succeeded", run
         assert target.requests[-1]["headers"]["Authorization"] == header_secret
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pydantic import ValidationError
 from api.settings import ApiSettings
 from tests.api.conftest import AUDIENCE, ISSUER, SECRET, auth, free_port, new_tenant
 from tests.conftest import Infra
-from tests.integration.harness import REPO
+from tests.integration.harness import REPO, stop_group
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -95,13 +94,7 @@ def https_api(infra: Infra, tmp_path: Path) -> Iterator[tuple[int, Path]]:
                 time.sleep(0.1)
             yield port, cert_file
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
+            stop_group(proc, 10)
 
 
 def test_api_serves_https_with_the_configured_certificate(https_api: tuple[int, Path]) -> None:

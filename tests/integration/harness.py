@@ -11,12 +11,12 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -46,6 +46,19 @@ def now() -> datetime:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """Stop a process started in a session of its own, and what it started: SIGTERM to its
+    group (a clean shutdown), SIGKILL if it is still running after ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 class WorkerProc:
@@ -82,12 +95,8 @@ class WorkerProc:
             self.proc.wait(10)
 
     def stop(self, timeout: float = 20) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc:
+            stop_group(self.proc, timeout)
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -195,6 +204,26 @@ class Bus:
             await self.producer.stop()
 
 
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on 127.0.0.1 at a port the system picks: the runner (``cleanup()`` stops
+    serving) and the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """:func:`serve` for the length of a block: the port."""
+    runner, port = await serve(app)
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
 @dataclass
 class HttpTarget:
     """A local HTTP endpoint that records every request and can fail on demand."""
@@ -231,11 +260,7 @@ class HttpTarget:
     async def start(self) -> HttpTarget:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve(app)
         self.url = f"http://127.0.0.1:{port}/work"
         return self
 
@@ -267,6 +292,22 @@ def assert_every_slot_once(bus: Bus, task_ids: list[str], first_slot: datetime, 
             total += 1
             slot += timedelta(seconds=1)
     return total
+
+
+T = TypeVar("T")
+
+
+async def until(check: Callable[[], Awaitable[T | None]], within: float, what: str, *, every: float = 0.1) -> T:
+    """The first truthy value ``check()`` gives, asked every ``every`` seconds; an
+    ``AssertionError`` naming ``what`` once ``within`` seconds passed without one."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(every)
 
 
 def free_port() -> int:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,17 +16,7 @@ from aiohttp import web
 from schemas.commands import BackfillTask, CancelBackfill, CreateTask
 from schemas.ids import execution_id_for_backfill
 from schemas.specs import HttpWork, IntervalSchedule, OverlapPolicy, TaskDefinition
-from tests.conftest import Infra
-from tests.integration.harness import (
-    Bus,
-    HttpTarget,
-    WorkerProc,
-    new_id,
-    now,
-    ready_bus,
-    running_worker,
-    worker_env,
-)
+from tests.integration.harness import Bus, HttpTarget, new_id, now
 
 pytestmark = pytest.mark.slow
 
@@ -38,23 +26,6 @@ HOUR = timedelta(hours=1)
 @pytest.fixture(scope="module")
 def prefix() -> str:
     return f"backfill{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def worker(infra: Infra, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
-    tmp: Path = tmp_path_factory.mktemp("worker")
-    env = worker_env(infra.bootstrap, infra.mongo_url, prefix, tmp / "data")
-    with running_worker(env, tmp, "backfill-w1") as proc:
-        yield proc
-
-
-@pytest.fixture
-async def bus(infra: Infra, prefix: str, worker: WorkerProc) -> AsyncIterator[Bus]:
-    b = await ready_bus(infra.bootstrap, prefix)
-    try:
-        yield b
-    finally:
-        await b.stop()
 
 
 class CountingTarget(HttpTarget):

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,16 +27,7 @@ from schemas.specs import (
     TaskDefinition,
 )
 from tests.conftest import Infra
-from tests.integration.harness import (
-    Bus,
-    HttpTarget,
-    WorkerProc,
-    new_id,
-    now,
-    ready_bus,
-    running_worker,
-    worker_env,
-)
+from tests.integration.harness import Bus, HttpTarget, new_id, now, serve
 
 pytestmark = pytest.mark.slow
 
@@ -45,22 +35,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def prefix() -> str:
     return f"cancel{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def worker(infra: Infra, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
-    tmp: Path = tmp_path_factory.mktemp("worker")
-    with running_worker(worker_env(infra.bootstrap, infra.mongo_url, prefix, tmp / "data"), tmp, "cancel-w1") as proc:
-        yield proc
-
-
-@pytest.fixture
-async def bus(infra: Infra, prefix: str, worker: WorkerProc) -> AsyncIterator[Bus]:
-    b = await ready_bus(infra.bootstrap, prefix)
-    try:
-        yield b
-    finally:
-        await b.stop()
 
 
 class Engine:
@@ -97,11 +71,7 @@ class Engine:
         app.router.add_post("/runs", self._start)
         app.router.add_get("/runs/{id}", self._status)
         app.router.add_post("/runs/{id}/cancel", self._cancel)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve(app)
         self.url = f"http://127.0.0.1:{port}"
         return self
 

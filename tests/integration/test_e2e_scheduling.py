@@ -6,8 +6,6 @@ import asyncio
 import itertools
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import orjson
 import pytest
@@ -25,17 +23,7 @@ from schemas.specs import (
     TaskDefinition,
 )
 from tests.conftest import Infra
-from tests.integration.harness import (
-    STARTUP,
-    Bus,
-    HttpTarget,
-    WorkerProc,
-    new_id,
-    now,
-    ready_bus,
-    running_worker,
-    worker_env,
-)
+from tests.integration.harness import STARTUP, Bus, HttpTarget, WorkerProc, new_id, now
 
 pytestmark = pytest.mark.slow
 
@@ -43,36 +31,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def prefix() -> str:
     return f"e2e{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def worker(infra: Infra, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
-    tmp: Path = tmp_path_factory.mktemp("worker")
-    with running_worker(worker_env(infra.bootstrap, infra.mongo_url, prefix, tmp / "data"), tmp, "w1") as proc:
-        yield proc
-
-
-_warm: set[str] = set()
-
-
-@pytest.fixture
-async def bus(infra: Infra, prefix: str, worker: WorkerProc) -> AsyncIterator[Bus]:
-    # Wait for the worker once per module: later tests measure scheduling, not start-up.
-    b = await ready_bus(infra.bootstrap, prefix, wait=prefix not in _warm)
-    _warm.add(prefix)
-    try:
-        yield b
-    finally:
-        await b.stop()
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[HttpTarget]:
-    t = await HttpTarget().start()
-    try:
-        yield t
-    finally:
-        await t.stop()
 
 
 def _create(task_id: str, definition: TaskDefinition) -> CreateTask:

@@ -6,24 +6,12 @@ set, as in every other end-to-end test, the same target is reached.)"""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
 from schemas.commands import CreateTask, TriggerTask
 from schemas.specs import HttpWork, TaskDefinition
-from tests.conftest import Infra
-from tests.integration.harness import (
-    Bus,
-    HttpTarget,
-    WorkerProc,
-    new_id,
-    now,
-    ready_bus,
-    running_worker,
-    worker_env,
-)
+from tests.integration.harness import Bus, HttpTarget, new_id, now
 
 pytestmark = pytest.mark.slow
 
@@ -34,30 +22,8 @@ def prefix() -> str:
 
 
 @pytest.fixture(scope="module")
-def worker(infra: Infra, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
-    tmp: Path = tmp_path_factory.mktemp("worker")
-    # The deployment default: no internal network allowed.
-    env = worker_env(infra.bootstrap, infra.mongo_url, prefix, tmp / "data", SCHED_HTTP_ALLOW_NETWORKS="[]")
-    with running_worker(env, tmp, "fence-w1") as proc:
-        yield proc
-
-
-@pytest.fixture
-async def bus(infra: Infra, prefix: str, worker: WorkerProc) -> AsyncIterator[Bus]:
-    b = await ready_bus(infra.bootstrap, prefix)
-    try:
-        yield b
-    finally:
-        await b.stop()
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[HttpTarget]:
-    t = await HttpTarget().start()
-    try:
-        yield t
-    finally:
-        await t.stop()
+def worker_settings() -> dict[str, str]:
+    return {"SCHED_HTTP_ALLOW_NETWORKS": "[]"}  # the deployment default: no internal network allowed
 
 
 def _create(task_id: str, definition: TaskDefinition) -> CreateTask:

@@ -9,12 +9,12 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
@@ -31,17 +31,7 @@ from schemas.secrets import Keyring, new_key, parse_keys, seal_definition
 from schemas.specs import HandlerWork, IntervalSchedule, RetryPolicy, TaskDefinition
 from streams.notifier import DELIVERIES, RULES_VIEW
 from tests.conftest import Infra
-from tests.integration.harness import (
-    Bus,
-    HttpTarget,
-    WorkerProc,
-    free_port,
-    new_id,
-    now,
-    ready_bus,
-    running_worker,
-    worker_env,
-)
+from tests.integration.harness import Bus, HttpTarget, WorkerProc, free_port, new_id, now, until
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +39,6 @@ KEYS = {"notify-test": new_key()}
 RING = Keyring(parse_keys(KEYS))
 SECRET = "webhook-secret-of-the-e2e-test"
 TENANT = "acme"
-T = TypeVar("T")
 
 
 @dataclass
@@ -73,48 +62,59 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    prefix = f"ntf{uuid.uuid4().hex[:8]}"
-    tmp: Path = tmp_path_factory.mktemp("notify")
-    mailbox = Mailbox()
+def prefix() -> str:
+    return f"ntf{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def mailbox() -> Mailbox:
+    return Mailbox()
+
+
+@pytest.fixture(scope="module")
+def smtp_port(mailbox: Mailbox) -> Iterator[int]:
+    """A local SMTP server delivering to ``mailbox``: its port."""
     smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     smtp.start()
-    env = worker_env(
-        infra.bootstrap, infra.mongo_url, prefix, tmp / "data",
-        SCHED_MONGO_DATABASE=prefix, SCHED_SECRET_KEYS=json.dumps(KEYS), SCHED_KAFKA_WORK_TOPICS='["alerts.**"]',
-        SCHED_SMTP_HOST="127.0.0.1", SCHED_SMTP_PORT=str(smtp.port), SCHED_SMTP_FROM="scheduler@test.example",
-        SCHED_NOTIFY_ATTEMPTS="3", SCHED_NOTIFY_BACKOFF_SECONDS="0.1", SCHED_NOTIFY_TIMEOUT_SECONDS="5",
-    )  # fmt: skip
     try:
-        with running_worker(env, tmp, "w1"):
-            notifier = WorkerProc(env, tmp / "notifier.log", None, ("notifier",)).start()
-            deployment = Deployment(prefix, env, tmp, mailbox, notifier)
-            try:
-                yield deployment
-            finally:
-                # The notifier running now: a test may have replaced the first one.
-                deployment.notifier.stop()
-                print(deployment.notifier.tail())
+        yield smtp.port
     finally:
         smtp.stop()
 
 
-@pytest.fixture
-async def bus(infra: Infra, deployment: Deployment) -> AsyncIterator[Bus]:
-    b = await ready_bus(infra.bootstrap, deployment.prefix, follow=("task-events", "outcomes", "dead-letter"))
+@pytest.fixture(scope="module")
+def worker_settings(prefix: str, smtp_port: int) -> dict[str, str]:
+    return dict(
+        SCHED_MONGO_DATABASE=prefix, SCHED_SECRET_KEYS=json.dumps(KEYS), SCHED_KAFKA_WORK_TOPICS='["alerts.**"]',
+        SCHED_SMTP_HOST="127.0.0.1", SCHED_SMTP_PORT=str(smtp_port), SCHED_SMTP_FROM="scheduler@test.example",
+        SCHED_NOTIFY_ATTEMPTS="3", SCHED_NOTIFY_BACKOFF_SECONDS="0.1", SCHED_NOTIFY_TIMEOUT_SECONDS="5",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    prefix: str, worker: WorkerProc, mailbox: Mailbox, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    """The module's worker (conftest.py) with a notifier process next to it, on the same settings."""
+    tmp: Path = tmp_path_factory.mktemp("notify")
+    notifier = WorkerProc(worker.env, tmp / "notifier.log", None, ("notifier",)).start()
+    deployment = Deployment(prefix, worker.env, tmp, mailbox, notifier)
     try:
-        yield b
+        yield deployment
     finally:
-        await b.stop()
+        # The notifier running now: a test may have replaced the first one.
+        deployment.notifier.stop()
+        print(deployment.notifier.tail())
 
 
 @pytest.fixture
-async def webhook() -> AsyncIterator[HttpTarget]:
-    target = await HttpTarget().start()
-    try:
-        yield target
-    finally:
-        await target.stop()
+def bus_follows() -> tuple[str, ...]:
+    return ("task-events", "outcomes", "dead-letter")
+
+
+@pytest.fixture
+def webhook(target: HttpTarget) -> HttpTarget:
+    return target
 
 
 @pytest.fixture
@@ -124,16 +124,6 @@ async def deliveries(infra: Infra, deployment: Deployment) -> AsyncIterator[Any]
         yield client[deployment.prefix][DELIVERIES]
     finally:
         await client.close()
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], within: float, what: str) -> T:
-    """The first value of ``probe`` that is not None, within ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while (value := await probe()) is None:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.1)
-    return value
 
 
 def failing_task(rules: list[dict[str, Any]], *, attempts: int = 2) -> tuple[str, TaskDefinition]:
@@ -219,7 +209,7 @@ async def test_a_failing_task_notifies_by_webhook_kafka_and_email(
         docs: list[dict[str, Any]] = await deliveries.find({"execution_id": execution_id}).to_list()
         return docs if len(docs) >= 3 else None
 
-    docs = await eventually(recorded, 20, "three delivery records")
+    docs = await until(recorded, 20, "three delivery records")
     assert sorted((d["channel"], d["status"], d["attempts"]) for d in docs) == [
         ("email", "delivered", 1), ("kafka", "delivered", 1), ("webhook", "delivered", 1),
     ]  # fmt: skip
@@ -270,7 +260,7 @@ async def test_a_failing_webhook_is_retried_then_dead_lettered(
         assert orjson.loads(letter["payload"])["execution_id"] == execution_id
         (delivery,) = {r["headers"][DELIVERY_HEADER] for r in failing.requests}
         assert len(failing.requests) == 3  # one delivery, sent three times
-        doc = await eventually(lambda: deliveries.find_one({"_id": delivery}), 10, "the delivery record")
+        doc = await until(lambda: deliveries.find_one({"_id": delivery}), 10, "the delivery record")
         assert (doc["status"], doc["attempts"], doc["execution_id"]) == ("dead_lettered", 3, execution_id)
         assert doc["last_error"] == "webhook answered HTTP 503"
     finally:
@@ -309,7 +299,7 @@ async def test_a_notifier_on_a_new_deployment_applies_rules_put_after_it_started
             rules=[{"on": ["missed"], "channel": {"kind": "kafka", "topic": "alerts.x"}}],
         )
         await bus.send_raw("notification-rules", TENANT.encode(), put.model_dump_json().encode())
-        view = await eventually(lambda: client[prefix][RULES_VIEW].find_one({"_id": TENANT}), 40, "the rules view")
+        view = await until(lambda: client[prefix][RULES_VIEW].find_one({"_id": TENANT}), 40, "the rules view")
         assert view["rules"][0]["channel"]["topic"] == "alerts.x" and notifier.alive()
     finally:
         notifier.stop()

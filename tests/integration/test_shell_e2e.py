@@ -11,7 +11,6 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,7 @@ import pytest
 from schemas.commands import CancelExecution, CreateTask, TriggerTask
 from schemas.ids import execution_id_for_trigger
 from schemas.specs import ShellLimits, ShellWork, TaskDefinition
-from tests.conftest import Infra
-from tests.integration.harness import Bus, WorkerProc, new_id, now, ready_bus, running_worker, worker_env
+from tests.integration.harness import Bus, new_id, now
 
 pytestmark = pytest.mark.slow
 
@@ -34,24 +32,12 @@ def prefix() -> str:
 
 
 @pytest.fixture(scope="module")
-def worker(infra: Infra, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
-    tmp: Path = tmp_path_factory.mktemp("worker")
-    env = worker_env(
-        infra.bootstrap, infra.mongo_url, prefix, tmp / "data",
-        SCHED_SHELL_COMMANDS=json.dumps([PYTHON, "/bin/sh"]), SCHED_SHELL_ENV='["REPORT_*"]',
-        SCHED_SHELL_KILL_GRACE_SECONDS="2",
-    )  # fmt: skip
-    with running_worker(env, tmp, "shell-w1") as proc:
-        yield proc
-
-
-@pytest.fixture
-async def bus(infra: Infra, prefix: str, worker: WorkerProc) -> AsyncIterator[Bus]:
-    b = await ready_bus(infra.bootstrap, prefix)
-    try:
-        yield b
-    finally:
-        await b.stop()
+def worker_settings() -> dict[str, str]:
+    return {
+        "SCHED_SHELL_COMMANDS": json.dumps([PYTHON, "/bin/sh"]),
+        "SCHED_SHELL_ENV": '["REPORT_*"]',
+        "SCHED_SHELL_KILL_GRACE_SECONDS": "2",
+    }
 
 
 async def _trigger(bus: Bus, work: ShellWork, params: dict[str, Any] | None = None) -> tuple[str, str]:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -18,19 +17,10 @@ from schemas.commands import CreateTask
 from schemas.events import ExecutionDispatched
 from schemas.specs import HandlerWork, TaskDefinition
 from schemas.triggers import TriggerRule
-from tests.conftest import Infra
-from tests.integration.harness import (
-    Bus,
-    WorkerProc,
-    new_id,
-    now,
-    ready_bus,
-    running_router,
-    running_worker,
-    worker_env,
-)
+from tests.integration.harness import Bus, WorkerProc, new_id, now, running_router
 
-pytestmark = pytest.mark.slow
+# The bus (conftest.py) waits for the worker only: every test here needs the router too.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("router")]
 
 QUIET = 3.0
 """Seconds a test waits to be sure something did not happen (a trigger routes in milliseconds)."""
@@ -42,31 +32,15 @@ def prefix() -> str:
 
 
 @pytest.fixture(scope="module")
-def env(infra: Infra, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return worker_env(infra.bootstrap, infra.mongo_url, prefix, tmp_path_factory.mktemp("data") / "worker")
-
-
-@pytest.fixture(scope="module")
-def worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
-    tmp: Path = tmp_path_factory.mktemp("worker")
-    with running_worker(env, tmp, "trig-w1") as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def router(env: dict[str, str], worker: WorkerProc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
-    with running_router(env, tmp_path_factory.mktemp("router")) as proc:
+def router(worker: WorkerProc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
+    """The trigger router next to the module's worker, with the same settings."""
+    with running_router(worker.env, tmp_path_factory.mktemp("router")) as proc:
         yield proc
 
 
 @pytest.fixture
-async def bus(infra: Infra, prefix: str, router: WorkerProc) -> AsyncIterator[Bus]:
-    b = await ready_bus(infra.bootstrap, prefix)
-    try:
-        await b.follow(("dead-letter", "trigger-rules"))
-        yield b
-    finally:
-        await b.stop()
+def bus_follows() -> tuple[str, ...]:
+    return ("task-events", "outcomes", "dead-letter", "trigger-rules")
 
 
 async def create_triggered(bus: Bus, tenant: str, rule: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from streams.fence import TopicFence, fenced_http_client
 from streams.publisher import Publisher
 from streams.runners import Attempt, Runners, RunResult
 from streams.settings import Settings
+from tests.integration.harness import serving
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -55,15 +56,8 @@ async def engine() -> AsyncIterator[Engine]:
     engine = Engine()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", engine.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    engine.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serving(app) as engine.port:
         yield engine
-    finally:
-        await runner.cleanup()
 
 
 def _engine_work(engine: Engine) -> HttpWork:

@@ -17,6 +17,7 @@ from schemas.specs import HandlerWork, HttpPoll, HttpWork, KafkaWork
 from streams.fence import AddressRefused, TopicFence, fenced_http_client, fenced_socket
 from streams.runners import RESULT_LIMIT, RESULT_MAX_BYTES, Attempt, Runners
 from streams.settings import Settings
+from tests.integration.harness import serving
 
 AT = Attempt("acme/t1", "acme", "exec-1", 1, {})
 LOOPBACK_V4 = ["127.0.0.0/8"]
@@ -56,15 +57,8 @@ async def target() -> AsyncIterator[Target]:
     target = Target()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", target.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    target.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serving(app) as target.port:
         yield target
-    finally:
-        await runner.cleanup()
 
 
 async def run(work: Any, allow: list[str], read_limit: int = 1024 * 1024) -> Any:

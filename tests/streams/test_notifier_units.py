@@ -207,6 +207,7 @@ async def test_a_webhook_to_a_name_of_a_loopback_address_is_refused_and_never_se
     from aiohttp import web
 
     from streams.fence import fenced_http_client
+    from tests.integration.harness import serve
 
     host = socket.gethostname()
     try:
@@ -222,11 +223,7 @@ async def test_a_webhook_to_a_name_of_a_loopback_address_is_refused_and_never_se
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve(app)
     ring = Keyring(parse_keys({"k": new_key()}))
     token = ring.encrypt(
         "a-secret-of-sixteen-chars", tenant="acme", task_id="acme/t", pointer="/notifications/0/channel/secret"

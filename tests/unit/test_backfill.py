@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from croniter import croniter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -166,6 +165,19 @@ def test_scheduled_slot_is_not_held_back_by_backfill_executions() -> None:
     given_ = [create(), backfill(T0 - timedelta(days=1), T0 - timedelta(hours=23), when_=at(5))]
     events, _ = when(given_, cmd(Wake, at(10)))
     assert_then(events, [("ExecutionDispatched", {"reason": "schedule", "slot": at(10), "backfill_id": None})])
+
+
+def test_a_backfilled_slot_runs_what_the_scheduled_slot_runs() -> None:
+    """Same slot, two lanes: the dispatches differ only in id, reason, backfill and timing."""
+    task = create(overlap="allow_all", priority="high", params={"suite": "nightly"}, timeout_seconds=120)
+    [scheduled] = dispatched(when([task], cmd(Wake, at(10)))[0])
+    [backfilled] = dispatched(when([task], backfill(at(10), at(20)))[0])
+    lane = {"execution_id", "reason", "backfill_id", "deadline"}
+    bookkeeping = {"event_id", "sequence", "at", "causation_id", "actor", "next_slot", "next_fire_at"}
+    assert scheduled.model_dump(exclude=lane | bookkeeping) == backfilled.model_dump(exclude=lane | bookkeeping)
+    assert scheduled.params == {"suite": "nightly"} and scheduled.priority == "high"
+    assert (scheduled.reason, backfilled.reason, backfilled.backfill_id) == ("schedule", "backfill", "bf1")
+    assert scheduled.deadline - scheduled.at == backfilled.deadline - backfilled.at == timedelta(seconds=120)
 
 
 def test_buffered_slot_does_not_wait_for_backfill_executions() -> None:
@@ -500,7 +512,7 @@ def test_old_events_still_decode() -> None:
     assert again.reason == "manual" and again.failures is None
 
 
-def test_counting_ten_thousand_slots_of_a_long_cron_parses_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_counting_ten_thousand_slots_of_a_long_cron_parses_it_once(cron_parses: list[str]) -> None:
     # The API and the task processor (on its agent, blocking every other task of the worker)
     # both count a backfill's slots: each slot parsed the expression again, 1 ms for fields
     # written as ranges with steps, so 10,001 slots took 10 s. Counted, not timed (a timed
@@ -509,17 +521,10 @@ def test_counting_ten_thousand_slots_of_a_long_cron_parses_it_once(monkeypatch: 
     long_cron = TaskDefinition.model_validate(
         definition(schedule={"kind": "cron", "expression": expression, "timezone": "Europe/Paris"})
     )
-    parses: list[str] = []
-    expand = croniter.expand.__func__  # type: ignore[attr-defined]
-
-    def counting(cls: type[croniter], expr_format: str, *args: object, **kwargs: object) -> object:
-        parses.append(expr_format)
-        return expand(cls, expr_format, *args, **kwargs)
-
-    monkeypatch.setattr(croniter, "expand", classmethod(counting))
+    cron_parses.clear()  # validation parses too
     problem = checked_range(long_cron, T0, T0, T0 + timedelta(days=1), T0 + timedelta(days=2))
     assert isinstance(problem, RangeProblem) and problem.field == "to"
-    assert parses.count(expression) <= 1  # each of the 10,001 slots parsed it before
+    assert cron_parses.count(expression) <= 1  # each of the 10,001 slots parsed it before
     # The same slots as a fresh parse gives: every second, in order.
     first = list(itertools.islice(slots(long_cron, T0, T0, T0 + timedelta(days=1)), 3))
     assert first == [T0, T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)]
