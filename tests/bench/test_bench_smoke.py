@@ -7,7 +7,17 @@ import socket
 
 import pytest
 
-from tests.bench import compare, inflight, lateness, peer_apscheduler, peer_dbscheduler, replay, scale, throughput
+from tests.bench import (
+    compare,
+    failover,
+    inflight,
+    lateness,
+    peer_apscheduler,
+    peer_dbscheduler,
+    replay,
+    scale,
+    throughput,
+)
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.slow
@@ -18,6 +28,13 @@ async def test_lateness_runner_counts_every_slot_once(infra: Infra) -> None:
     assert (result.expected, result.missed, result.doubled) == (80, 0, 0)
     assert result.dispatched == 80
     assert result.rss_peak_mb > 0
+
+
+async def test_failover_runner_counts_every_slot_once_through_a_kill(infra: Infra) -> None:
+    result = await failover.run(infra.bootstrap, infra.mongo_url, 20, 1.0, 8.0, 32.0, 0.05, False)
+    assert result.expected >= 20 * 25
+    assert (result.lost, result.doubled_slots, result.doubled_attempts, result.doubled_outcomes) == (0, 0, 0, 0)
+    assert result.takeover_s == result.takeover_s, "the survivor never fired the killed worker's tasks"  # not NaN
 
 
 async def test_apscheduler_peer_runner_counts_every_slot_once() -> None:
