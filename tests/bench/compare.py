@@ -4,8 +4,9 @@
 
 Writes the table to BENCHMARKS.md (``--out``) with the machine and versions. Each figure is
 the median over ``--repeat`` runs; the ratios compare medians measured in this one run.
-``--peers`` picks the rows (default all): ``ours``, ``aps-memory``, ``aps-sqlite``,
-``dbscheduler`` (db-scheduler on a PostgreSQL cluster this run starts, see
+``--peers`` picks the rows (default all): ``ours``, ``ours-split`` (the same with the executor
+in a process of its own, so the worker's event loop only applies and fires: the deployment
+that uses a second core), ``aps-memory``, ``aps-sqlite``, ``dbscheduler`` (db-scheduler on a PostgreSQL cluster this run starts, see
 ``tests.bench.peer_dbscheduler``). Without ``ours`` the ratio column says n/a.
 """
 
@@ -23,7 +24,7 @@ from tests.bench import lateness, peer_apscheduler, peer_dbscheduler
 from tests.bench.common import machine, stack_urls
 
 REPO = Path(__file__).resolve().parents[2]
-PEERS = ("ours", "aps-memory", "aps-sqlite", "dbscheduler")
+PEERS = ("ours", "ours-split", "aps-memory", "aps-sqlite", "dbscheduler")
 
 
 @dataclass
@@ -67,8 +68,8 @@ def _measure(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Row]:
     rows = {peer: Row(names[peer], []) for peer in args.peers}
     for _ in range(args.repeat):
         for peer, row in rows.items():
-            if peer == "ours":
-                result = asyncio.run(lateness.run(bootstrap, mongo, *w, False, args.spread))
+            if peer in ("ours", "ours-split"):
+                result = asyncio.run(lateness.run(bootstrap, mongo, *w, peer == "ours-split", args.spread))
             elif peer == "dbscheduler":
                 result = asyncio.run(
                     peer_dbscheduler.run(*w, args.spread, args.dbscheduler_poll_ms, args.dbscheduler_threads)
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = {
         "ours": "this scheduler (1 worker, durable)",
+        "ours-split": "this scheduler (1 worker, executor in its own process, durable)",
         "aps-memory": "APScheduler 3, memory store",
         "aps-sqlite": "APScheduler 3, SQLite store",
     }

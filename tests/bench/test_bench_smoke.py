@@ -62,6 +62,7 @@ def test_postgres_cluster_is_stopped_and_removed_also_on_failure() -> None:
 
 def test_compare_runs_the_chosen_peers_in_table_order() -> None:
     assert compare._peers("dbscheduler, ours") == ["ours", "dbscheduler"]
+    assert compare._peers("aps-memory,ours-split,ours") == ["ours", "ours-split", "aps-memory"]
     with pytest.raises(argparse.ArgumentTypeError, match="choose from"):
         compare._peers("quartz")
 
