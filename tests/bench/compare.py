@@ -6,8 +6,8 @@ Writes the table to BENCHMARKS.md (``--out``) with the machine and versions. Eac
 the median over ``--repeat`` runs; the ratios compare medians measured in this one run.
 ``--peers`` picks the rows (default all): ``ours``, ``ours-split`` (the same with the executor
 in a process of its own, so the worker's event loop only applies and fires: the deployment
-that uses a second core), ``aps-memory``, ``aps-sqlite``, ``dbscheduler`` (db-scheduler on a PostgreSQL cluster this run starts, see
-``tests.bench.peer_dbscheduler``). Without ``ours`` the ratio column says n/a.
+that uses a second core), ``aps-memory``, ``aps-sqlite``, ``dbscheduler`` (db-scheduler on a
+PostgreSQL cluster this run starts, see ``tests.bench.peer_dbscheduler``). Without ``ours`` the ratio column says n/a.
 """
 
 from __future__ import annotations
