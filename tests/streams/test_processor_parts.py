@@ -4,6 +4,7 @@ and the agent's apply path (ticks, batches, commands) over a dict table and a re
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -300,3 +301,27 @@ def test_a_state_directory_serves_one_worker_at_a_time(tmp_path: Path) -> None:
         claim_data_dir(tmp_path / "data")
     os.close(fd)
     os.close(claim_data_dir(tmp_path / "data"))  # free again once the first worker is gone
+
+
+async def test_a_tick_that_cannot_be_sent_is_logged_and_does_not_stop_the_firing_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Ticks leave without the producer's linger as one-record batches, which wait while the
+    # partition's previous batch is queued (a broker away): the firing loop must not wait on
+    # them, nor end when one fails (the tick is sent again after tick_resend_seconds).
+    processor, _ = _processor()
+    release = asyncio.Event()
+
+    async def broker_away(topic: str, key: bytes, value: bytes, partition: int) -> None:
+        await release.wait()
+        raise ConnectionError("broker away")
+
+    processor._send_unlingered = broker_away  # type: ignore[method-assign]
+    processor._send_tick("p.commands", _tick(1, at(10)), 1)
+    processor._send_tick("p.commands", _tick(2, at(10)), 2)  # not held behind the first
+    assert len(processor._tick_sends) == 2
+    release.set()
+    with caplog.at_level(logging.WARNING, logger="streams.app"):
+        await asyncio.sleep(0.01)
+    assert not processor._tick_sends
+    assert sum("a tick was not sent" in r.getMessage() for r in caplog.records) == 2
