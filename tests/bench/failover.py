@@ -201,6 +201,7 @@ async def run(
     expected = lost = doubled_slots = 0
     lost_at: Counter[int] = Counter()
     missed: Counter[tuple[str, str]] = Counter()
+    missed_before_at: Counter[int] = Counter()
     for task_id in ids:
         n = 0
         while (slot := anchors[task_id].timestamp() + n * period) <= counted_until:
@@ -214,6 +215,8 @@ async def run(
                     lost_at[round(slot - first_slot)] += 1
                 else:
                     missed[(why, "before the kill" if slot < killed_wall else "after the kill")] += 1
+                    if slot < killed_wall:
+                        missed_before_at[round(slot - first_slot)] += 1
             elif len(found) > 1:
                 doubled_slots += 1
     doubled_attempts = sum(1 for ev in attempt_events.values() if len(ev) > 1)
@@ -225,6 +228,11 @@ async def run(
     repeated = [k for k, n in keys.items() if n > 1]
     if lost_at:
         print("lost slots by second after the first slot:", dict(sorted(lost_at.items())))
+    if missed_before_at:
+        print(
+            "slots recorded missed before the kill, by second after the first slot:",
+            dict(sorted(missed_before_at.items())),
+        )
     long_before = sum(1 for k in repeated if first_seen[k].timestamp() + delay + 2 < killed_wall)
 
     victim = f"scheduler/worker/{workers[0].worker_id}"
