@@ -45,7 +45,7 @@ from schemas.commands import Command, Wake
 from schemas.control import CommandBatch, Tick
 from schemas.envelope import control_envelope, decode_command_object, decode_message_correlated, encode
 from schemas.errors import DecodeError, InvalidCommand
-from streams import faust_tuning, gc_tuning, metrics
+from streams import faust_tuning, metrics, runtime
 from streams.calendars import CalendarFollower
 from streams.connections import faust_options, kafka_options
 from streams.executor import Executor
@@ -126,7 +126,7 @@ class TaskProcessor:
         if settings.store.startswith("rocksdb"):
             self._data_dir_lock = claim_data_dir(settings.data_dir)
         faust_tuning.install(settings.fetch_max_wait_ms)
-        gc_tuning.install(settings.gc_thresholds)
+        runtime.install(settings.gc_thresholds, settings.switch_interval_seconds)
         self.app = faust.App(
             topic_name(settings, settings.app_id),
             **faust_options(settings),
@@ -387,7 +387,7 @@ class TaskProcessor:
             len(self.firing), self.stats.last_rebuild_seconds, read, len(resend), RESEND_WINDOW, missing,
         )  # fmt: skip
         # What is alive now (modules, Faust, the due-index) lives long: never scan it again.
-        gc_tuning.freeze()
+        runtime.freeze()
         self.ready = True
         metrics.WORKER_READY.set(1)
         metrics.TASKS_OWNED.set(len(self.firing))

@@ -79,7 +79,7 @@ def worker(worker_id: str | None, no_executor: bool, data_dir: str | None) -> No
 @click.option("--worker-id", help="name of this executor in execution records")
 def executor(worker_id: str | None) -> None:
     """Run an executor only: consume the dispatch topics and run the work."""
-    from streams import gc_tuning
+    from streams import runtime
     from streams.admin import ensure_topics
     from streams.executor import Executor
     from streams.logs import configure as configure_logs
@@ -90,11 +90,11 @@ def executor(worker_id: str | None) -> None:
     configure_logs(settings)
 
     serve_metrics(settings)
-    gc_tuning.install(settings.gc_thresholds)
+    runtime.install(settings.gc_thresholds, settings.switch_interval_seconds)
 
     async def run() -> None:
         await ensure_topics(settings)
-        gc_tuning.freeze()  # started: what is alive now lives long (see streams/gc_tuning.py)
+        runtime.freeze()  # started: what is alive now lives long (see streams/runtime.py)
         await Executor(settings).run()
 
     try:

@@ -56,9 +56,12 @@ class Settings(BaseSettings):
     0.15 ms. Keep it above the number of tasks that fire within a few periods of each other:
     tasks touched in a cycle larger than the cache miss every time."""
     gc_thresholds: tuple[int, int, int] = (50_000, 20, 100)
-    """The garbage collector's thresholds (``gc.set_threshold``); see streams/gc_tuning.py.
+    """The garbage collector's thresholds (``gc.set_threshold``); see streams/runtime.py.
     CPython's (700, 10, 10) paused the worker for 100-280 ms every few seconds at 1,000
     fires/s."""
+    switch_interval_seconds: float = Field(default=0.0005, gt=0, le=0.1)
+    """The GIL's switch interval (``sys.setswitchinterval``); see streams/runtime.py. At
+    CPython's 5 ms, Faust's consumer thread held the event loop back for milliseconds at a time."""
     tick_resend_seconds: float = Field(default=5.0, gt=0)
     """A partition's tick not applied after this long is sent again (it was lost, or the
     partition is that far behind); while one is on its way, none more is sent."""
