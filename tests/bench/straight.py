@@ -48,10 +48,17 @@ class Straight:
     """Per ``<view> <insert|replace>``, seconds spent writing them."""
     upserted_seconds: float = 0.0
     """The same writes with new documents upserted (``ReplaceOne``), as before the store inserted them."""
+    upserted_per_kind: dict[str, float] = field(default_factory=dict)
+    """Per ``<view> <insert|replace>`` (``insert``: upserted), seconds of those writes."""
 
     def table(self, fires: int) -> str:
         total = sum(self.documents.values())
         per_doc = self.seconds / total * 1000 if total else float("nan")
+        upserted = ", ".join(
+            f"{k} {self.upserted_per_kind[k] / v * 1000:.2f} ms"
+            for k, v in sorted(self.documents.items())
+            if k.endswith("insert") and k in self.upserted_per_kind
+        )
         counts = ", ".join(
             f"{k} {v} in {self.per_kind.get(k, 0.0):.1f}s ({self.per_kind.get(k, 0.0) / v * 1000:.2f} ms)"
             for k, v in sorted(self.documents.items())
@@ -61,7 +68,7 @@ class Straight:
             f"with pymongo in {self.seconds:.1f}s = {fires / self.seconds:.0f} fires/s, "
             f"{per_doc:.2f} ms a document\n            ({counts});\n"
             f"            new documents upserted instead, as before: {self.upserted_seconds:.1f}s = "
-            f"{fires / self.upserted_seconds:.0f} fires/s"
+            f"{fires / self.upserted_seconds:.0f} fires/s ({upserted})"
         )
 
 
@@ -181,7 +188,7 @@ async def straight(
         for names in (before, now):
             await ensure_indexes(db, names)  # the projector's read indexes cost every write
             await setup.run(names)
-        result.upserted_seconds = await drain.run(before, upsert_new=True)
+        result.upserted_seconds = await drain.run(before, None, result.upserted_per_kind, upsert_new=True)
         result.seconds = await drain.run(now, result.documents, result.per_kind)
         return result
     finally:
