@@ -9,12 +9,12 @@ capability probe (:func:`probe`):
   :data:`MAX_OPS_PER_WRITE` statements, addressed by ``_id``: *inserted* when the store knows
   none exists (it folded from no document: one it read and did not find, holds as absent, or
   an execution the batch opens beyond the high-water mark), else *replaced*. On FerretDB an
-  insert costs a tenth of a replace (0.03 against 0.3-0.8 ms a document), and most documents
-  of a busy batch are new executions. An insert that meets a document after all (a batch
-  applied again after it failed part-way, or a document the store did not know of) is a
-  duplicate key: exactly those documents are read, the batch is folded again from them, and
-  what that changes is written with the guarded replace below, so nothing is lost or applied
-  twice;
+  insert costs a fraction of an upsert (a new execution with the view's indexes: 0.24 against
+  0.65 ms, same run; see BENCHMARKS.md), and every fire opens one. An insert that meets a
+  document after all (a batch applied again after it failed part-way, or a document the store
+  did not know of) is a duplicate key: exactly those documents are read, the batch is folded
+  again from them, and what that changes is written with the guarded replace below, so
+  nothing is lost or applied twice;
 * the guard (never apply an event twice or out of order) is the fold's own check against the
   document it folded from. On MongoDB the write also carries it atomically in the filter
   (``{_id, version: {$lt: new}}``; a document already there at that version or later makes the
@@ -343,7 +343,9 @@ class ViewStore:
         if not met:
             return {}
         # Rare: a batch written again after it failed part-way (the documents are the same), or a
-        # document this process did not know of. Fold the batch again from what is there.
+        # document this process did not know of. Fold the batch again from what is there; only
+        # this view's documents are taken from it (the views written before it stand, as they
+        # would have with an upsert from the same belief).
         found = await self._read(self.db[name], sorted(met))
         self.reads += len(met)
         again = getattr(fold(replace(before, **{view: {**held, **found}}), events), view)
