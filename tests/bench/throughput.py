@@ -209,10 +209,12 @@ async def end_to_end(
     finally:
         await consumer.stop()
         await producer.stop()
-        await mongo.drop_database(prefix)
-        await mongo.close()
+        # The processes first: a projector still running writes its status into the database
+        # after the drop, and leaves it behind.
         for proc in procs:
             proc.stop()
+        await mongo.drop_database(prefix)
+        await mongo.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
