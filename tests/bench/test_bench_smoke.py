@@ -83,8 +83,12 @@ async def test_inflight_runner_completes_every_execution_once(infra: Infra) -> N
 async def test_throughput_runner_sees_every_fire_through_to_the_views(infra: Infra) -> None:
     ceiling = await throughput.ceiling(infra.bootstrap, 2000, 100)
     assert ceiling.per_second > 0
-    result = await throughput.end_to_end(infra.bootstrap, infra.mongo_url, 60, ceiling)
+    result = await throughput.end_to_end(infra.bootstrap, infra.mongo_url, 60, ceiling, straight_batch=100)
     assert (result.dispatched, result.completed, result.visible) == (60, 60, 60)
+    # The drain written straight: each execution inserted once, an audit document per event.
+    assert result.straight is not None and result.straight.seconds > 0
+    assert result.straight.documents["executions insert"] == 60
+    assert result.straight.documents["audit insert"] == result.straight.events
 
 
 async def test_replay_runner_replays_every_event_it_produced(infra: Infra) -> None:

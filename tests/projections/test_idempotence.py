@@ -82,14 +82,14 @@ async def test_crash_between_views_then_redelivery_counts_once(mongo_db: Db) -> 
     async def die(*args: Any, **kwargs: Any) -> None:
         raise AutoReconnect("the process dies here")
 
-    real = store._replace
+    real = store._write
 
-    async def stats_then_die(name: str, docs: dict[str, Any], guard: str) -> None:
-        if name != crashed.stats:
+    async def stats_then_die(view: Any, *args: Any) -> Any:
+        if view != "stats":
             await die()
-        await real(name, docs, guard)
+        return await real(view, *args)
 
-    store._replace = stats_then_die  # type: ignore[method-assign]
+    store._write = stats_then_die  # type: ignore[method-assign]
     with pytest.raises(AutoReconnect):
         await store.apply(log[half:])
     assert await mongo_db[crashed.stats].count_documents({}) > 0
@@ -130,7 +130,9 @@ async def test_guards_in_the_filter_or_held_here_give_the_same_views(mongo_db: D
 
 
 async def test_a_batch_writes_each_touched_document_once(mongo_db: Db, infra: Infra) -> None:
-    """An execution dispatched, started and completed within one batch is one write, not three."""
+    """An execution dispatched, started and completed within one batch is one write, not three;
+    and every document the store knows to be new (folded from none) is inserted, not upserted:
+    on FerretDB an insert costs a tenth of a replace."""
     h = TaskHistory("solo")
     h.created()
     ex_id, _ = h.dispatched(T0 + timedelta(minutes=1))
@@ -141,35 +143,141 @@ async def test_a_batch_writes_each_touched_document_once(mongo_db: Db, infra: In
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url, event_listeners=[listener])
     try:
         db = client[mongo_db.name]
-        folded = await apply_events(db, names, positioned(h.events))
+        store = ViewStore(db, names, await probe(db))
+        folded = await store.apply(positioned(h.events))
         assert (len(folded.tasks), len(folded.executions), len(folded.stats), len(folded.audit)) == (1, 1, 1, 4)
         assert len(folded.occurrences) == 2  # the schedule segment, the run's dispatch (its completion names no slot)
-        # One statement per document on the wire: 1 task, 1 execution, 1 stats (updates); 4 audit
-        # and 2 occurrence inserts.
-        assert listener.statements == {"update": 3, "insert": 6}
+        # One statement per document on the wire, each an insert: none of them existed.
+        assert listener.statements == {
+            ("insert", names.tasks): 1,
+            ("insert", names.executions): 1,
+            ("insert", names.stats): 1,
+            ("insert", names.audit): 4,
+            ("insert", names.occurrences): 2,
+        }
+        # The next run of the held task, opened and closed in one batch as in a busy drain: the
+        # execution is inserted, the task and the statistics (held here) replaced.
+        listener.statements.clear()
+        reads = store.reads  # the task, execution and statistics of the first batch, not found
+        first = len(h.events)
+        ex2, _ = h.dispatched(T0 + timedelta(minutes=2))
+        h.started(ex2)
+        h.finished(ex2)
+        store.high_water = {0: first - 1}
+        await store.apply(positioned(h.events[first:], first_offset=first))
+        assert listener.statements == {
+            ("insert", names.executions): 1,
+            ("update", names.tasks): 1,
+            ("update", names.stats): 1,
+            ("insert", names.audit): 3,
+            ("insert", names.occurrences): 1,
+        }
+        assert store.reads == reads  # nothing read: all held, or new
     finally:
         await client.close()
-    execution = await mongo_db[names.executions].find_one({"_id": ex_id})
-    assert execution is not None and execution["status"] == "succeeded" and len(execution["timeline"]) == 3
+    for key in (ex_id, ex2):
+        execution = await mongo_db[names.executions].find_one({"_id": key})
+        assert execution is not None and execution["status"] == "succeeded" and len(execution["timeline"]) == 3
+    reference = CollectionNames().with_suffix("_ref")
+    for item in positioned(h.events):
+        await apply_events(mongo_db, reference, [item])
+    assert await dump(mongo_db, names) == await dump(mongo_db, reference)
 
 
 class StatementCounter(monitoring.CommandListener):
-    """Counts the write statements sent per command (``update``, ``insert``)."""
+    """Counts the write statements sent per command and collection (``update``, ``insert``)."""
 
     def __init__(self) -> None:
-        self.statements: dict[str, int] = {}
+        self.statements: dict[tuple[str, str], int] = {}
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         for command, field in (("update", "updates"), ("insert", "documents")):
             if event.command_name == command:
                 n = len(event.command.get(field, ()))
-                self.statements[command] = self.statements.get(command, 0) + n
+                key = (command, event.command[command])
+                self.statements[key] = self.statements.get(key, 0) + n
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
+
+
+async def test_a_batch_applied_again_after_it_failed_part_way_changes_no_view(mongo_db: Db) -> None:
+    """The held documents change only once a whole batch is written, so a batch that failed
+    after some of its inserts went in is folded again from no document and its inserts meet
+    what the first attempt wrote: those are read back, found equal, and not written again."""
+    log = interleaved_log()
+    once, retried = CollectionNames().with_suffix("_once"), CollectionNames().with_suffix("_retried")
+    await apply_events(mongo_db, once, log)
+    store = ViewStore(mongo_db, retried, await probe(mongo_db))
+    half = len(log) // 2
+    await store.apply(log[:half])
+    # As the projector says: nothing beyond the first half was written yet, so the executions
+    # the second half opens are new, not read, and inserted.
+    store.high_water = {p: max(i.offset for i in log[:half] if i.partition == p) for p in (0, 1)}
+    real = store._insert
+
+    async def audit_fails(name: str, docs: list[Any]) -> None:
+        if name == retried.audit:
+            raise AutoReconnect("the connection drops before the audit is written")
+        await real(name, docs)
+
+    store._insert = audit_fails  # type: ignore[method-assign]
+    with pytest.raises(AutoReconnect):
+        await store.apply(log[half:])
+    store._insert = real  # type: ignore[method-assign]
+    reads = store.reads
+    await store.apply(log[half:])
+    opened = {k for i in log[half:] if (k := execution_key(i.event)) and opens_execution(i.event)}
+    assert opened
+    # The executions it opens were inserted by the first attempt: met, and read back.
+    assert store.reads - reads == len(opened)
+    assert await dump(mongo_db, retried) == await dump(mongo_db, once)
+    # Delivered once more, to this store and to one holding nothing: still nothing changes.
+    await store.apply(log)
+    await apply_events(mongo_db, retried, log)
+    assert await dump(mongo_db, retried) == await dump(mongo_db, once)
+
+
+@pytest.mark.parametrize("pushed_down", [True, False])
+async def test_an_insert_that_meets_a_document_the_store_did_not_know_ends_right(
+    mongo_db: Db, pushed_down: bool
+) -> None:
+    """A store that wrongly holds an execution as absent (what its cache says, not the server)
+    inserts it; the insert meets the document, which is read and folded into, and replaced only
+    if that changes it (with the guard in the filter on MongoDB), so the view ends as if the
+    store had known it, and an older copy never replaces a newer document."""
+    h = TaskHistory("known")
+    h.created()
+    ex_id, _ = h.dispatched(T0 + timedelta(minutes=1))
+    dispatched = len(h.events)
+    h.started(ex_id)
+    h.finished(ex_id)
+    log = positioned(h.events)
+    once, wrong = CollectionNames().with_suffix("_once"), CollectionNames().with_suffix("_wrong")
+    await apply_events(mongo_db, once, log)
+    caps = Capabilities(filters_pushed_down=pushed_down, ttl_indexes=False, server="test")
+    store = ViewStore(mongo_db, wrong, caps)
+    await store.apply(log[:dispatched])  # the execution is written at its dispatch
+    store.executions.put(ex_id, 0, None)  # ... and then held as absent, wrongly
+    # Its dispatch comes again with the rest: folded from nothing, then inserted, and that meets
+    # the dispatched document.
+    await store.apply(log[dispatched - 1 :])
+    assert await dump(mongo_db, wrong) == await dump(mongo_db, once)
+    # It holds what the server holds now (dates aside: the fixture's client reads them naive).
+    held, stored = store.executions.get(ex_id), await mongo_db[wrong.executions].find_one({"_id": ex_id})
+    assert held is not None and stored is not None
+    assert (held["status"], held["version"], len(held["timeline"])) == ("succeeded", len(h.events), 3)
+    assert (stored["status"], stored["version"], len(stored["timeline"])) == ("succeeded", len(h.events), 3)
+    # Only the dispatch again, the execution held as absent again: folded from nothing it is a
+    # document at the dispatch, older than the stored one, which it must not replace.
+    store.executions.put(ex_id, 0, None)
+    await store.apply(log[dispatched - 1 : dispatched])
+    assert await dump(mongo_db, wrong) == await dump(mongo_db, once)
+    held = store.executions.get(ex_id)
+    assert held is not None and held["status"] == "succeeded"
 
 
 async def test_a_new_owner_reads_no_new_execution_and_still_ignores_copies(mongo_db: Db) -> None:
