@@ -34,6 +34,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -103,6 +104,7 @@ async def run(
     seconds: float,
     delay: float,
     projector: bool,
+    grace: float = 15.0,
 ) -> Result:
     prefix = f"fover{uuid.uuid4().hex[:8]}"
     print(f"topic prefix {prefix}.", flush=True)
@@ -154,20 +156,8 @@ async def run(
     outcome_events: dict[str, set[str]] = defaultdict(set)
     dispatches: list[tuple[float, float, str, str]] = []  # (record time, slot, task, source)
     missed_ranges: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
-    first_slot = anchor.timestamp()
-    kill_at = first_slot + kill_after
-    end_at = first_slot + seconds
-    killed_wall: float | None = None
-    while True:
-        wall = datetime.now(UTC).timestamp()
-        # Kill once both workers fire (a cold second worker may join late), not before --kill-after.
-        if killed_wall is None and wall >= kill_at and len({d[3] for d in dispatches[-2000:]}) >= 2:
-            workers[0].kill()
-            killed_wall = datetime.now(UTC).timestamp()
-            print(f"killed {workers[0].worker_id} at +{killed_wall - first_slot:.1f}s", flush=True)
-        if wall >= end_at + 3:
-            break
-        batch = await consumer.getmany(timeout_ms=200)
+
+    def take(batch: dict[Any, list[Any]]) -> None:
         for tp, records in batch.items():
             topic = tp.topic.removeprefix(f"{prefix}.")
             for r in records:
@@ -189,7 +179,28 @@ async def run(
                     missed_ranges[data["task_id"]].append((first, last, str(data["reason"])))
                 elif topic == "outcomes":
                     outcome_events[data["execution_id"]].add(env_["id"])
+
+    first_slot = anchor.timestamp()
+    kill_at = first_slot + kill_after
+    end_at = first_slot + seconds
+    killed_wall: float | None = None
+    while True:
+        wall = datetime.now(UTC).timestamp()
+        # Kill once both workers fire (a cold second worker may join late), not before --kill-after.
+        if killed_wall is None and wall >= kill_at and len({d[3] for d in dispatches[-2000:]}) >= 2:
+            workers[0].kill()
+            killed_wall = datetime.now(UTC).timestamp()
+            print(f"killed {workers[0].worker_id} at +{killed_wall - first_slot:.1f}s", flush=True)
+        if wall >= end_at + grace:
+            break
+        take(await consumer.getmany(timeout_ms=200))
         await asyncio.sleep(0)
+    # Read what was produced until now to its end: a consumer that fell behind on some
+    # partitions would count their slots lost.
+    ends = await consumer.end_offsets(list(consumer.assignment()))
+    for tp, end in ends.items():
+        while await consumer.position(tp) < end:
+            take(await consumer.getmany(timeout_ms=500))
     await consumer.stop()
     await producer.stop()
     for w in [*workers, *extra]:
@@ -274,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=90.0, help="seconds after the first slot to stop")
     parser.add_argument("--delay", type=float, default=0.05, help="seconds the HTTP target takes to answer")
     parser.add_argument("--projector", action="store_true", help="run the projector next to the workers")
+    parser.add_argument("--grace", type=float, default=15.0, help="seconds read after --seconds (late slots)")
     a = parser.parse_args(argv)
     return run_and_print(
         lambda bootstrap, mongo: run(bootstrap, mongo, a.tasks, a.period, a.kill_after, a.seconds, a.delay, a.projector)

@@ -31,7 +31,7 @@ async def test_lateness_runner_counts_every_slot_once(infra: Infra) -> None:
 
 
 async def test_failover_runner_counts_every_slot_once_through_a_kill(infra: Infra) -> None:
-    result = await failover.run(infra.bootstrap, infra.mongo_url, 20, 1.0, 8.0, 32.0, 0.05, False)
+    result = await failover.run(infra.bootstrap, infra.mongo_url, 20, 1.0, 8.0, 32.0, 0.05, False, grace=5.0)
     assert result.expected >= 20 * 25
     assert (result.lost, result.doubled_slots, result.doubled_attempts, result.doubled_outcomes) == (0, 0, 0, 0)
     assert result.takeover_s == result.takeover_s, "the survivor never fired the killed worker's tasks"  # not NaN
