@@ -251,7 +251,10 @@ async def get_calendar(state: State, principal: Viewer, name: Name, response: Re
     "/{name}",
     status_code=202,
     summary="Create or replace a calendar",
-    responses={200: {"model": CalendarPublic, "description": "Applied (with `?wait`)"}, **problem_responses(409, 429)},
+    responses={
+        200: {"model": CalendarPublic, "description": "Applied (with `?wait`)"},
+        **problem_responses(400, 409, 429),
+    },
 )
 async def put_calendar(
     state: State,

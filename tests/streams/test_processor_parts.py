@@ -214,6 +214,7 @@ def _processor() -> tuple[TaskProcessor, Recorder]:
     processor.store = StateStore({}, PARTITIONS, cache_size=100)
     processor.publisher = Publisher(settings, producer.send, "test")
     processor._send = producer.send  # type: ignore[method-assign]
+    processor._send_unlingered = producer.send  # type: ignore[method-assign]  # ticks
     processor.ready = True
     return processor, producer
 
