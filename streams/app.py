@@ -126,7 +126,6 @@ class TaskProcessor:
         if settings.store.startswith("rocksdb"):
             self._data_dir_lock = claim_data_dir(settings.data_dir)
         faust_tuning.install(settings.fetch_max_wait_ms)
-        runtime.install(settings.gc_thresholds, settings.switch_interval_seconds)
         self.app = faust.App(
             topic_name(settings, settings.app_id),
             **faust_options(settings),

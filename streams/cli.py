@@ -54,6 +54,7 @@ def worker(worker_id: str | None, no_executor: bool, data_dir: str | None) -> No
     """Run a worker: the task processor, its firing loop and (by default) an executor."""
     from faust import Worker
 
+    from streams import runtime
     from streams.admin import ensure_topics
     from streams.app import TaskProcessor
     from streams.logs import configure as configure_logs
@@ -63,6 +64,7 @@ def worker(worker_id: str | None, no_executor: bool, data_dir: str | None) -> No
     _load_handlers(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings))
+    runtime.install(settings.gc_thresholds, settings.switch_interval_seconds)
     processor = TaskProcessor(settings)
     serve_metrics(settings)
     level = settings.log_level.lower()
