@@ -9,11 +9,14 @@ sees the other, so a quota is never exceeded. Racing requests may each see the o
 be over the limit: each then withdraws, and one whose rank (by time and id) would fit retries
 after a random pause of a few tens of milliseconds, so a burst is not refused as a whole.
 
-Tasks are counted from the views (not deleted) plus the creates accepted in the last
-``quota_pending_seconds`` that the tasks view does not show yet: the views lag the command by
-the projector's delay, and without the pending ones a burst of creates would all see the old
-count. The count reads the statistics view, which the projector may write a moment after the
-tasks view: for that moment a task can be counted once fewer (at most one projector batch).
+Tasks are counted from the statistics view (not deleted) plus the creates accepted in the last
+``quota_pending_seconds`` that the views do not count yet: the views lag the command by the
+projector's delay, and without the pending ones a burst of creates would all see the old
+count. The live projector deletes a create's reservation once it has written the task's
+creation and statistics (:class:`projections.store.ViewStore`), so the reservations left are
+about as many as the projector's lag, and a create reads them with one query. Only when that
+count is over the quota are reservations the tasks view already shows looked up one by one and
+dropped (left by a projector that does not retire them, or in the moment between its writes).
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from pymongo.errors import DuplicateKeyError
 from api.errors import TooManyRequests
 from api.queries import Views
 from api.settings import ApiSettings
+from projections.read import PENDING_CREATES_COLLECTION
 from schemas.commands import CommandBase, CreateTask, TriggerTask
 
-CREATES = "api_quota_creates"
-"""Creates accepted by the API, by internal task id: pending until the tasks view shows them."""
+CREATES = PENDING_CREATES_COLLECTION
+"""Creates accepted by the API, by internal task id: pending until the projector retires them."""
 TRIGGERS = "api_quota_triggers"
 """Triggers accepted by the API, by command id, with their minute."""
 
@@ -78,7 +82,7 @@ class Quotas:
         reservation = {"_id": command.task_id, "tenant": command.tenant, "at": command.at}
 
         async def used() -> tuple[int, int]:
-            return await self._tasks_in_use(command.tenant, command.task_id, command.at)
+            return await self._tasks_in_use(command.tenant, command.task_id, command.at, limit)
 
         refund = await self._claim(self._views.db[CREATES], reservation, used, limit)
         if refund is None:
@@ -142,25 +146,29 @@ class Quotas:
             await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # nosec B311  # a pause, not a secret
         return None
 
-    async def _tasks_in_use(self, tenant: str, mine: str, now: datetime) -> tuple[int, int]:
+    async def _tasks_in_use(self, tenant: str, mine: str, now: datetime, limit: int) -> tuple[int, int]:
         """The tenant's tasks (not deleted) in the views plus pending creates: all, and those up to ``mine``.
 
-        Everything is read by ``_id`` (FerretDB scans a collection for any other filter, ``$in``
-        included): the statistics view's documents of the tenant rather than its tasks, and each
-        pending create. A create the tasks view shows is no longer pending: its reservation is
-        dropped, so the pending list stays as short as the projector's lag.
+        Read by ``_id`` where it can be (FerretDB scans a collection for any other filter, ``$in``
+        included): the statistics view's documents of the tenant rather than its tasks. The
+        pending creates are one query over the reservations, which the projector keeps about as
+        short as its lag. Over ``limit``, a reservation of a create the tasks view already shows
+        (each looked up by ``_id``) is dropped and not counted.
         """
         creates = self._views.db[CREATES]
         recent = creates.find({"tenant": tenant, "at": {"$gte": now - self._pending}}, {"_id": 1, "at": 1})
         pending = {doc["_id"]: (doc["at"], doc["_id"]) async for doc in recent}
-        others = [task_id for task_id in pending if task_id != mine]
-        for task_id in await self._views.shown(others) if others else []:
-            await creates.delete_one({"_id": task_id})
-            del pending[task_id]
-        # Read after the tasks view: the projector writes a batch's statistics before its tasks,
-        # so a create the tasks view showed above is counted here (one not shown yet may be
-        # counted twice for a moment, which only errs on the safe side).
+        # Read after the reservations: the projector retires a reservation only once the batch's
+        # statistics are written, so a create is counted by one or the other, or for a moment
+        # by both (which errs on the safe side), never by neither.
         live = await self._views.live_tasks(tenant, self._settings.partitions)
+        if live + len(pending) > limit:
+            others = [task_id for task_id in pending if task_id != mine]
+            for task_id in await self._views.shown(others) if others else []:
+                await creates.delete_one({"_id": task_id})
+                del pending[task_id]
+            # Again, after the tasks view: a task it showed has its statistics written.
+            live = await self._views.live_tasks(tenant, self._settings.partitions)
         return live + len(pending), live + _ahead(pending, mine)
 
     async def _sweep(self, now: datetime) -> None:

@@ -367,7 +367,13 @@ class Projector:
     async def _use(self, views: ActiveViews) -> None:
         """Write to ``views`` from now on (a fresh store: nothing of the old views is held)."""
         if self._store is None or self._views is None or views.generation != self._views.generation:
-            self._store = ViewStore(self.db, views.collections, await probe(self.db), cache_limit=self.cache_documents)
+            self._store = ViewStore(
+                self.db,
+                views.collections,
+                await probe(self.db),
+                cache_limit=self.cache_documents,
+                retire_reservations=True,
+            )
             self._store.high_water = self._high_water
         self._views = views
 

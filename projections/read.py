@@ -20,6 +20,10 @@ ALIASES_COLLECTION = "view_aliases"
 ALIASES_ID = "active"
 BASE_GENERATION = "base"
 """Generation of the views before any replay: the default collection names."""
+PENDING_CREATES_COLLECTION = "api_quota_creates"
+"""The API's reservations of the creates it accepted (see :mod:`api.quotas`), by internal task
+id: each counts against its tenant's task quota until the live projector, having written the
+task's creation (and its statistics) to the views, retires it."""
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ capability probe (:func:`probe`):
 
 Write order within a batch (for a crash in between): ``stats`` first, whose ``offset`` then
 skips the batch when it comes again, then ``executions``, ``occurrences`` (write-once documents,
-see :mod:`projections.occurrences`), ``tasks`` and last ``audit`` (what
-the API's ``?wait`` polls, so a client that saw its command's events sees the task too).
+see :mod:`projections.occurrences`), ``tasks``, ``audit`` (what the API's ``?wait`` polls, so
+a client that saw its command's events sees the task too), and last the API's reservations of
+the creates the batch wrote (see :class:`ViewStore`).
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from pymongo import InsertOne, ReplaceOne
+from pymongo import DeleteOne, InsertOne, ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from projections.folds import Doc, Folded, ViewDocs, execution_key, fold, opens_execution, touched
-from projections.read import CollectionNames
-from schemas.events import Event
+from projections.read import PENDING_CREATES_COLLECTION, CollectionNames
+from schemas.events import Event, TaskCreated
 
 DUPLICATE_KEY = 11000
 MAX_OPS_PER_WRITE = 50
@@ -168,6 +169,13 @@ class ViewStore:
     ``fresh`` says the collections were empty when this store started and nobody else writes
     them (a replay): a document never held is then known not to exist and is not read (one
     dropped from the cache for room is).
+
+    ``retire_reservations`` (the live projector's store, not a replay's): once a batch has
+    written the creation of tasks, their reservations in
+    :data:`~projections.read.PENDING_CREATES_COLLECTION` are deleted by ``_id``, because the
+    statistics the API counts tasks from now hold them. Done after the batch's ``stats`` writes,
+    so a task is never counted by neither (for a moment it may be counted by both, which errs
+    on the safe side of a quota).
     """
 
     def __init__(
@@ -178,11 +186,13 @@ class ViewStore:
         *,
         fresh: bool = False,
         cache_limit: int = 100_000,
+        retire_reservations: bool = False,
     ) -> None:
         self.db = db
         self.names = names
         self.capabilities = capabilities
         self.fresh = fresh
+        self.retire_reservations = retire_reservations
         self.tasks = DocCache(cache_limit, track_evicted=fresh)
         self.executions = DocCache(cache_limit, track_evicted=fresh)
         self.stats = DocCache(cache_limit, track_evicted=fresh)
@@ -240,6 +250,9 @@ class ViewStore:
         await self._insert(self.names.occurrences, folded.occurrences.inserts)
         settled["tasks"] = await self._write("tasks", folded.tasks, before, events)
         await self._insert(self.names.audit, folded.audit)
+        if self.retire_reservations:
+            created = sorted({event.task_id for event, _partition, _offset in events if isinstance(event, TaskCreated)})
+            await _bulk(self.db[PENDING_CREATES_COLLECTION], [DeleteOne({"_id": task_id}) for task_id in created])
         self.writes += len(folded)
         written = time.perf_counter()
         self.seconds["read"] += read - started
@@ -369,7 +382,7 @@ class ViewStore:
         await _bulk(self.db[name], [InsertOne(doc) for doc in docs])
 
 
-async def _bulk(collection: AsyncCollection[Any], ops: Sequence[InsertOne[Any] | ReplaceOne[Any]]) -> None:
+async def _bulk(collection: AsyncCollection[Any], ops: Sequence[InsertOne[Any] | ReplaceOne[Any] | DeleteOne]) -> None:
     """Unordered bulks of at most :data:`MAX_OPS_PER_WRITE`; duplicate keys mean "already there".
 
     :raises pymongo.errors.PyMongoError: any other failure.

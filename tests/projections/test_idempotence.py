@@ -12,7 +12,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect
 
 from projections.folds import execution_key, opens_execution
-from projections.read import CollectionNames
+from projections.read import PENDING_CREATES_COLLECTION, CollectionNames
 from projections.store import Capabilities, Positioned, ViewStore, apply_events, probe
 from tests.conftest import Infra
 from tests.projections.history import T0, TaskHistory, dump, full_history, positioned
@@ -312,3 +312,20 @@ async def test_a_new_owner_reads_no_new_execution_and_still_ignores_copies(mongo
     later.high_water = {p: ends[p] - 1 for p in (0, 1)}
     await later.apply(copies)
     assert await dump(mongo_db, owned) == await dump(mongo_db, once)
+
+
+@pytest.mark.parametrize("retire", [True, False])
+async def test_the_live_store_retires_the_reservations_of_the_creates_it_wrote(mongo_db: Db, retire: bool) -> None:
+    """The API counts a create's reservation until the views count the task: the live projector's
+    store deletes it once the batch that created the task is written (a replay's store does not:
+    it writes other collections than those the API counts from)."""
+    log = interleaved_log()
+    created = sorted({item.event.task_id for item in log})
+    reservations = mongo_db[PENDING_CREATES_COLLECTION]
+    await reservations.insert_many([{"_id": task_id, "tenant": "t", "at": T0} for task_id in [*created, "acme/z"]])
+    store = ViewStore(mongo_db, CollectionNames(), await probe(mongo_db), retire_reservations=retire)
+    await store.apply(log)
+    left = sorted([doc["_id"] async for doc in reservations.find({})])
+    assert left == (["acme/z"] if retire else sorted([*created, "acme/z"]))
+    # The batch again (redelivery): nothing to retire is not an error.
+    await store.apply(log)
