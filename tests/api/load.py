@@ -2,8 +2,9 @@
 
 Open loop: requests start on schedule whatever the latency, so slow answers show up as
 latency rather than as a lower rate. Prints p50/p95/p99 of create (202), get (200), and
-create-to-visible (from sending the create until a GET of the task answers 200, polled every 50 ms,
-for every ``--visible-every``-th create). The measured GETs read tasks already seen visible.
+create-to-visible (from sending the create until a GET of the task answers 200, for every
+``--visible-every``-th create; the four oldest not yet visible are polled every 50 ms). The
+measured GETs read tasks already seen visible.
 
     # against an API you run (python -m api, a worker and python -m projections.run):
     python -m tests.api.load --url http://127.0.0.1:8000 --rate 20 --get-rate 50 --seconds 30
