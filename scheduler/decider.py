@@ -80,7 +80,18 @@ from scheduler.backfill import RangeProblem, checked_range, slot_after
 from scheduler.calendar import Exclusions, task_calendars
 from scheduler.retry import backoff, should_retry
 from scheduler.schedule import anchor_for, fire_at, next_slot
-from scheduler.state import Backfill, Buffered, Counters, Execution, TaskState, execution_key, remember
+from scheduler.state import (
+    HOLDING_POLICIES,
+    Backfill,
+    Buffered,
+    Counters,
+    Execution,
+    TaskState,
+    execution_key,
+    holds_slots,
+    release_at,
+    remember,
+)
 from schemas._types import LATEST
 from schemas.calendars import Calendar
 from schemas.commands import (
@@ -375,7 +386,7 @@ def _cancel(d: _Decision, cmd: CancelExecution) -> None:
     reason = cmd.reason or f"cancelled by {cmd.actor}"
     if (execution := state.in_flight.get(cmd.execution_id)) is not None:
         d.complete(execution, "cancelled", error=reason)
-        d.dispatch_buffered_if_idle()
+        _settle(d, execution)
         _advance_backfill(d)
     elif state.buffered is not None and state.buffered.execution_id == cmd.execution_id:
         d.cancel_buffered(state.buffered, reason)
@@ -420,7 +431,7 @@ def _report_outcome(d: _Decision, cmd: ReportExecutionOutcome) -> None:
             started_at=cmd.started_at,
             finished_at=cmd.finished_at,
         )
-        d.dispatch_buffered_if_idle()
+        _settle(d, execution, started_at=cmd.started_at, finished_at=cmd.finished_at)
     else:
         d.fail_attempt(
             execution,
@@ -548,9 +559,16 @@ def _wake(d: _Decision) -> None:
 
 
 def _fire_due_slots(d: _Decision) -> None:
+    d.flush_missed()  # start from where the decisions so far left next_slot
     state = d.require_state()
     definition = state.definition
     if definition is None or definition.schedule is None or state.next_slot is None:
+        return
+    if holds_slots(state):
+        # Due slots wait for the outcome of the execution in flight; only those held past the
+        # bound are decided now.
+        _release_held(d)
+        d.complete_if_exhausted()
         return
     assert state.created_at is not None
     at, task_id = d.meta.at, d.meta.task_id
@@ -583,7 +601,11 @@ def _fire_due_slots(d: _Decision) -> None:
         if (missed := plan[slot]) is not None:
             d.miss(slot, missed)
             continue
-        _run_slot(d, slot)
+        if not _run_slot(d, slot):
+            # Held behind the execution just dispatched: this slot and the ones after it wait
+            # for its outcome (those already past the bound are decided now).
+            _release_held(d)
+            break
         if d.require_state().next_slot is None:
             break  # run limit reached or schedule exhausted
     d.complete_if_exhausted()
@@ -633,26 +655,18 @@ def _catch_up_plan(
     return plan
 
 
-def _run_slot(d: _Decision, slot: datetime) -> None:
-    """Run one slot under the overlap policy."""
+def _run_slot(d: _Decision, slot: datetime) -> bool:
+    """Run one slot under the overlap policy; False when the slot is held instead (``skip`` and
+    ``buffer_one`` with an execution in flight: its outcome decides the slot, see :func:`_settle`)."""
     state = d.require_state()
     definition = state.definition
     assert definition is not None
-    execution_id = execution_id_for_slot(execution_key(state), slot)
-    policy = definition.overlap
     # Backfill executions run in a lane of their own: they never hold back a scheduled slot.
     in_flight = state.scheduled_in_flight
-    if in_flight and policy is not OverlapPolicy.ALLOW_ALL:
-        match policy:
-            case OverlapPolicy.SKIP:
-                d.miss(slot, "overlap")
-                return
-            case OverlapPolicy.BUFFER_ONE:
-                if state.buffered is None:
-                    d.emit(ExecutionBuffered, execution_id=execution_id, slot=slot)
-                else:
-                    d.miss(slot, "overlap")
-                return
+    if in_flight:
+        match definition.overlap:
+            case OverlapPolicy.SKIP | OverlapPolicy.BUFFER_ONE:
+                return False  # held (see holds_slots); the execution's end decides the slot
             case OverlapPolicy.CANCEL_OTHER:
                 for execution in sorted(in_flight, key=lambda e: e.execution_id):
                     d.complete(execution, "cancelled", error=f"cancelled by overlap policy for slot {slot}")
@@ -661,8 +675,107 @@ def _run_slot(d: _Decision, slot: datetime) -> None:
             case OverlapPolicy.ALLOW_ALL:
                 pass
             case _:
-                assert_never(policy)
-    d.dispatch_slot(execution_id, slot, "schedule")
+                assert_never(definition.overlap)
+    d.dispatch_slot(execution_id_for_slot(execution_key(state), slot), slot, "schedule")
+    return True
+
+
+def _settle(
+    d: _Decision, execution: Execution, *, started_at: datetime | None = None, finished_at: datetime | None = None
+) -> None:
+    """After ``execution`` ended for good: decide the slots held for it, then run what is due.
+
+    Under ``skip`` and ``buffer_one`` a slot that comes due while an execution of the schedule's
+    lane is in flight is held (left undecided) until that execution ends, because the task's owner
+    learns of the end late (the report is batched, the processor may be behind) and "in flight"
+    must mean "still running". Held slots whose fire time lies within the execution's run (from
+    its first attempt's start, or its scheduled time when that is unknown, to ``finished_at``) really
+    overlapped it: ``skip`` records them missed ``overlap``, ``buffer_one`` buffers the first
+    (dispatched here once nothing else is in flight) and records the others missed. The held
+    slots after them came due while nothing ran: once no execution is in flight they are
+    decided as late slots, by the catch-up policy and the misfire grace (:func:`_fire_due_slots`),
+    and the ones that run are dispatched now, each with its slot's execution id.
+
+    A paused task decides nothing here (its slots wait for the resume and its catch-up); a
+    buffered slot still runs once idle, as before holding existed.
+    """
+    state = d.require_state()
+    definition = state.definition
+    holding = (
+        execution.backfill_id is None
+        and state.status == "active"
+        and definition is not None
+        and definition.overlap in HOLDING_POLICIES
+    )
+    if holding:
+        # The run began when its first attempt started. The report of a later attempt carries
+        # that attempt's start only: without a "running" report of the first, the scheduled time
+        # (before any attempt) stands in for it, and so it does when no start was reported at all.
+        first_start = started_at if execution.attempt == 1 else None
+        start = execution.started_at or first_start or execution.scheduled_for
+        end = min(finished_at or d.meta.at, d.meta.at)
+        _decide_overlapped_range(d, start, end)
+    d.dispatch_buffered_if_idle()
+    if holding:
+        _fire_due_slots(d)
+
+
+def _decide_overlapped_range(d: _Decision, start: datetime, end: datetime) -> None:
+    """Decide, as overlapping, the held slots from ``next_slot`` on that fired within ``[start, end]``."""
+    state = d.require_state()
+    definition = state.definition
+    assert definition is not None and state.created_at is not None
+    anchor = anchor_for(definition, state.created_at)
+    exclusions = Exclusions(task_calendars(definition, d.calendars))
+    slot, count = state.next_slot, 0
+    while slot is not None and count < MAX_SLOTS_PER_DECISION:
+        fired = fire_at(d.meta.task_id, definition, slot)
+        if fired < start or fired > end:
+            break  # the first held slot it did not overlap: it and the later ones are decided as late
+        _decide_overlapped(d, slot, exclusions)
+        if d.require_state().next_slot is None:
+            break  # the buffered slot reached the run limit
+        slot, count = next_slot(definition, slot, anchor=anchor), count + 1
+
+
+def _release_held(d: _Decision) -> None:
+    """Decide, as overlapping, the held slots that waited past the bound (:func:`release_at`), and
+    those a calendar excludes.
+
+    The bound keeps a task whose execution runs long (or whose outcome never comes) from
+    holding slots undecided for that long; past it a slot is decided as before holding existed.
+    """
+    d.flush_missed()  # next_slot must be where the decisions so far left it
+    state = d.require_state()
+    definition = state.definition
+    assert definition is not None and state.created_at is not None
+    anchor = anchor_for(definition, state.created_at)
+    exclusions = Exclusions(task_calendars(definition, d.calendars))
+    slot, count = state.next_slot, 0
+    while slot is not None and count < MAX_SLOTS_PER_DECISION:
+        fired = fire_at(d.meta.task_id, definition, slot)
+        # A slot a calendar excludes never runs, whatever the outcome: no need to hold it.
+        excluded = fired <= d.meta.at and exclusions and exclusions.excluded_by(slot) is not None
+        if not excluded and release_at(definition, fired) > d.meta.at:
+            break
+        _decide_overlapped(d, slot, exclusions)
+        if d.require_state().next_slot is None:
+            break
+        slot, count = next_slot(definition, slot, anchor=anchor), count + 1
+
+
+def _decide_overlapped(d: _Decision, slot: datetime, exclusions: Exclusions) -> None:
+    """A slot that overlapped an execution: excluded by a calendar, buffered (``buffer_one``, the
+    first), or missed ``overlap``."""
+    state = d.require_state()
+    definition = state.definition
+    assert definition is not None
+    if exclusions and (calendar := exclusions.excluded_by(slot)) is not None:
+        d.miss(slot, "calendar", calendar=calendar)
+    elif definition.overlap is OverlapPolicy.BUFFER_ONE and state.buffered is None:
+        d.emit(ExecutionBuffered, execution_id=execution_id_for_slot(execution_key(state), slot), slot=slot)
+    else:
+        d.miss(slot, "overlap")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -815,6 +928,10 @@ class _Decision:
         self._flush_missed()
         self._missed = _MissedRange(slot, slot, 1, reason, calendar)
 
+    def flush_missed(self) -> None:
+        """Emit the pending range of missed slots, so the state reflects every decision so far."""
+        self._flush_missed()
+
     def _flush_missed(self) -> None:
         pending, self._missed = self._missed, None
         if pending is not None:
@@ -949,7 +1066,7 @@ class _Decision:
         status: Literal["timed_out", "failed"] = "timed_out" if timed_out else "failed"
         self.complete(execution, status, error=error, result=result, started_at=started_at, finished_at=finished_at)
         self.pause_if_failing(error)
-        self.dispatch_buffered_if_idle()
+        _settle(self, execution, started_at=started_at, finished_at=finished_at)
 
     def pause_if_failing(self, error: str) -> None:
         """Pause an active task whose ``pause_after_failures`` executions in a row failed."""
