@@ -88,6 +88,7 @@ from scheduler.state import (
     Execution,
     TaskState,
     execution_key,
+    hold_seconds,
     holds_slots,
     release_at,
     remember,
@@ -751,6 +752,10 @@ def _release_held(d: _Decision) -> None:
     assert definition is not None and state.created_at is not None
     anchor = anchor_for(definition, state.created_at)
     exclusions = Exclusions(task_calendars(definition, d.calendars))
+    running = ", ".join(sorted(e.execution_id for e in state.scheduled_in_flight)) or "none"
+    note = (
+        f"held {hold_seconds(definition):g} s for the end of the execution in flight ({running}) and decided without it"
+    )
     slot, count = state.next_slot, 0
     while slot is not None and count < MAX_SLOTS_PER_DECISION:
         fired = fire_at(d.meta.task_id, definition, slot)
@@ -758,15 +763,15 @@ def _release_held(d: _Decision) -> None:
         excluded = fired <= d.meta.at and exclusions and exclusions.excluded_by(slot) is not None
         if not excluded and release_at(definition, fired) > d.meta.at:
             break
-        _decide_overlapped(d, slot, exclusions)
+        _decide_overlapped(d, slot, exclusions, note=note)
         if d.require_state().next_slot is None:
             break
         slot, count = next_slot(definition, slot, anchor=anchor), count + 1
 
 
-def _decide_overlapped(d: _Decision, slot: datetime, exclusions: Exclusions) -> None:
+def _decide_overlapped(d: _Decision, slot: datetime, exclusions: Exclusions, *, note: str | None = None) -> None:
     """A slot that overlapped an execution: excluded by a calendar, buffered (``buffer_one``, the
-    first), or missed ``overlap``."""
+    first), or missed ``overlap`` (with ``note`` saying why, if given)."""
     state = d.require_state()
     definition = state.definition
     assert definition is not None
@@ -775,7 +780,7 @@ def _decide_overlapped(d: _Decision, slot: datetime, exclusions: Exclusions) -> 
     elif definition.overlap is OverlapPolicy.BUFFER_ONE and state.buffered is None:
         d.emit(ExecutionBuffered, execution_id=execution_id_for_slot(execution_key(state), slot), slot=slot)
     else:
-        d.miss(slot, "overlap")
+        d.miss(slot, "overlap", note=note)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -838,6 +843,7 @@ class _MissedRange:
     count: int
     reason: MissedReason
     calendar: str | None = None
+    note: str | None = None
 
 
 _NOTE_ERROR_CHARS = 1000
@@ -918,15 +924,18 @@ class _Decision:
             field=field,
         )
 
-    def miss(self, slot: datetime, reason: MissedReason, calendar: str | None = None) -> None:
-        """Record a missed slot; adjacent misses with the same reason (and calendar) become one event."""
+    def miss(
+        self, slot: datetime, reason: MissedReason, calendar: str | None = None, *, note: str | None = None
+    ) -> None:
+        """Record a missed slot; adjacent misses with the same reason (and calendar, and note)
+        become one event."""
         pending = self._missed
-        if pending is not None and pending.reason == reason and pending.calendar == calendar:
+        if pending is not None and (pending.reason, pending.calendar, pending.note) == (reason, calendar, note):
             pending.last = slot
             pending.count += 1
             return
         self._flush_missed()
-        self._missed = _MissedRange(slot, slot, 1, reason, calendar)
+        self._missed = _MissedRange(slot, slot, 1, reason, calendar, note)
 
     def flush_missed(self) -> None:
         """Emit the pending range of missed slots, so the state reflects every decision so far."""
@@ -942,6 +951,7 @@ class _Decision:
                 count=pending.count,
                 reason=pending.reason,
                 calendar=pending.calendar,
+                note=pending.note,
             )
 
     # -- executions -----------------------------------------------------------------------

@@ -132,6 +132,9 @@ class SlotsMissed(_NextFire, EventBase):
     """True when ``count`` is a lower bound because counting stopped at a safety limit."""
     calendar: str | None = None
     """For reason ``calendar``: the name of the calendar that excluded the slots."""
+    note: str | None = None
+    """Why, in words, where the reason alone does not say it: an ``overlap`` decided before the
+    execution in flight reported its end, because the slots waited for it past their bound."""
 
 
 class ExecutionDispatched(_NextFire, EventBase):

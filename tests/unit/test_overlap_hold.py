@@ -197,6 +197,8 @@ def test_the_outcome_decides_the_held_slot(policy: str, outcome: Any, then: list
     given = running_20(policy, 40)
     events, _ = when(given, outcome)
     assert_then(events, then)
+    # Decided with the outcome: the reason says it all.
+    assert all(e.note is None for e in events if e.type == "SlotsMissed")
 
 
 def test_a_slot_finished_before_runs_at_the_next_wake_not_missed() -> None:
@@ -337,6 +339,7 @@ def test_a_slot_held_past_the_bound_is_missed_for_overlap() -> None:
     assert events == []
     events, state = when(given, cmd(Wake, s(bound)))
     assert_then(events, [missed(40, "overlap")])
+    assert events[0].note == f"held 120 s for the end of the execution in flight ({xid(20)}) and decided without it"
     assert state is not None and state.next_slot == s(60) and next_wakeup(state) == s(60) + HOLD
     # Waking exactly when next_wakeup says decides the next one, and so on: no spin, no loss.
     state = held_state(given)
