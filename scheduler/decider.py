@@ -61,6 +61,22 @@ Decisions where the brief left room (documented once, here):
   towards ``max_runs``. A paused task holds its backfill's pending slots (executions in flight
   finish) until resumed; a completed task still backfills. Cancelling (``CancelBackfill``)
   drops the pending slots and cancels the executions in flight; deleting the task cancels it too.
+* **Overlap holds** (issue 9): under ``skip`` and ``buffer_one`` a slot that comes due while an
+  execution of the schedule's lane (scheduled, buffered or manual, not a backfill's) is in flight
+  is *held*: not decided yet, ``next_slot`` stays on it, so the state stays the fold of the events
+  and needs no new field. When that execution ends (success, failure without a retry left,
+  timeout, cancellation), the held slots that fired within its run (its first attempt's start, or
+  its scheduled time when that is unknown, to ``finished_at``) overlapped it: ``skip`` records them
+  missed ``overlap``, ``buffer_one`` buffers the first (run at once when nothing else is in flight)
+  and misses the others. The held slots after those came due while nothing ran: once nothing is
+  in flight they are decided as late slots, by catch-up and misfire grace, in the same decision
+  (the ones that run are dispatched there, with their slot's execution id). A retry keeps the
+  execution in flight, so its slots stay held. A held slot waits at most
+  :func:`scheduler.state.hold_seconds` from its fire time (``next_wakeup`` asks for a ``Wake``
+  then, not at the fire time); past it, it is decided as overlapping with a note saying so. A slot
+  a calendar excludes is not held. A pause leaves held slots pending like any slot due while
+  paused (caught up on resume); an update supersedes them; a delete drops them (they never had
+  an execution to cancel, unlike a buffered slot).
 * **Pause after failures**: with ``pause_after_failures`` N, the execution whose final outcome
   makes N ``failed``/``timed_out`` in a row (scheduled, manual and backfill alike; a success
   resets the count, a cancellation does not) pauses an active task in the same decision
