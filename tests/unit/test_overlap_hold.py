@@ -13,10 +13,14 @@ several slots fall inside one hold.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scheduler import decide, decision, evolve, next_wakeup
 from scheduler.state import HOLD_MIN_SECONDS, TaskState, dump_state, load_state
@@ -430,3 +434,79 @@ def test_a_held_state_needs_no_new_field_and_round_trips() -> None:
     raw = dump_state(state)
     assert load_state(raw) == state
     assert set(TaskState.model_fields) >= set(__import__("json").loads(raw))
+
+
+# ---------------------------------------------------------------------------------------------
+# A simulated worker and executor with lag: overlap means "really running"
+# ---------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.sampled_from(["skip", "buffer_one"]),
+    st.sampled_from([0, 30]),
+    st.lists(st.tuples(st.floats(0, 15), st.floats(0.05, 45), st.floats(0, 15)), min_size=1, max_size=30),
+)
+def test_with_lagging_dispatch_and_reports_overlap_means_really_running(
+    policy: str, grace: int, runs: list[tuple[float, float, float]]
+) -> None:
+    """A worker ticking every second and an executor whose dispatches arrive ``dispatch lag`` late,
+    run ``duration`` and report ``report lag`` late (commands applied in the order they are
+    produced). Then: executions never run at the same time; a slot missed ``overlap`` without a
+    note fired while an execution was really running; a slot missed with a note was held for the
+    whole bound; every slot is handled once, in order."""
+    create = cmd(CreateTask, T0, definition=definition(schedule=EVERY_20S, overlap=policy, misfire_grace_seconds=grace))
+    horizon = 400.0
+    queue: list[tuple[float, int, Any]] = [(0.0, 0, create)]
+    queue += [(float(t), t, cmd(Wake, s(t))) for t in range(1, int(horizon) + 1)]
+    heapq.heapify(queue)
+    order = itertools.count(10**6)
+    state: TaskState | None = None
+    history: list[Any] = []
+    ran: dict[str, tuple[datetime, datetime]] = {}
+    lags = iter(runs * 50)
+    while queue:
+        produced, _, command = heapq.heappop(queue)
+        events = decide(command, state)
+        for event in events:
+            state = evolve(state, event)
+        history += events
+        for event in events:
+            # Executions dispatched after the horizon stay in flight: the simulation stops.
+            if event.type == "ExecutionDispatched" and event.attempt == 1 and produced <= horizon:
+                dispatch_lag, duration, report_lag = next(lags)
+                start = produced + dispatch_lag
+                finish = start + duration
+                ran[event.execution_id] = (s(start), s(finish))
+                outcome = cmd(
+                    ReportExecutionOutcome, s(finish), execution_id=event.execution_id, attempt=1, worker="w",
+                    status="succeeded", started_at=s(start), finished_at=s(finish),
+                )  # fmt: skip
+                heapq.heappush(queue, (finish + report_lag, next(order), outcome))
+    assert state is not None
+
+    # Never two at once: the point of skip and buffer_one.
+    intervals = sorted(ran.values())
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(intervals)), intervals
+
+    # Every slot up to where the schedule stands was handled exactly once.
+    handled: list[datetime] = []
+    for event in history:
+        if event.type == "SlotsMissed":
+            slots = [event.first_slot + timedelta(seconds=20 * k) for k in range(event.count)]
+            assert slots[-1] == event.last_slot
+            handled += slots
+            for slot in slots:
+                if event.reason != "overlap":
+                    continue
+                if event.note is None:  # decided with an outcome: the slot fired during a run
+                    assert any(start <= slot <= finish for start, finish in intervals), (slot, intervals)
+                else:  # decided at the bound
+                    assert slot + HOLD <= event.at
+        elif event.type in ("ExecutionBuffered",) or (
+            event.type == "ExecutionDispatched" and event.reason == "schedule"
+        ):
+            handled.append(event.slot)
+    assert handled == sorted(handled) and len(handled) == len(set(handled))
+    assert state.next_slot is not None and handled == [s(20 * k) for k in range(1, len(handled) + 1)]
+    assert state.next_slot == s(20 * (len(handled) + 1))
