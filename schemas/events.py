@@ -29,7 +29,13 @@ MissedReason = Literal[
 - ``catch_up_run_once``: late, and a later missed slot ran instead (mode ``run_once``).
 - ``catch_up_limit``: late and inside the window, but beyond ``catch_up.max_runs`` (``run_all``).
 - ``outside_window``: late and older than ``catch_up.window_seconds`` (``run_all``).
-- ``overlap``: an execution was in flight and the overlap policy did not run the slot.
+
+  Under overlap ``skip`` and ``buffer_one``, which run one slot at a time, a slot due together
+  with a later one that ran instead (the worker was behind) gets the first three reasons too, by
+  catch-up mode, even inside the misfire grace.
+- ``overlap``: an execution was really running when the slot came due (or was still in flight
+  when the slot had waited its bound for the outcome: the event's ``note`` says so) and the
+  overlap policy did not run the slot.
 - ``superseded``: due but not yet handled when the definition was updated.
 - ``calendar``: excluded by one of the task's calendars (named in ``SlotsMissed.calendar``).
 """
