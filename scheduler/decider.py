@@ -764,6 +764,7 @@ def _settle(
     d.dispatch_buffered_if_idle()
     if holding:
         _fire_due_slots(d)
+        d.complete_if_exhausted()  # the held slots decided may have been the schedule's last
 
 
 def _decide_overlapped_range(d: _Decision, start: datetime, end: datetime) -> None:

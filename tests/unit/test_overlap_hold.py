@@ -285,6 +285,21 @@ def test_buffer_one_runs_the_buffered_slot_first_and_holds_the_later_one() -> No
     assert_then(events, [completed(40, "succeeded"), dispatched(60)])
 
 
+@pytest.mark.parametrize(
+    ("finished", "then"),
+    [
+        pytest.param(
+            50, [completed(20), missed(40, "overlap"), ("TaskCompleted", {"reason": "end_reached"})], id="overlapped"
+        ),
+        pytest.param(21, [completed(20)], id="not-overlapped"),  # 00:40 is then due: the next Wake runs it
+    ],
+)
+def test_the_last_slot_held_completes_the_task_once_decided(finished: float, then: list[Any]) -> None:
+    given = running_20("skip", 40, end_at=s(40).isoformat())
+    events, _ = when(given, report(xid(20), "succeeded", started=21, finished=finished))
+    assert_then(events, then)
+
+
 # ---------------------------------------------------------------------------------------------
 # Retries, timeouts, manual runs, calendars
 # ---------------------------------------------------------------------------------------------
