@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from scheduler import decide, decision, evolve, next_wakeup
 from scheduler.state import HOLD_MIN_SECONDS, TaskState, dump_state, load_state
 from schemas.commands import (
+    BackfillTask,
     CancelExecution,
     CreateTask,
     DeleteTask,
@@ -342,6 +343,17 @@ def test_a_manual_run_holds_slots_and_its_outcome_decides_them() -> None:
     )
     events, _ = when(given, outcome)
     assert_then(events, [("ExecutionCompleted", {"execution_id": manual}), missed(20, "overlap")])
+
+
+def test_backfill_executions_hold_no_slot() -> None:
+    """A backfill runs in a lane of its own: its executions in flight neither hold a slot nor are
+    what a slot's overlap is judged by."""
+    backfill = cmd(BackfillTask, s(10), backfill_id="bf", from_=T0 - timedelta(hours=1), to=T0, max_concurrency=1)
+    given = [created(overlap="skip"), backfill]
+    state = held_state(given)
+    assert state.backfill_in_flight and next_wakeup(state) == s(20)
+    events, _ = when(given, cmd(Wake, s(20)))
+    assert_then(events, [dispatched(20)])
 
 
 def test_a_slot_a_calendar_excludes_is_not_held() -> None:
