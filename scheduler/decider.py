@@ -772,9 +772,11 @@ def _decide_overlapped_range(d: _Decision, start: datetime, end: datetime) -> No
     state = d.require_state()
     definition = state.definition
     assert definition is not None and state.created_at is not None
+    slot, count = state.next_slot, 0
+    if slot is None or not start <= fire_at(d.meta.task_id, definition, slot) <= end:
+        return  # the common case, nothing held: no schedule or calendar work on the hot path
     anchor = anchor_for(definition, state.created_at)
     exclusions = Exclusions(task_calendars(definition, d.calendars))
-    slot, count = state.next_slot, 0
     while slot is not None and count < MAX_SLOTS_PER_DECISION:
         fired = fire_at(d.meta.task_id, definition, slot)
         if fired < start or fired > end:
