@@ -61,6 +61,25 @@ Decisions where the brief left room (documented once, here):
   towards ``max_runs``. A paused task holds its backfill's pending slots (executions in flight
   finish) until resumed; a completed task still backfills. Cancelling (``CancelBackfill``)
   drops the pending slots and cancels the executions in flight; deleting the task cancels it too.
+* **Overlap holds** (issue 9): under ``skip`` and ``buffer_one`` a slot that comes due while an
+  execution of the schedule's lane (scheduled, buffered or manual, not a backfill's) is in flight
+  is *held*: not decided yet, ``next_slot`` stays on it, so the state stays the fold of the events
+  and needs no new field. When that execution ends (success, failure without a retry left,
+  timeout, cancellation), the held slots that fired within its run (its first attempt's start, or
+  its scheduled time when that is unknown, to ``finished_at``) overlapped it: ``skip`` records them
+  missed ``overlap``, ``buffer_one`` buffers the first (run at once when nothing else is in flight)
+  and misses the others. The held slots after those came due while nothing ran: once nothing is
+  in flight they are decided as late slots, by catch-up and misfire grace, in the same decision
+  (the ones that run are dispatched there, with their slot's execution id). A retry keeps the
+  execution in flight, so its slots stay held. A held slot waits at most
+  :func:`scheduler.state.hold_seconds` from its fire time (``next_wakeup`` asks for a ``Wake``
+  then, not at the fire time); past it, it is decided as overlapping with a note saying so. A slot
+  a calendar excludes is not held. A pause leaves held slots pending like any slot due while
+  paused (caught up on resume); an update supersedes them; a delete drops them (they never had
+  an execution to cancel, unlike a buffered slot). Under ``skip`` and ``buffer_one``, several
+  slots due at once (the worker was behind, or learned late that the run before them ended) run
+  one: the latest; the older ones are missed with the catch-up mode's reason (run one after the
+  other, each would wait for the previous outcome and the worker would fall further behind).
 * **Pause after failures**: with ``pause_after_failures`` N, the execution whose final outcome
   makes N ``failed``/``timed_out`` in a row (scheduled, manual and backfill alike; a success
   resets the count, a cancellation does not) pauses an active task in the same decision
@@ -80,7 +99,19 @@ from scheduler.backfill import RangeProblem, checked_range, slot_after
 from scheduler.calendar import Exclusions, task_calendars
 from scheduler.retry import backoff, should_retry
 from scheduler.schedule import anchor_for, fire_at, next_slot
-from scheduler.state import Backfill, Buffered, Counters, Execution, TaskState, execution_key, remember
+from scheduler.state import (
+    HOLDING_POLICIES,
+    Backfill,
+    Buffered,
+    Counters,
+    Execution,
+    TaskState,
+    execution_key,
+    hold_seconds,
+    holds_slots,
+    release_at,
+    remember,
+)
 from schemas._types import LATEST
 from schemas.calendars import Calendar
 from schemas.commands import (
@@ -375,7 +406,7 @@ def _cancel(d: _Decision, cmd: CancelExecution) -> None:
     reason = cmd.reason or f"cancelled by {cmd.actor}"
     if (execution := state.in_flight.get(cmd.execution_id)) is not None:
         d.complete(execution, "cancelled", error=reason)
-        d.dispatch_buffered_if_idle()
+        _settle(d, execution)
         _advance_backfill(d)
     elif state.buffered is not None and state.buffered.execution_id == cmd.execution_id:
         d.cancel_buffered(state.buffered, reason)
@@ -420,7 +451,7 @@ def _report_outcome(d: _Decision, cmd: ReportExecutionOutcome) -> None:
             started_at=cmd.started_at,
             finished_at=cmd.finished_at,
         )
-        d.dispatch_buffered_if_idle()
+        _settle(d, execution, started_at=cmd.started_at, finished_at=cmd.finished_at)
     else:
         d.fail_attempt(
             execution,
@@ -548,9 +579,16 @@ def _wake(d: _Decision) -> None:
 
 
 def _fire_due_slots(d: _Decision) -> None:
+    d.flush_missed()  # start from where the decisions so far left next_slot
     state = d.require_state()
     definition = state.definition
     if definition is None or definition.schedule is None or state.next_slot is None:
+        return
+    if holds_slots(state):
+        # Due slots wait for the outcome of the execution in flight; only those held past the
+        # bound are decided now.
+        _release_held(d)
+        d.complete_if_exhausted()
         return
     assert state.created_at is not None
     at, task_id = d.meta.at, d.meta.task_id
@@ -574,6 +612,8 @@ def _fire_due_slots(d: _Decision) -> None:
     exclusions = Exclusions(task_calendars(definition, d.calendars))
     excluded = {s: name for s in slots if (name := exclusions.excluded_by(s)) is not None} if exclusions else {}
     plan = dict(_catch_up_plan(task_id, definition, [s for s in slots if s not in excluded], at, truncated))
+    if definition.overlap in HOLDING_POLICIES and not truncated:
+        _one_at_a_time(definition, plan)
     for slot in slots:
         if slot in excluded:
             d.miss(slot, "calendar", calendar=excluded[slot])
@@ -583,10 +623,38 @@ def _fire_due_slots(d: _Decision) -> None:
         if (missed := plan[slot]) is not None:
             d.miss(slot, missed)
             continue
-        _run_slot(d, slot)
+        if not _run_slot(d, slot):
+            # Held behind the execution just dispatched: this slot and the ones after it wait
+            # for its outcome (those already past the bound are decided now).
+            _release_held(d)
+            break
         if d.require_state().next_slot is None:
             break  # run limit reached or schedule exhausted
     d.complete_if_exhausted()
+
+
+_LATER_RAN_INSTEAD: dict[CatchUpMode, MissedReason] = {
+    CatchUpMode.RUN_ONCE: "catch_up_run_once",
+    CatchUpMode.RUN_ALL: "catch_up_limit",
+    CatchUpMode.SKIP: "catch_up_skip",
+}
+"""Why a slot planned to run is missed when a later due slot runs instead (see :func:`_one_at_a_time`)."""
+
+
+def _one_at_a_time(definition: TaskDefinition, plan: dict[datetime, MissedReason | None]) -> None:
+    """Under ``skip`` and ``buffer_one`` run only the latest of several slots due at once.
+
+    Several slots are due at once when the worker was behind (or learned late that the execution
+    before them had ended). They cannot run together; run one after the other, each would wait for
+    the previous one's outcome, and every later slot behind them, so a worker behind by more than
+    the gap between slots would fall further behind with each slot (in a simulation of a worker
+    3-13 s behind on 5-second slots: dispatch p50 23 s late that way, 7 s with this rule). The latest
+    runs; the older ones are recorded missed with the catch-up mode's reason, as late slots a later
+    one ran instead of.
+    """
+    runnable = [slot for slot, reason in plan.items() if reason is None]
+    for slot in runnable[:-1]:
+        plan[slot] = _LATER_RAN_INSTEAD[definition.catch_up.mode]
 
 
 def _catch_up_plan(
@@ -633,26 +701,18 @@ def _catch_up_plan(
     return plan
 
 
-def _run_slot(d: _Decision, slot: datetime) -> None:
-    """Run one slot under the overlap policy."""
+def _run_slot(d: _Decision, slot: datetime) -> bool:
+    """Run one slot under the overlap policy; False when the slot is held instead (``skip`` and
+    ``buffer_one`` with an execution in flight: its outcome decides the slot, see :func:`_settle`)."""
     state = d.require_state()
     definition = state.definition
     assert definition is not None
-    execution_id = execution_id_for_slot(execution_key(state), slot)
-    policy = definition.overlap
     # Backfill executions run in a lane of their own: they never hold back a scheduled slot.
     in_flight = state.scheduled_in_flight
-    if in_flight and policy is not OverlapPolicy.ALLOW_ALL:
-        match policy:
-            case OverlapPolicy.SKIP:
-                d.miss(slot, "overlap")
-                return
-            case OverlapPolicy.BUFFER_ONE:
-                if state.buffered is None:
-                    d.emit(ExecutionBuffered, execution_id=execution_id, slot=slot)
-                else:
-                    d.miss(slot, "overlap")
-                return
+    if in_flight:
+        match definition.overlap:
+            case OverlapPolicy.SKIP | OverlapPolicy.BUFFER_ONE:
+                return False  # held (see holds_slots); the execution's end decides the slot
             case OverlapPolicy.CANCEL_OTHER:
                 for execution in sorted(in_flight, key=lambda e: e.execution_id):
                     d.complete(execution, "cancelled", error=f"cancelled by overlap policy for slot {slot}")
@@ -661,8 +721,114 @@ def _run_slot(d: _Decision, slot: datetime) -> None:
             case OverlapPolicy.ALLOW_ALL:
                 pass
             case _:
-                assert_never(policy)
-    d.dispatch_slot(execution_id, slot, "schedule")
+                assert_never(definition.overlap)
+    d.dispatch_slot(execution_id_for_slot(execution_key(state), slot), slot, "schedule")
+    return True
+
+
+def _settle(
+    d: _Decision, execution: Execution, *, started_at: datetime | None = None, finished_at: datetime | None = None
+) -> None:
+    """After ``execution`` ended for good: decide the slots held for it, then run what is due.
+
+    Under ``skip`` and ``buffer_one`` a slot that comes due while an execution of the schedule's
+    lane is in flight is held (left undecided) until that execution ends, because the task's owner
+    learns of the end late (the report is batched, the processor may be behind) and "in flight"
+    must mean "still running". Held slots whose fire time lies within the execution's run (from
+    its first attempt's start, or its scheduled time when that is unknown, to ``finished_at``) really
+    overlapped it: ``skip`` records them missed ``overlap``, ``buffer_one`` buffers the first
+    (dispatched here once nothing else is in flight) and records the others missed. The held
+    slots after them came due while nothing ran: once no execution is in flight they are
+    decided as late slots, by the catch-up policy and the misfire grace (:func:`_fire_due_slots`),
+    and the ones that run are dispatched now, each with its slot's execution id.
+
+    A paused task decides nothing here (its slots wait for the resume and its catch-up); a
+    buffered slot still runs once idle, as before holding existed.
+    """
+    state = d.require_state()
+    definition = state.definition
+    holding = (
+        execution.backfill_id is None
+        and state.status == "active"
+        and definition is not None
+        and definition.overlap in HOLDING_POLICIES
+    )
+    if holding:
+        # The run began when its first attempt started. The report of a later attempt carries
+        # that attempt's start only: without a "running" report of the first, the scheduled time
+        # (before any attempt) stands in for it, and so it does when no start was reported at all.
+        first_start = started_at if execution.attempt == 1 else None
+        start = execution.started_at or first_start or execution.scheduled_for
+        end = min(finished_at or d.meta.at, d.meta.at)
+        _decide_overlapped_range(d, start, end)
+    d.dispatch_buffered_if_idle()
+    if holding:
+        _fire_due_slots(d)
+        d.complete_if_exhausted()  # the held slots decided may have been the schedule's last
+
+
+def _decide_overlapped_range(d: _Decision, start: datetime, end: datetime) -> None:
+    """Decide, as overlapping, the held slots from ``next_slot`` on that fired within ``[start, end]``."""
+    state = d.require_state()
+    definition = state.definition
+    assert definition is not None and state.created_at is not None
+    slot, count = state.next_slot, 0
+    if slot is None or not start <= fire_at(d.meta.task_id, definition, slot) <= end:
+        return  # the common case, nothing held: no schedule or calendar work on the hot path
+    anchor = anchor_for(definition, state.created_at)
+    exclusions = Exclusions(task_calendars(definition, d.calendars))
+    while slot is not None and count < MAX_SLOTS_PER_DECISION:
+        fired = fire_at(d.meta.task_id, definition, slot)
+        if fired < start or fired > end:
+            break  # the first held slot it did not overlap: it and the later ones are decided as late
+        _decide_overlapped(d, slot, exclusions)
+        if d.require_state().next_slot is None:
+            break  # the buffered slot reached the run limit
+        slot, count = next_slot(definition, slot, anchor=anchor), count + 1
+
+
+def _release_held(d: _Decision) -> None:
+    """Decide, as overlapping, the held slots that waited past the bound (:func:`release_at`), and
+    those a calendar excludes.
+
+    The bound keeps a task whose execution runs long (or whose outcome never comes) from
+    holding slots undecided for that long; past it a slot is decided as before holding existed.
+    """
+    d.flush_missed()  # next_slot must be where the decisions so far left it
+    state = d.require_state()
+    definition = state.definition
+    assert definition is not None and state.created_at is not None
+    anchor = anchor_for(definition, state.created_at)
+    exclusions = Exclusions(task_calendars(definition, d.calendars))
+    running = ", ".join(sorted(e.execution_id for e in state.scheduled_in_flight)) or "none"
+    note = (
+        f"held {hold_seconds(definition):g} s for the end of the execution in flight ({running}) and decided without it"
+    )
+    slot, count = state.next_slot, 0
+    while slot is not None and count < MAX_SLOTS_PER_DECISION:
+        fired = fire_at(d.meta.task_id, definition, slot)
+        # A slot a calendar excludes never runs, whatever the outcome: no need to hold it.
+        excluded = fired <= d.meta.at and exclusions and exclusions.excluded_by(slot) is not None
+        if not excluded and release_at(definition, fired) > d.meta.at:
+            break
+        _decide_overlapped(d, slot, exclusions, note=note)
+        if d.require_state().next_slot is None:
+            break
+        slot, count = next_slot(definition, slot, anchor=anchor), count + 1
+
+
+def _decide_overlapped(d: _Decision, slot: datetime, exclusions: Exclusions, *, note: str | None = None) -> None:
+    """A slot that overlapped an execution: excluded by a calendar, buffered (``buffer_one``, the
+    first), or missed ``overlap`` (with ``note`` saying why, if given)."""
+    state = d.require_state()
+    definition = state.definition
+    assert definition is not None
+    if exclusions and (calendar := exclusions.excluded_by(slot)) is not None:
+        d.miss(slot, "calendar", calendar=calendar)
+    elif definition.overlap is OverlapPolicy.BUFFER_ONE and state.buffered is None:
+        d.emit(ExecutionBuffered, execution_id=execution_id_for_slot(execution_key(state), slot), slot=slot)
+    else:
+        d.miss(slot, "overlap", note=note)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -725,6 +891,7 @@ class _MissedRange:
     count: int
     reason: MissedReason
     calendar: str | None = None
+    note: str | None = None
 
 
 _NOTE_ERROR_CHARS = 1000
@@ -805,15 +972,22 @@ class _Decision:
             field=field,
         )
 
-    def miss(self, slot: datetime, reason: MissedReason, calendar: str | None = None) -> None:
-        """Record a missed slot; adjacent misses with the same reason (and calendar) become one event."""
+    def miss(
+        self, slot: datetime, reason: MissedReason, calendar: str | None = None, *, note: str | None = None
+    ) -> None:
+        """Record a missed slot; adjacent misses with the same reason (and calendar, and note)
+        become one event."""
         pending = self._missed
-        if pending is not None and pending.reason == reason and pending.calendar == calendar:
+        if pending is not None and (pending.reason, pending.calendar, pending.note) == (reason, calendar, note):
             pending.last = slot
             pending.count += 1
             return
         self._flush_missed()
-        self._missed = _MissedRange(slot, slot, 1, reason, calendar)
+        self._missed = _MissedRange(slot, slot, 1, reason, calendar, note)
+
+    def flush_missed(self) -> None:
+        """Emit the pending range of missed slots, so the state reflects every decision so far."""
+        self._flush_missed()
 
     def _flush_missed(self) -> None:
         pending, self._missed = self._missed, None
@@ -825,6 +999,7 @@ class _Decision:
                 count=pending.count,
                 reason=pending.reason,
                 calendar=pending.calendar,
+                note=pending.note,
             )
 
     # -- executions -----------------------------------------------------------------------
@@ -949,7 +1124,7 @@ class _Decision:
         status: Literal["timed_out", "failed"] = "timed_out" if timed_out else "failed"
         self.complete(execution, status, error=error, result=result, started_at=started_at, finished_at=finished_at)
         self.pause_if_failing(error)
-        self.dispatch_buffered_if_idle()
+        _settle(self, execution, started_at=started_at, finished_at=finished_at)
 
     def pause_if_failing(self, error: str) -> None:
         """Pause an active task whose ``pause_after_failures`` executions in a row failed."""

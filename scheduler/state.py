@@ -6,14 +6,14 @@ The state is a frozen pydantic model so the stream shell can store it as JSON
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas._types import UtcDatetime
+from schemas._types import LATEST, UtcDatetime
 from schemas.events import DispatchReason
-from schemas.specs import TOLERANT, Priority, TaskDefinition, Work
+from schemas.specs import TOLERANT, OverlapPolicy, Priority, TaskDefinition, Work
 
 TaskStatus = Literal["absent", "active", "paused", "completed", "deleted"]
 """Lifecycle of a task.
@@ -27,6 +27,15 @@ TaskStatus = Literal["absent", "active", "paused", "completed", "deleted"]
 
 RECENT_IDS = 64
 """How many recent command ids and trigger ids are remembered for idempotency."""
+
+HOLD_MIN_SECONDS = 120.0
+"""Least time a slot that came due while an execution was in flight waits for that execution's
+outcome (``skip`` and ``buffer_one``) before it is decided as overlapping without it; the task's
+``misfire_grace_seconds`` when larger. It bridges the time an outcome takes to be applied (the
+executor's report batching, a processor behind by seconds, a failover of tens of seconds)."""
+
+HOLDING_POLICIES = frozenset({OverlapPolicy.SKIP, OverlapPolicy.BUFFER_ONE})
+"""Overlap policies under which a slot that comes due during an execution is held for its outcome."""
 
 
 class _Frozen(BaseModel):
@@ -165,14 +174,50 @@ def execution_key(state: TaskState) -> str:
     return state.task_id if state.incarnation <= 1 else f"{state.task_id}#{state.incarnation}"
 
 
+def holds_slots(state: TaskState) -> bool:
+    """Whether a slot coming due now is *held*: left undecided until the execution in flight ends.
+
+    True for an active task under overlap ``skip`` or ``buffer_one`` with an execution of the
+    schedule's lane (scheduled, buffered or manual; not a backfill's) in flight. A held slot is
+    simply not handled yet: ``next_slot`` stays on it, so it needs no field of its own and the
+    state stays the fold of the events. The outcome decides it (see :mod:`scheduler.decider`).
+    """
+    definition = state.definition
+    return (
+        state.status == "active"
+        and definition is not None
+        and definition.overlap in HOLDING_POLICIES
+        and any(e.backfill_id is None for e in state.in_flight.values())
+    )
+
+
+def hold_seconds(definition: TaskDefinition) -> float:
+    """How long a held slot waits for the outcome, counted from its fire time (the bound)."""
+    return max(definition.misfire_grace_seconds, HOLD_MIN_SECONDS)
+
+
+def release_at(definition: TaskDefinition, fire_time: datetime) -> datetime:
+    """When a slot held since ``fire_time`` is decided as overlapping without waiting any longer."""
+    return min(fire_time + timedelta(seconds=hold_seconds(definition)), LATEST)
+
+
 def next_wakeup(state: TaskState | None) -> datetime | None:
     """When the task next needs a ``Wake``: the earliest of its next fire time (when active),
-    any retry time and any in-flight deadline. None when nothing is pending."""
+    any retry time and any in-flight deadline. None when nothing is pending.
+
+    While slots are held (:func:`holds_slots`) the next slot needs no ``Wake`` at its fire time:
+    the outcome decides it. It needs one when the hold's bound passes (:func:`release_at`), so the
+    firing loop neither spins on a held slot nor forgets it.
+    """
     if state is None or not state.exists:
         return None
     candidates: list[datetime] = []
+    definition = state.definition
     if state.status == "active" and state.next_fire_at is not None:
-        candidates.append(state.next_fire_at)
+        if definition is not None and holds_slots(state):
+            candidates.append(release_at(definition, state.next_fire_at))
+        else:
+            candidates.append(state.next_fire_at)
     for execution in state.in_flight.values():
         if execution.retry_at is not None:
             candidates.append(execution.retry_at)

@@ -29,7 +29,13 @@ MissedReason = Literal[
 - ``catch_up_run_once``: late, and a later missed slot ran instead (mode ``run_once``).
 - ``catch_up_limit``: late and inside the window, but beyond ``catch_up.max_runs`` (``run_all``).
 - ``outside_window``: late and older than ``catch_up.window_seconds`` (``run_all``).
-- ``overlap``: an execution was in flight and the overlap policy did not run the slot.
+
+  Under overlap ``skip`` and ``buffer_one``, which run one slot at a time, a slot due together
+  with a later one that ran instead (the worker was behind) gets the first three reasons too, by
+  catch-up mode, even inside the misfire grace.
+- ``overlap``: an execution was really running when the slot came due (or was still in flight
+  when the slot had waited its bound for the outcome: the event's ``note`` says so) and the
+  overlap policy did not run the slot.
 - ``superseded``: due but not yet handled when the definition was updated.
 - ``calendar``: excluded by one of the task's calendars (named in ``SlotsMissed.calendar``).
 """
@@ -132,6 +138,9 @@ class SlotsMissed(_NextFire, EventBase):
     """True when ``count`` is a lower bound because counting stopped at a safety limit."""
     calendar: str | None = None
     """For reason ``calendar``: the name of the calendar that excluded the slots."""
+    note: str | None = None
+    """Why, in words, where the reason alone does not say it: an ``overlap`` decided before the
+    execution in flight reported its end, because the slots waited for it past their bound."""
 
 
 class ExecutionDispatched(_NextFire, EventBase):

@@ -46,7 +46,7 @@ async def test_slots_to_the_microsecond_stay_in_their_segment_across_batches(mon
         (execution_id,) = state.in_flight
         apply(
             cmd(
-                ReportExecutionOutcome, state.next_fire_at, execution_id=execution_id, attempt=1, worker="w",
+                ReportExecutionOutcome, state.last_slot, execution_id=execution_id, attempt=1, worker="w",
                 status="succeeded", started_at=state.last_slot, finished_at=state.last_slot,
             )
         )  # fmt: skip

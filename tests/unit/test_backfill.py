@@ -181,11 +181,13 @@ def test_a_backfilled_slot_runs_what_the_scheduled_slot_runs() -> None:
 
 
 def test_buffered_slot_does_not_wait_for_backfill_executions() -> None:
-    given_ = [create(overlap="buffer_one"), cmd(Wake, at(10)), cmd(Wake, at(20))]  # 00:10 running, 00:20 buffered
+    given_ = [create(overlap="buffer_one"), cmd(Wake, at(10)), cmd(Wake, at(20))]  # 00:10 running, 00:20 held
     given_.append(backfill(T0 - timedelta(days=1), T0 - timedelta(hours=23), when_=at(21)))
+    given_.append(cmd(Wake, at(22)))  # 00:20 held past its bound: buffered
     state, history = fold(given_)
+    assert state is not None and state.buffered is not None and state.buffered.slot == at(20)
     scheduled = next(e.execution_id for e in history if e.type == "ExecutionDispatched" and e.reason == "schedule")
-    events = decide(outcome(scheduled, "succeeded", at(22)), state)
+    events = decide(outcome(scheduled, "succeeded", at(23)), state)
     assert [e.type for e in events] == ["ExecutionCompleted", "ExecutionDispatched"]
     assert events[1].reason == "buffered"
 

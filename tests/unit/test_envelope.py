@@ -52,8 +52,9 @@ def sample_commands() -> list[Any]:
             finished_at=at(11),
         ),
         cmd(Wake, at(20)),
-        cmd(Wake, at(40)),
-        cmd(TriggerTask, at(40), trigger_id="tr", params={"x": [1, 2]}, priority="high"),
+        # Past the hold of the 00:40 slot (it waits for the execution in flight until 00:42).
+        cmd(Wake, at(42)),
+        cmd(TriggerTask, at(42), trigger_id="tr", params={"x": [1, 2]}, priority="high"),
         cmd(CancelExecution, at(41), execution_id="nope", reason="test"),
         cmd(BackfillTask, at(41), backfill_id="bf", from_=T0, to=at(25), max_concurrency=2),
         cmd(CancelBackfill, at(41), backfill_id="bf", reason="test"),
