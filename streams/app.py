@@ -184,6 +184,7 @@ class TaskProcessor:
         self.app.task(self._report_stats)
         self.app.task(self._measure_lag)
         self.executor: Executor | None = None
+        self._background: set[asyncio.Future[None]] = set()
         if settings.executor_enabled:
             self.executor = Executor(settings)
             self.app.task(self._run_executor)
@@ -391,6 +392,23 @@ class TaskProcessor:
         metrics.WORKER_READY.set(1)
         metrics.TASKS_OWNED.set(len(self.firing))
         self._fire_now.set()
+        if self.executor is not None:
+            # Reports that reached ``commands`` while partitions moved may have been skipped by
+            # their new owner: this process's executor sends its recent ones again (applied
+            # ones are ignored). Every processor recovers after a rebalance, so every executor
+            # hosted by one does.
+            reports = asyncio.ensure_future(self._resend_reports())
+            self._background.add(reports)
+            reports.add_done_callback(self._background.discard)
+
+    async def _resend_reports(self) -> None:
+        assert self.executor is not None
+        try:
+            batches = await self.executor.resend_recent_reports()
+        except Exception:
+            log.exception("could not send the executor's recent reports again after a rebalance")
+            return
+        log.info("after the rebalance, the executor's reports of the last seconds sent again: %d batches", batches)
 
     # ------------------------------------------------------------------ firing
 

@@ -7,12 +7,22 @@ many. A batch leaves when it is full or ``window`` seconds after its first comma
 comes first, so a report waits at most a few milliseconds. Each report's future resolves once
 the batch carrying it is acknowledged, so a dispatch offset is committed only after its
 outcome is on the broker.
+
+On the broker is not yet applied: a batch that reaches ``commands`` while the task processors'
+group rebalances can be skipped by the new owner of its partition (seen in
+``tests.bench.failover --delay 2``: ten outcomes lost in one batch, their executions in flight
+for good). So the batches sent in the last ``keep_seconds`` are kept and
+:meth:`ReportBatcher.resend_recent` sends them again when a processor has taken partitions over;
+the task processor ignores a report it has applied already (a repeated command id, or an
+outcome for an execution no longer in flight).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +40,15 @@ class ReportBatcher:
     """Collects commands per partition and sends each partition's batch as one message."""
 
     def __init__(
-        self, produce: Produce, partitions: int, source: str, *, window: float = 0.005, max_size: int = 200
+        self,
+        produce: Produce,
+        partitions: int,
+        source: str,
+        *,
+        window: float = 0.005,
+        max_size: int = 200,
+        keep_seconds: float = 15.0,
+        keep_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._produce = produce
         self.partitions = partitions
@@ -41,6 +59,12 @@ class ReportBatcher:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._sending: set[asyncio.Task[None]] = set()
         self.batches_sent = 0
+        self.keep_seconds = keep_seconds
+        self.keep_bytes = keep_bytes
+        self._recent: deque[tuple[float, int, bytes]] = deque()
+        """Batches acknowledged in the last ``keep_seconds`` (at most ``keep_bytes``): when, partition, bytes."""
+        self._recent_bytes = 0
+        self.batches_resent = 0
 
     async def add(self, command: CommandBase, correlation_id: str | None = None) -> asyncio.Future[None]:
         """Queue ``command`` for its partition; the future resolves once it is on the broker."""
@@ -84,6 +108,29 @@ class ReportBatcher:
                     fut.set_exception(exc)
             return
         self.batches_sent += 1
+        self._keep(partition, value)
         for _, fut in items:
             if not fut.done():
                 fut.set_result(None)
+
+    def _keep(self, partition: int, value: bytes) -> None:
+        now = time.monotonic()
+        self._recent.append((now, partition, value))
+        self._recent_bytes += len(value)
+        while self._recent and (self._recent[0][0] < now - self.keep_seconds or self._recent_bytes > self.keep_bytes):
+            self._recent_bytes -= len(self._recent.popleft()[2])
+
+    async def resend_recent(self) -> int:
+        """Send again the batches acknowledged in the last ``keep_seconds``; how many.
+
+        For after a rebalance of the task processors: a batch that arrived while partitions
+        moved may have been skipped. Sent as they were (same batch, same command ids), in
+        order; a failure is raised, and what was not sent is kept.
+        """
+        cutoff = time.monotonic() - self.keep_seconds
+        again = [(partition, value) for at, partition, value in self._recent if at >= cutoff]
+        for partition, value in again:
+            delivery = await self._produce(b"batch", value, partition)
+            await delivery
+            self.batches_resent += 1
+        return len(again)

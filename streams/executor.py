@@ -543,6 +543,14 @@ class Executor:
     ) -> asyncio.Future[None]:
         return await self._batcher.add(command, correlation)
 
+    async def resend_recent_reports(self) -> int:
+        """Send again the reports of the last seconds (see :meth:`ReportBatcher.resend_recent`);
+        how many batches. Nothing before the executor has started."""
+        batcher: ReportBatcher | None = getattr(self, "_batcher", None)
+        if batcher is None:
+            return 0
+        return await batcher.resend_recent()
+
 
 class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
     """Hand dispatch partitions over with what was finished, so the next owner skips it."""

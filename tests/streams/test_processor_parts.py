@@ -205,6 +205,28 @@ async def test_a_full_batch_leaves_at_once_and_failures_reach_the_waiters() -> N
         await lost
 
 
+async def test_the_batches_of_the_last_seconds_are_sent_again_as_they_were() -> None:
+    """After a rebalance a processor may have skipped a batch that arrived while partitions
+    moved: the executor sends what it sent in the last ``keep_seconds`` again, same bytes (same
+    command ids, so an applied report is ignored), and nothing older or beyond ``keep_bytes``."""
+    producer = Recorder()
+    batcher = ReportBatcher(producer.produce, PARTITIONS, "executor/x", window=0, keep_seconds=60)
+    await asyncio.gather(*[await batcher.add(_outcome(task_in(p, 0), p)) for p in (0, 1)])
+    first = list(producer.sent)
+    assert len(first) == 2
+    assert await batcher.resend_recent() == 2
+    assert producer.sent[2:] == first
+    # Past keep_seconds, a batch is forgotten.
+    batcher.keep_seconds = 0.0
+    await asyncio.sleep(0.01)
+    await (await batcher.add(_outcome(task_in(2, 0), 3)))
+    assert await batcher.resend_recent() == 0
+    # At most keep_bytes are kept: the oldest go first.
+    small = ReportBatcher(Recorder().produce, PARTITIONS, "executor/x", window=0, keep_bytes=1)
+    await (await small.add(_outcome(task_in(0, 0), 1)))
+    assert await small.resend_recent() == 0
+
+
 # -- the agent's apply path ---------------------------------------------------------------------
 
 
