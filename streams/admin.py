@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -38,16 +41,47 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     return specs
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
-    """Create the deployment's topics that do not exist yet; returns the names created."""
+async def ensure_topics(settings: Settings, *, ready_within: float = 60.0) -> list[str]:
+    """Create the deployment's topics that do not exist yet and wait until the broker serves
+    every partition of each (a leader elected); returns the names created.
+
+    Waiting matters: a consumer group formed while a topic still had no leader is assigned
+    none of its partitions until the group's next metadata refresh."""
     admin = AIOKafkaAdminClient(**kafka_options(settings))
     await admin.start()
     try:
+        specs = topic_specs(settings)
         existing = set(await admin.list_topics())
-        missing = [t for t in topic_specs(settings) if t.name not in existing]
+        missing = [t for t in specs if t.name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                 await admin.create_topics(missing)
+        await _wait_until_served(admin, specs, ready_within)
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+async def _wait_until_served(admin: AIOKafkaAdminClient, specs: list[NewTopic], within: float) -> None:
+    expected = {t.name: t.num_partitions for t in specs}
+    deadline = time.monotonic() + within
+    while True:
+        pending = unserved(await admin.describe_topics(list(expected)), expected)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics without a leader for every partition after {within:.0f} s: {sorted(pending)}")
+        await asyncio.sleep(0.2)
+
+
+def unserved(described: list[dict[str, Any]], expected: dict[str, int]) -> set[str]:
+    """The topics of ``expected`` (name: partition count) that ``describe_topics`` does not show
+    served: unknown, in error, with fewer partitions, or a partition without a leader."""
+    served = {
+        d["topic"]
+        for d in described
+        if d.get("error_code") == 0
+        and len(d.get("partitions", ())) >= expected.get(d["topic"], 0)
+        and all(p.get("error_code") == 0 and p.get("leader", -1) >= 0 for p in d["partitions"])
+    }
+    return set(expected) - served

@@ -31,10 +31,12 @@ def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of ``AIOKafkaProducer``/``AIOKafkaConsumer``/``AIOKafkaAdminClient``:
-    the bootstrap servers, the security protocol, TLS context and SASL credentials."""
+    the bootstrap servers, the metadata refresh, the security protocol, TLS context and SASL
+    credentials."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
         "security_protocol": settings.kafka_security_protocol,
+        "metadata_max_age_ms": int(settings.metadata_max_age_seconds * 1000),
     }
     context = kafka_ssl_context(settings)
     if context is not None:
@@ -50,8 +52,14 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
 
 
 def faust_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments of ``faust.App`` for the brokers: URL and credentials (TLS, SASL)."""
-    options: dict[str, Any] = {"broker": f"kafka://{settings.kafka_bootstrap}"}
+    """Keyword arguments of ``faust.App`` for the brokers: URL, metadata refresh and credentials
+    (TLS, SASL)."""
+    refresh = int(settings.metadata_max_age_seconds * 1000)
+    options: dict[str, Any] = {
+        "broker": f"kafka://{settings.kafka_bootstrap}",
+        "consumer_metadata_max_age_ms": refresh,
+        "producer_metadata_max_age_ms": refresh,
+    }
     context = kafka_ssl_context(settings)
     if settings.kafka_security_protocol.startswith("SASL_"):
         password = settings.kafka_sasl_password

@@ -22,8 +22,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_plaintext_by_default() -> None:
     settings = Settings(kafka_bootstrap="k1:9092,k2:9092")
-    assert kafka_options(settings) == {"bootstrap_servers": "k1:9092,k2:9092", "security_protocol": "PLAINTEXT"}
-    assert faust_options(settings) == {"broker": "kafka://k1:9092,k2:9092"}
+    assert kafka_options(settings) == {
+        "bootstrap_servers": "k1:9092,k2:9092",
+        "security_protocol": "PLAINTEXT",
+        "metadata_max_age_ms": 15_000,
+    }
+    assert faust_options(settings) == {
+        "broker": "kafka://k1:9092,k2:9092",
+        "consumer_metadata_max_age_ms": 15_000,
+        "producer_metadata_max_age_ms": 15_000,
+    }
     assert mongo_options(settings) == {}
 
 
