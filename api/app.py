@@ -16,7 +16,7 @@ from api.correlation import CorrelationMiddleware
 from api.deps import ApiState
 from api.idempotency import IdempotencyKeys
 from api.metrics import Metrics, MetricsMiddleware
-from api.middleware import BodyLimitMiddleware
+from api.middleware import BodyLimitMiddleware, InFlightLimitMiddleware
 from api.queries import Views
 from api.quotas import Quotas
 from api.routes import (
@@ -103,7 +103,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     errors.install(app, settings.retry_after_seconds)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # counts 413s too
+    app.add_middleware(
+        InFlightLimitMiddleware,
+        limit=settings.max_requests_in_progress,
+        retry_after=settings.retry_after_seconds,
+        on_shed=metrics.shed.inc,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # counts 413s and 503s too
     app.add_middleware(CorrelationMiddleware)  # outermost: every answer carries X-Request-Id
     for router in (
         tasks.router,

@@ -56,7 +56,11 @@ class Metrics:
             ["command", "outcome"],
             registry=self.registry,
         )
-
+        self.shed = Counter(
+            "scheduler_api_shed",
+            "Requests answered 503 at once because too many were in progress.",
+            registry=self.registry,
+        )
         self.limits_unchecked = Counter(
             "scheduler_api_limits_unchecked",
             "Commands accepted without the quota and Idempotency-Key checks, MongoDB being unreachable.",

@@ -1,10 +1,12 @@
-"""ASGI middleware: the request body size limit."""
+"""ASGI middleware: the request body size limit and the limit of requests in progress."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import BadRequest, PayloadTooLarge, render_problem
+from api.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, render_problem
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -61,3 +63,41 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/events/stream"})
+"""Not counted: probes must answer while the API is busy, and a live stream lasts for hours."""
+
+
+class InFlightLimitMiddleware:
+    """Answer 503 with ``Retry-After`` at once when ``limit`` requests are already in progress.
+
+    Without it an overloaded API queues every request: at twice what the views' store could
+    serve, requests waited tens of seconds and kept the API busy long after their clients had
+    given up. A client told to come back later can; one left waiting cannot tell.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, retry_after: int, on_shed: Callable[[], None] | None = None) -> None:
+        self.app = app
+        self.limit = limit
+        self.retry_after = retry_after
+        self.on_shed = on_shed
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in UNLIMITED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            if self.on_shed is not None:
+                self.on_shed()
+            busy = ServiceUnavailable(
+                f"more than {self.limit} requests in progress; try again later", retry_after=self.retry_after
+            )
+            await render_problem(busy, str(scope.get("path", "")))(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

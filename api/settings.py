@@ -55,6 +55,10 @@ class ApiSettings(Settings):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     """Largest request body accepted; larger ones get 413."""
 
+    max_requests_in_progress: int = Field(default=256, ge=1)
+    """Requests past this many in progress at once are answered 503 with ``Retry-After`` at
+    once rather than queued (health, readiness, metrics and live streams are not counted)."""
+
     kafka_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     """A command not acknowledged by Kafka within this time is answered 503 (not accepted)."""
     kafka_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
