@@ -29,7 +29,9 @@ Fates (:data:`FATES`), decided in this order for each slot:
    but no fact explains it. Never expected; a property test checks it never happens;
 5. ``not_run``: the task was deleted before the slot was handled (``reason`` ``task_deleted``);
 6. ``pending``: due (its fire time has passed) but not handled yet: ``reason`` ``paused``
-   (the catch-up policy decides on resume) or ``due`` (the worker is about to, or is down);
+   (the catch-up policy decides on resume), ``held`` (overlap ``skip`` or ``buffer_one``: an
+   execution dispatched before the slot was due is still running, and its outcome decides the
+   slot) or ``due`` (the worker is about to, or is down);
 7. ``not_yet_due``: its fire time is still ahead.
 """
 
@@ -43,7 +45,7 @@ from typing import Literal, get_args
 
 from scheduler.schedule import fire_at, next_slot, occurrences
 from schemas._types import iana_zone
-from schemas.specs import CronSchedule, TaskDefinition
+from schemas.specs import CronSchedule, OverlapPolicy, TaskDefinition
 
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -94,7 +96,8 @@ class Segment:
     """The last instant a slot of this segment can be at (inclusive); None while open."""
     unhandled: str
     """What a slot after ``handled_until`` is: ``task_deleted`` (fate ``not_run``), else the
-    reason of a due slot's ``pending`` fate (``paused`` or ``due``)."""
+    reason of a due slot's ``pending`` fate (``paused`` or ``due``; ``due`` becomes ``held``
+    while an execution holds the slot, see :func:`fate`)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,10 @@ class Occurrence:
     reruns: tuple[Rerun, ...] = ()
 
 
+HOLDING_POLICIES = frozenset({OverlapPolicy.SKIP, OverlapPolicy.BUFFER_ONE})
+"""Overlap policies under which a running execution holds the slots that fall due meanwhile."""
+
+
 @dataclass
 class Facts:
     """The facts of one task, indexed for lookups by slot."""
@@ -163,6 +170,8 @@ class Facts:
     runs: dict[datetime, list[RunFact]] = field(default_factory=dict)
     missed: list[MissedFact] = field(default_factory=list)
     _firsts: list[datetime] = field(default_factory=list)
+    running_since: datetime | None = None
+    """When the earliest execution still running was dispatched; None: none is running."""
 
     @classmethod
     def of(cls, runs: Iterable[RunFact], missed: Iterable[MissedFact]) -> Facts:
@@ -172,6 +181,8 @@ class Facts:
             facts.runs.setdefault(run.slot, []).append(run)
         for slot_runs in facts.runs.values():
             slot_runs.sort(key=lambda r: (r.reason not in PRIMARY_RUN_REASONS, r.execution_id))
+        running = [r.dispatched_at for rs in facts.runs.values() for r in rs if r.status is None and r.dispatched_at]
+        facts.running_since = min(running, default=None)
         facts.missed = sorted(missed, key=lambda m: (m.first_slot, m.last_slot))
         facts._firsts = [m.first_slot for m in facts.missed]
         return facts
@@ -339,7 +350,11 @@ def fate(segment: Segment, occurrence: ScheduledSlot, facts: Facts, now: datetim
     if segment.unhandled == "task_deleted":
         return replace(base, fate="not_run", fire_at=moved, reason="task_deleted")
     if due <= now:
-        return replace(base, fate="pending", fire_at=moved, reason=segment.unhandled)
+        reason = segment.unhandled
+        held = facts.running_since is not None and facts.running_since <= due
+        if reason == "due" and held and segment.definition.overlap in HOLDING_POLICIES:
+            reason = "held"
+        return replace(base, fate="pending", fire_at=moved, reason=reason)
     return replace(base, fate="not_yet_due", fire_at=moved)
 
 

@@ -43,7 +43,8 @@ class OccurrencePublic(BaseModel):
     """``fired`` (an execution ran or runs), ``buffered`` (waited behind another, overlap
     ``buffer_one``), ``missed`` (recorded missed: see ``reason``), ``skipped_dst`` (the
     daylight-saving policy skipped the wall time), ``pending`` (due, not handled yet: ``reason``
-    ``paused`` or ``due``), ``not_yet_due``, ``not_run`` (the task was deleted first),
+    ``paused``, ``held`` (a running execution holds it: overlap ``skip`` or ``buffer_one``) or
+    ``due``), ``not_yet_due``, ``not_run`` (the task was deleted first),
     ``unaccounted`` (nothing explains it; never expected)."""
     reason: str | None = None
     """Why: the missed reason (``catch_up_skip``, ``catch_up_run_once``, ``catch_up_limit``,

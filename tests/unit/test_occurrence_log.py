@@ -32,7 +32,7 @@ from scheduler.schedule import fire_at
 from scheduler.state import TaskState
 from schemas.commands import CreateTask, DeleteTask, Wake
 from schemas.events import Event
-from schemas.specs import HandlerWork, IntervalSchedule, TaskDefinition
+from schemas.specs import HandlerWork, IntervalSchedule, OverlapPolicy, TaskDefinition
 from tests.unit.test_decider_properties import definitions, draw_command
 from tests.unit.unit_support import T0, cmd
 
@@ -417,3 +417,23 @@ def test_a_recreated_task_shows_its_own_runs_not_those_of_the_task_deleted_befor
     assert len(dispatches) == 2 and dispatches[0].execution_id != dispatches[1].execution_id
     entries = read_log(history, T0 + 3 * MIN, limit=10)
     assert [(o.slot, o.fate, o.execution_id) for o in entries] == [(T0 + MIN, "fired", dispatches[1].execution_id)]
+
+
+@pytest.mark.parametrize(
+    ("overlap", "pending"),
+    [(OverlapPolicy.SKIP, "held"), (OverlapPolicy.BUFFER_ONE, "held"), (OverlapPolicy.ALLOW_ALL, "due")],
+)
+def test_slots_due_while_an_execution_runs_are_held_under_skip_and_buffer_one(
+    overlap: OverlapPolicy, pending: str
+) -> None:
+    definition = every(1).model_copy(update={"overlap": overlap})
+    seg = segment(handled=T0, definition=definition)
+    now = T0 + 2 * MIN + timedelta(seconds=1)
+    assert log(seg, Facts.of([run(T0, status=None)], []), now, end=T0 + 4 * MIN) == [
+        (T0, "fired", "schedule", "running"),
+        (T0 + MIN, "pending", pending, None),
+        (T0 + 2 * MIN, "pending", pending, None),
+        (T0 + 3 * MIN, "not_yet_due", None, None),
+    ]
+    # Once the execution has ended, a slot not handled yet is only due (the worker is on it).
+    assert log(seg, Facts.of([run(T0)], []), now, end=T0 + 2 * MIN)[1] == (T0 + MIN, "pending", "due", None)
