@@ -39,6 +39,7 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaProducer
+from faust.types import TP
 
 from scheduler import Decision, TaskState, decision, next_wakeup, rejection
 from schemas.commands import Command, Wake
@@ -50,6 +51,7 @@ from streams.calendars import CalendarFollower
 from streams.connections import faust_options, kafka_options
 from streams.executor import Executor
 from streams.firing import Firing
+from streams.offsets import OffsetWatch
 from streams.publisher import Publisher
 from streams.resend import published_event_ids
 from streams.settings import Settings, topic_name
@@ -101,6 +103,8 @@ class ProcessorStats:
     last_rebuild_seconds: float = 0.0
     tasks_owned: int = 0
     apply_seconds: float = 0.0
+    offsets_read_again: int = 0
+    """Offsets of ``commands`` faust skipped at a rebalance, read again (streams/offsets.py)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,7 @@ class TaskProcessor:
         )
         self.table = table
         self.store = StateStore(table, settings.partitions, settings.state_cache_size)
+        self.offsets = OffsetWatch()
         # The other topics are only written, straight through the app's producer: a Topic.send
         # inside an agent is "attached" to the source offset and published only at the next
         # commit (every 2.8 s), and its per-message machinery cost more than the decision
@@ -198,6 +203,11 @@ class TaskProcessor:
         async for event in stream.events():
             started = time.perf_counter()
             message = event.message
+            skipped = self.offsets.handed(message.partition, message.offset)
+            if skipped is not None:
+                await self._read_again(message.topic, message.partition, skipped)
+                yield None
+                continue
             await self.apply(event.key, event.value, _Source(message.topic, message.partition, message.offset))
             self.stats.apply_seconds += time.perf_counter() - started
             yield None
@@ -342,9 +352,28 @@ class TaskProcessor:
 
     async def _on_assigned(self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         # Recovery of the new assignment is about to start: fire nothing until it is done.
+        assigned = kwargs.get("assigned", args[0] if args else set())
+        self.offsets.keep({tp.partition for tp in assigned if tp.topic == self.commands.get_topic_name()})
         self.ready = False
         metrics.WORKER_READY.set(0)
         self.store.clear_cache()
+
+    async def _read_again(self, topic: str, partition: int, skipped: range) -> None:
+        """Seek ``partition`` back to the first of the ``skipped`` offsets (see streams/offsets.py);
+        the messages handed over until it comes again are dropped, to keep commands in order."""
+        if not skipped:
+            return  # handed over before the seek took effect
+        log.warning(
+            "%s[%d]: offsets %d-%d were not handed to the processor (faust dropped them at a "
+            "rebalance); reading them again",
+            topic, partition, skipped.start, skipped.stop - 1,
+        )  # fmt: skip
+        self.stats.offsets_read_again += len(skipped)
+        await self._seek(TP(topic, partition), skipped.start)
+        self.offsets.sought(partition, skipped.start)
+
+    async def _seek(self, tp: TP, offset: int) -> None:
+        await self.app.consumer.seek(tp, offset)
 
     async def _on_revoked(self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         self.ready = False
