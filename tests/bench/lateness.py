@@ -75,6 +75,7 @@ async def run(
     separate_executor: bool,
     spread: bool,
     workers: int = 1,
+    timeline: bool = False,
 ) -> Result:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     print(f"topic prefix {prefix}.", flush=True)
@@ -156,6 +157,18 @@ async def run(
         if (eid := execution_id_for_slot(task_id, slot)) in started
     ]
     dispatch_ms = [ms for entries in dispatch_at.values() for _, ms in entries]
+    if timeline:
+        # Lateness by the second its slots fell in: a tail from periodic stalls shows as spikes,
+        # one from a worker that cannot keep up as a climb.
+        by_second: dict[int, list[float]] = defaultdict(list)
+        for entries in dispatch_at.values():
+            for slot, ms in entries:
+                by_second[int((slot - window_start).total_seconds())].append(ms)
+        for second in sorted(by_second):
+            values = by_second[second]
+            print(
+                f"  +{second:3d}s n={len(values):5d} p50={pct(values, 50):8.1f} p99={pct(values, 99):8.1f} max={max(values):8.1f}"
+            )
     per_slot = int(seconds / period)
     expected = per_slot * tasks
     doubled = sum(n - 1 for entries in dispatch_at.values() for n in Counter(s for s, _ in entries).values() if n > 1)
@@ -193,8 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--separate-executor", action="store_true", help="run the executor in its own process")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the tasks")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds after the first slot not measured")
+    parser.add_argument("--timeline", action="store_true", help="print lateness by the second of the slots")
     args = parser.parse_args(argv)
-    workload = (args.tasks, args.period, args.seconds, args.warmup, args.separate_executor, args.spread, args.workers)
+    workload = (
+        args.tasks, args.period, args.seconds, args.warmup, args.separate_executor, args.spread, args.workers,
+        args.timeline,
+    )  # fmt: skip
     return run_and_print(lambda bootstrap, mongo: run(bootstrap, mongo, *workload))
 
 
