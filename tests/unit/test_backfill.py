@@ -379,8 +379,11 @@ def test_backfill_runs_each_slot_once_never_above_its_limit(
     assert state is not None
     if state.backfill is None:  # it ended: every slot ran, each execution ended once
         assert len(first_attempts) == len(expected)
-        ended = [e.execution_id for e in history if e.type == "ExecutionCompleted"]
-        assert sorted(ended) == sorted(e.execution_id for e in first_attempts)
+        # Only the backfill's: under cancel_other a backfill run cancels a scheduled one that the
+        # wakes started meanwhile, which ends too (a case hypothesis found, rarely).
+        ran = {e.execution_id for e in first_attempts}
+        ended = [e.execution_id for e in history if e.type == "ExecutionCompleted" and e.execution_id in ran]
+        assert sorted(ended) == sorted(ran)
 
 
 def test_checked_range_counts_cron_slots() -> None:
