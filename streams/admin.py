@@ -66,12 +66,30 @@ async def _wait_until_served(admin: AIOKafkaAdminClient, specs: list[NewTopic], 
     expected = {t.name: t.num_partitions for t in specs}
     deadline = time.monotonic() + within
     while True:
-        pending = unserved(await admin.describe_topics(list(expected)), expected)
+        described = await admin.describe_topics(list(expected))
+        short = too_few_partitions(described, expected)
+        if short:
+            # The processor writes each task's events to its own partition number: a topic
+            # with fewer partitions than SCHED_PARTITIONS cannot take them.
+            raise RuntimeError(f"topics with fewer partitions than the deployment's {short}")
+        pending = unserved(described, expected)
         if not pending:
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"topics without a leader for every partition after {within:.0f} s: {sorted(pending)}")
         await asyncio.sleep(0.2)
+
+
+def too_few_partitions(described: list[dict[str, Any]], expected: dict[str, int]) -> dict[str, str]:
+    """The topics of ``expected`` that exist, served, with fewer partitions than expected."""
+    return {
+        d["topic"]: f"{len(d['partitions'])} partitions, expected {expected[d['topic']]}"
+        for d in described
+        if d.get("error_code") == 0
+        and d["topic"] in expected
+        and 0 < len(d.get("partitions", ())) < expected[d["topic"]]
+        and all(p.get("error_code") == 0 and p.get("leader", -1) >= 0 for p in d["partitions"])
+    }
 
 
 def unserved(described: list[dict[str, Any]], expected: dict[str, int]) -> set[str]:

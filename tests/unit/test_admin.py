@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import NewTopic
 
-from streams.admin import _wait_until_served, unserved
+from streams.admin import _wait_until_served, too_few_partitions, unserved
 
 
 def topic(name: str, partitions: int, *, error: int = 0, leaderless: tuple[int, ...] = ()) -> dict[str, Any]:
@@ -58,3 +58,19 @@ async def test_the_wait_ends_when_the_broker_serves_every_topic() -> None:
 async def test_a_topic_never_served_is_named_in_the_error() -> None:
     with pytest.raises(RuntimeError, match=r"\['a', 'b'\]"):
         await _wait_until_served(_Admin(until=10**6), [NewTopic("a", 2, 1), NewTopic("b", 2, 1)], within=0.3)
+
+
+def test_a_topic_with_fewer_partitions_than_the_deployment_is_named() -> None:
+    described = [topic("a", 2), topic("b", 1), topic("c", 2, leaderless=(1,))]
+    # "c" may still be on its way (a partition without a leader): only "a" is short for good.
+    assert too_few_partitions(described, {"a": 4, "b": 1, "c": 4}) == {"a": "2 partitions, expected 4"}
+
+
+class _ShortAdmin:
+    async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+        return [topic(n, 2) for n in names]
+
+
+async def test_the_wait_stops_at_once_on_a_topic_with_too_few_partitions() -> None:
+    with pytest.raises(RuntimeError, match=r"fewer partitions.*'a': '2 partitions, expected 8'"):
+        await _wait_until_served(_ShortAdmin(), [NewTopic("a", 8, 1)], within=30)
