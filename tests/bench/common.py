@@ -7,12 +7,19 @@ import os
 import platform
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+
+from schemas.commands import CreateTask
+from schemas.envelope import command_envelope, encode
+from schemas.specs import HandlerWork, TaskDefinition
 
 
 def rss_mb(pid: int) -> float:
@@ -86,3 +93,17 @@ def run_and_print(run: Callable[[str, str], Coroutine[Any, Any, Tabled]]) -> int
     print(result.table())
     print(f"(run took {time.monotonic() - started:.0f}s)")
     return 0
+
+
+async def wait_worker_ready(producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, prefix: str) -> None:
+    """Measure scheduling, not start-up: wait until the worker applies a probe command."""
+    probe = CreateTask(
+        command_id=str(uuid.uuid4()), task_id="probe", tenant="bench", actor="bench", at=datetime.now(UTC),
+        definition=TaskDefinition(name="probe", schedule=None, work=HandlerWork(name="noop")),
+    )  # fmt: skip
+    await producer.send_and_wait(f"{prefix}.commands", key=b"probe", value=encode(command_envelope(probe, "bench")))
+    for _ in range(240):
+        batch = await consumer.getmany(timeout_ms=500)
+        if any(r.key == b"probe" for records in batch.values() for r in records):
+            return
+    raise RuntimeError("the worker did not start within 120 s")

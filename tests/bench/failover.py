@@ -49,8 +49,7 @@ from schemas.specs import (
     OverlapPolicy,
     TaskDefinition,
 )
-from tests.bench.common import pct, run_and_print, wait_for_topics
-from tests.bench.lateness import _wait_ready
+from tests.bench.common import pct, run_and_print, wait_for_topics, wait_worker_ready
 from tests.integration.harness import HttpTarget, WorkerProc, worker_env
 
 COUNT_MARGIN = 5.0
@@ -126,7 +125,7 @@ async def run(
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await wait_for_topics(bootstrap, topics)
     await consumer.start()
-    await _wait_ready(producer, consumer, prefix)
+    await wait_worker_ready(producer, consumer, prefix)
 
     ids = [f"fo-{i:06d}" for i in range(tasks)]
     created = datetime.now(UTC)

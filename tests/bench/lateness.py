@@ -33,7 +33,7 @@ from schemas.commands import CreateTask
 from schemas.envelope import command_envelope, decode_event, encode
 from schemas.events import ExecutionCompleted, ExecutionDispatched
 from schemas.specs import HandlerWork, IntervalSchedule, TaskDefinition
-from tests.bench.common import pct, rss_mb, run_and_print, wait_for_topics
+from tests.bench.common import pct, rss_mb, run_and_print, wait_for_topics, wait_worker_ready
 from tests.integration.harness import WorkerProc, worker_env
 
 
@@ -102,7 +102,7 @@ async def run(
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await wait_for_topics(bootstrap, topics)
     await consumer.start()
-    await _wait_ready(producer, consumer, prefix)
+    await wait_worker_ready(producer, consumer, prefix)
     ids = [f"bench-{i:06d}" for i in range(tasks)]
     now = datetime.now(UTC)
     anchor = now.replace(microsecond=0) + timedelta(seconds=1)
@@ -166,9 +166,8 @@ async def run(
                 by_second[int((slot - window_start).total_seconds())].append(ms)
         for second in sorted(by_second):
             values = by_second[second]
-            print(
-                f"  +{second:3d}s n={len(values):5d} p50={pct(values, 50):8.1f} p99={pct(values, 99):8.1f} max={max(values):8.1f}"
-            )
+            p50, p99, top = pct(values, 50), pct(values, 99), max(values)
+            print(f"  +{second:3d}s n={len(values):5d} p50={p50:8.1f} p99={p99:8.1f} max={top:8.1f}")
     per_slot = int(seconds / period)
     expected = per_slot * tasks
     doubled = sum(n - 1 for entries in dispatch_at.values() for n in Counter(s for s, _ in entries).values() if n > 1)
@@ -179,20 +178,6 @@ async def run(
         (pct(start_ms, 50), pct(start_ms, 99), max(start_ms, default=float("nan"))),
         rss_peak, rss_end,
     )  # fmt: skip
-
-
-async def _wait_ready(producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, prefix: str) -> None:
-    """Measure scheduling, not start-up: wait until the worker applies a probe command."""
-    probe = CreateTask(
-        command_id=str(uuid.uuid4()), task_id="probe", tenant="bench", actor="bench", at=datetime.now(UTC),
-        definition=TaskDefinition(name="probe", schedule=None, work=HandlerWork(name="noop")),
-    )  # fmt: skip
-    await producer.send_and_wait(f"{prefix}.commands", key=b"probe", value=encode(command_envelope(probe, "bench")))
-    for _ in range(240):
-        batch = await consumer.getmany(timeout_ms=500)
-        if any(r.key == b"probe" for records in batch.values() for r in records):
-            return
-    raise RuntimeError("the worker did not start within 120 s")
 
 
 def main(argv: list[str] | None = None) -> int:
