@@ -46,6 +46,7 @@ from schemas.commands import Command, Wake
 from schemas.control import CommandBatch, Tick
 from schemas.envelope import control_envelope, decode_command_object, decode_message_correlated, encode
 from schemas.errors import DecodeError, InvalidCommand
+from schemas.ids import uuid5_text
 from streams import faust_tuning, metrics, runtime
 from streams.calendars import CalendarFollower
 from streams.connections import faust_options, kafka_options
@@ -276,8 +277,14 @@ class TaskProcessor:
     async def _commit(self, key: bytes, decided: Decision, partition: int, correlation: str | None) -> None:
         if not decided.events:
             return
-        self.store.save(key, decided.state, decided.events, partition)
-        await self.publisher.events(key, decided.events, correlation)
+        # Dumped once, for the changelog and for the events' envelopes.
+        dumped = [e.model_dump(mode="json") for e in decided.events]
+        self.store.save(key, decided.state, decided.events, partition, dumped)
+        # Where the key hashes to, as almost always: then the producer need not hash it again.
+        # (A command another client's partitioner put elsewhere is applied where it landed;
+        # its events still go where its key hashes to, with the task's other events.)
+        hashed = partition if partition_for(key, self.settings.partitions) == partition else None
+        await self.publisher.events(key, decided.events, correlation, hashed, dumped)
         self._track(key.decode(), decided.state, partition)
 
     def _track(self, task_id: str, state: TaskState | None, partition: int) -> None:
@@ -316,7 +323,7 @@ class TaskProcessor:
         for task_id, tenant in self.firing.take_due(partition, tick.at):
             key = task_id.encode()
             wake = Wake(
-                command_id=str(uuid.uuid5(WAKE_NAMESPACE, f"{tick.tick_id}\x1f{task_id}")),
+                command_id=uuid5_text(WAKE_NAMESPACE, f"{tick.tick_id}\x1f{task_id}"),
                 task_id=task_id,
                 tenant=tenant,
                 actor="system",

@@ -10,7 +10,7 @@ producer (see ``streams.app`` for why), keyed by task id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -50,29 +50,42 @@ class Publisher:
         self.trigger_rules_topic = names.trigger_rules
         self.dispatch_topics = {p: names.dispatch(p) for p in PRIORITIES}
 
-    async def events(self, key: bytes, events: Iterable[Event], correlation_id: str | None = None) -> None:
+    async def events(
+        self,
+        key: bytes,
+        events: Sequence[Event],
+        correlation_id: str | None = None,
+        partition: int | None = None,
+        events_json: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
         """Send a task's events, each to every topic it belongs on, with the correlation id of
-        what caused them (the command's, or the tick's id for scheduled wakes)."""
-        for e in events:
+        what caused them (the command's, or the tick's id for scheduled wakes).
+
+        ``partition``: the task's partition, when the caller knows it (the one it was applied
+        in). Every topic written here has as many partitions as ``commands``, so it is the one
+        the key would hash to, without hashing it again for each message. ``events_json``: the
+        events dumped, when the caller has them."""
+        for i, e in enumerate(events):
             self.stats.events += 1
             metrics.EVENTS.inc()
-            value = encode(event_envelope(e, source=self.source, correlation_id=correlation_id))
-            await self._send(self.events_topic, key, value, None)
+            data = None if events_json is None else events_json[i]
+            value = encode(event_envelope(e, source=self.source, correlation_id=correlation_id, data=data))
+            await self._send(self.events_topic, key, value, partition)
             if isinstance(e, ExecutionDispatched):
                 if e.attempt == 1:
                     # Slot to dispatch, by the wall clock at publish: what a scheduled run waited.
                     late = metrics.lateness(e.slot, datetime.now(UTC))
                     if late is not None:
                         metrics.DISPATCH_LATENESS.observe(late)
-                await self._send(self.dispatch_topics[str(e.priority)], key, value, None)
+                await self._send(self.dispatch_topics[str(e.priority)], key, value, partition)
             elif isinstance(e, ExecutionCompleted):
-                await self._send(self.outcomes_topic, key, value, None)
+                await self._send(self.outcomes_topic, key, value, partition)
                 if e.status == "cancelled" and e.attempts > 0:
                     # Same key, so the same partition the dispatch went to. Every priority's
                     # topic, because the event does not say which one the attempt went on (the
                     # task's priority may have changed since); cancellations are rare.
                     for topic in self.dispatch_topics.values():
-                        await self._send(topic, key, value, None)
+                        await self._send(topic, key, value, partition)
             elif e.type == "CommandRejected":
                 self.stats.rejected += 1
             elif isinstance(e, TaskCreated | TaskUpdated | TaskDeleted):

@@ -9,6 +9,7 @@ entry (task, tenant, next wakeup, partition) so the due-index rebuild validates 
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import time
 from collections import OrderedDict
@@ -33,8 +34,11 @@ index entry at all (the oldest); 2: ``index`` is ``[task, tenant, wakeup, partit
 _EVENTS = TypeAdapter(list[Event])
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the Java client)."""
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the Java client).
+
+    Cached: the same task ids come back every period, and murmur2 in Python costs 2 us a key."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
@@ -46,6 +50,8 @@ class Stored:
     last_events: list[Event]
     applied_at: float
     partition: int
+    events_json: list[dict[str, Any]] | None = None
+    """``last_events`` as ``model_dump(mode="json")`` gives them, when the caller has them."""
 
     def dump(self) -> bytes:
         wakeup = next_wakeup(self.state)
@@ -53,7 +59,11 @@ class Stored:
             {
                 "v": STORED_VERSION,
                 "state": self.state.model_dump(mode="json"),
-                "last_events": [e.model_dump(mode="json") for e in self.last_events],
+                "last_events": (
+                    [e.model_dump(mode="json") for e in self.last_events]
+                    if self.events_json is None
+                    else self.events_json
+                ),
                 "applied_at": self.applied_at,
                 # Denormalised for the due-index rebuild, which then validates no state.
                 "index": [
@@ -181,13 +191,21 @@ class StateStore:
         self._remember(key, state)
         return state
 
-    def save(self, key: bytes, state: TaskState | None, events: list[Event], partition: int) -> None:
-        """Store the state a command led to (None deletes it) with the events that led there."""
+    def save(
+        self,
+        key: bytes,
+        state: TaskState | None,
+        events: list[Event],
+        partition: int,
+        events_json: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Store the state a command led to (None deletes it) with the events that led there
+        (``events_json``: the same, dumped, when the caller has them)."""
         if state is None:
             self.table.pop(key, None)
             self._cache.pop(key, None)
             return
-        self.table[key] = Stored(state, events, time.time(), partition).dump()
+        self.table[key] = Stored(state, events, time.time(), partition, events_json).dump()
         self._remember(key, state)
 
     def entries(self) -> Iterator[tuple[bytes, dict[str, Any], IndexEntry, int]]:
