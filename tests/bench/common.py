@@ -22,6 +22,16 @@ from schemas.envelope import command_envelope, encode
 from schemas.specs import HandlerWork, TaskDefinition
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far, user and system, every thread (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat(5), counted from the state (field 3).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process in MB (0 once it is gone)."""
     try:

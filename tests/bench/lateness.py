@@ -33,7 +33,7 @@ from schemas.commands import CreateTask
 from schemas.envelope import command_envelope, decode_event, encode
 from schemas.events import ExecutionCompleted, ExecutionDispatched
 from schemas.specs import HandlerWork, IntervalSchedule, TaskDefinition
-from tests.bench.common import pct, rss_mb, run_and_print, wait_for_topics, wait_worker_ready
+from tests.bench.common import cpu_seconds, pct, rss_mb, run_and_print, wait_for_topics, wait_worker_ready
 from tests.integration.harness import WorkerProc, worker_env
 
 
@@ -50,6 +50,8 @@ class Result:
     start_ms: tuple[float, float, float]
     rss_peak_mb: float
     rss_end_mb: float
+    cpu_ms_per_fire: float = float("nan")
+    """CPU time of the worker processes (and the executor apart) over the window, per fire."""
 
     def table(self) -> str:
         d, s = self.dispatch_ms, self.start_ms
@@ -61,6 +63,7 @@ class Result:
                 f"slot->dispatch ms: p50={d[0]:.1f} p99={d[1]:.1f} max={d[2]:.1f}",
                 f"slot->start    ms: p50={s[0]:.1f} p99={s[1]:.1f} max={s[2]:.1f}",
                 f"worker RSS (largest worker): peak={self.rss_peak_mb:.0f} MB end={self.rss_end_mb:.0f} MB",
+                f"CPU of the workers (and executor) over the window: {self.cpu_ms_per_fire:.3f} ms per fire",
             ]
         )
 
@@ -127,8 +130,13 @@ async def run(
     window_start = anchor + timedelta(seconds=warmup)
     window_end = window_start + timedelta(seconds=seconds)
     stop_at = loop.time() + (window_end - datetime.now(UTC)).total_seconds() + 5
+    processes = [w for w in [*group, executor] if w is not None and w.proc is not None]
+    cpu_marks: list[float] = []  # at the window's start and end
     while loop.time() < stop_at:
-        batch = await consumer.getmany(timeout_ms=500)
+        clock = datetime.now(UTC)
+        if (len(cpu_marks) == 0 and clock >= window_start) or (len(cpu_marks) == 1 and clock >= window_end):
+            cpu_marks.append(sum(cpu_seconds(w.proc.pid) for w in processes if w.proc is not None))
+        batch = await consumer.getmany(timeout_ms=200)
         for records in batch.values():
             for r in records:
                 event: Any = decode_event(r.value or b"")
@@ -172,11 +180,12 @@ async def run(
     expected = per_slot * tasks
     doubled = sum(n - 1 for entries in dispatch_at.values() for n in Counter(s for s, _ in entries).values() if n > 1)
     distinct = sum(len({s for s, _ in entries}) for entries in dispatch_at.values())
+    cpu_per_fire = (cpu_marks[1] - cpu_marks[0]) * 1000 / expected if len(cpu_marks) == 2 and expected else float("nan")
     return Result(
         tasks, period, seconds, len(dispatch_ms), expected, max(expected - distinct, 0), doubled,
         (pct(dispatch_ms, 50), pct(dispatch_ms, 99), max(dispatch_ms, default=float("nan"))),
         (pct(start_ms, 50), pct(start_ms, 99), max(start_ms, default=float("nan"))),
-        rss_peak, rss_end,
+        rss_peak, rss_end, cpu_per_fire,
     )  # fmt: skip
 
 
