@@ -39,7 +39,6 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaProducer
-from faust.types import TP
 
 from scheduler import Decision, TaskState, decision, next_wakeup, rejection
 from schemas.commands import Command, Wake
@@ -104,8 +103,8 @@ class ProcessorStats:
     last_rebuild_seconds: float = 0.0
     tasks_owned: int = 0
     apply_seconds: float = 0.0
-    offsets_read_again: int = 0
-    """Offsets of ``commands`` faust skipped at a rebalance, read again (streams/offsets.py)."""
+    offsets_skipped: int = 0
+    """Offsets of ``commands`` never handed to the agent (streams/offsets.py)."""
 
 
 @dataclass(frozen=True)
@@ -206,9 +205,7 @@ class TaskProcessor:
             message = event.message
             skipped = self.offsets.handed(message.partition, message.offset)
             if skipped is not None:
-                await self._read_again(message.topic, message.partition, skipped)
-                yield None
-                continue
+                self._skipped(message.topic, message.partition, skipped)
             await self.apply(event.key, event.value, _Source(message.topic, message.partition, message.offset))
             self.stats.apply_seconds += time.perf_counter() - started
             yield None
@@ -365,22 +362,14 @@ class TaskProcessor:
         metrics.WORKER_READY.set(0)
         self.store.clear_cache()
 
-    async def _read_again(self, topic: str, partition: int, skipped: range) -> None:
-        """Seek ``partition`` back to the first of the ``skipped`` offsets (see streams/offsets.py);
-        the messages handed over until it comes again are dropped, to keep commands in order."""
-        if not skipped:
-            return  # handed over before the seek took effect
-        log.warning(
-            "%s[%d]: offsets %d-%d were not handed to the processor (faust dropped them at a "
-            "rebalance); reading them again",
+    def _skipped(self, topic: str, partition: int, skipped: range) -> None:
+        log.error(
+            "%s[%d]: offsets %d-%d were never handed to the processor (faust skipped them at a "
+            "rebalance); their commands are not applied",
             topic, partition, skipped.start, skipped.stop - 1,
         )  # fmt: skip
-        self.stats.offsets_read_again += len(skipped)
-        await self._seek(TP(topic, partition), skipped.start)
-        self.offsets.sought(partition, skipped.start)
-
-    async def _seek(self, tp: TP, offset: int) -> None:
-        await self.app.consumer.seek(tp, offset)
+        self.stats.offsets_skipped += len(skipped)
+        metrics.COMMANDS_SKIPPED.inc(len(skipped))
 
     async def _on_revoked(self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         self.ready = False

@@ -50,6 +50,11 @@ CONSUMER_LAG = Gauge(
 WORKER_READY = Gauge("scheduler_worker_ready", "1 while the worker's partitions are recovered and it fires, else 0.")
 TASKS_OWNED = Gauge("scheduler_worker_tasks_indexed", "Tasks in the due-index of the partitions this worker owns.")
 EVENTS = Counter("scheduler_worker_events", "Events published by the task processor.")
+COMMANDS_SKIPPED = Counter(
+    "scheduler_commands_skipped",
+    "Offsets of commands never handed to the task processor (a jump within a partition it kept "
+    "owning: faust skipped them at a rebalance; their commands were not applied). Alert on any.",
+)
 
 
 def lateness(slot: datetime | None, at: datetime) -> float | None:

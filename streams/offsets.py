@@ -2,13 +2,17 @@
 
 Nothing writes to ``commands`` in transactions and nothing compacts it, so its offsets are
 contiguous: a message the agent is handed after offset ``n`` of a partition it kept owning
-should be ``n + 1``. faust-streaming 0.15.3 can break that at a rebalance: records fetched
-before the rebalance are still being handed over when recovery seeks the partition back to
-its committed offset, the consumer records the distance between the two as a "gap" of
-offsets that do not exist (meant for transaction markers), counts them as acknowledged and
-drops the records of the seek that fall below what it already handed over. The commands in
-that range are never decided (an executor's report among them left an execution in flight
-for good). :class:`OffsetWatch` finds such a gap so the processor can read it again.
+should be ``n + 1``, or lower (a seek back to the committed offset after a rebalance, read
+again). A jump means commands were never handed over, so never applied: faust-streaming 0.15.3
+can do that at a rebalance (records fetched before recovery's seek are handed over after it,
+and the consumer then drops the records of the seek that fall below them). :class:`OffsetWatch`
+finds such a jump, so it is logged and counted (``scheduler_commands_skipped``) rather than
+silent.
+
+It does not read the skipped commands again. Seeking Faust's consumer back was tried: records
+fetched before the seek, still on their way, moved Faust's read offset past the one sought, so
+it dropped the re-read too (and holding messages back until the sought one came lost a whole
+partition in one run). Reading the range with a consumer of its own is the way left.
 """
 
 from __future__ import annotations
@@ -18,43 +22,26 @@ from dataclasses import dataclass, field
 
 @dataclass
 class OffsetWatch:
-    """The next offset expected per partition, and the gaps found."""
+    """The next offset expected per partition, and the offsets found skipped."""
 
     _next: dict[int, int] = field(default_factory=dict)
-    _resync: dict[int, int] = field(default_factory=dict)
-    gaps: int = 0
-    """Gaps found since the start."""
+    skipped: int = 0
+    """Offsets found skipped since the start."""
 
     def handed(self, partition: int, offset: int) -> range | None:
         """Record that the agent is handed ``offset`` of ``partition``; returns the offsets
-        skipped before it (then the caller seeks back to the range's start and drops this
-        message, see :meth:`sought`), or None when the message is to be applied.
-
-        An offset at or below one seen already is a re-read (a seek back after a rebalance):
-        applied again, harmlessly (commands are idempotent)."""
-        expected = self._resync.get(partition)
-        if expected is not None:
-            if offset != expected:
-                return range(0)  # a message handed before the seek took effect: dropped
-            del self._resync[partition]
+        skipped just before it, if any."""
         nxt = self._next.get(partition)
         self._next[partition] = offset + 1
         if nxt is not None and offset > nxt:
-            self.gaps += 1
-            self._next[partition] = nxt
+            self.skipped += offset - nxt
             return range(nxt, offset)
         return None
-
-    def sought(self, partition: int, offset: int) -> None:
-        """The caller sought ``partition`` back to ``offset``: messages are dropped until it arrives."""
-        self._resync[partition] = offset
 
     def keep(self, partitions: set[int]) -> None:
         """A new assignment: forget the partitions not in ``partitions`` (moved to another
         worker: when one comes back, it is read from its committed offset, wherever the other
-        left it), and every seek awaited (recovery seeks each partition to its committed offset,
-        which may lie past the offset sought: a gap left there is found again)."""
+        left it)."""
         for p in list(self._next):
             if p not in partitions:
                 del self._next[p]
-        self._resync.clear()
