@@ -36,8 +36,9 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
         "security_protocol": settings.kafka_security_protocol,
-        "metadata_max_age_ms": int(settings.metadata_max_age_seconds * 1000),
     }
+    if settings.metadata_max_age_seconds is not None:
+        options["metadata_max_age_ms"] = int(settings.metadata_max_age_seconds * 1000)
     context = kafka_ssl_context(settings)
     if context is not None:
         options["ssl_context"] = context
@@ -54,12 +55,10 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
 def faust_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of ``faust.App`` for the brokers: URL, metadata refresh and credentials
     (TLS, SASL)."""
-    refresh = int(settings.metadata_max_age_seconds * 1000)
-    options: dict[str, Any] = {
-        "broker": f"kafka://{settings.kafka_bootstrap}",
-        "consumer_metadata_max_age_ms": refresh,
-        "producer_metadata_max_age_ms": refresh,
-    }
+    options: dict[str, Any] = {"broker": f"kafka://{settings.kafka_bootstrap}"}
+    if settings.metadata_max_age_seconds is not None:
+        refresh = int(settings.metadata_max_age_seconds * 1000)
+        options.update(consumer_metadata_max_age_ms=refresh, producer_metadata_max_age_ms=refresh)
     context = kafka_ssl_context(settings)
     if settings.kafka_security_protocol.startswith("SASL_"):
         password = settings.kafka_sasl_password

@@ -46,11 +46,12 @@ class Settings(BaseSettings):
 
     session_timeout_seconds: float = Field(default=10.0, ge=3)
     """A worker that stops heartbeating for this long loses its partitions to the others."""
-    metadata_max_age_seconds: float = Field(default=15.0, ge=1)
-    """How often every Kafka client refreshes the cluster's metadata. A group's leader assigns
-    only the partitions its metadata shows: a topic still being created when the group first
-    formed (a fresh broker, Faust's own changelog topic) is assigned at the next refresh, which
-    aiokafka's default put 5 minutes away."""
+    metadata_max_age_seconds: float | None = Field(default=None, ge=1)
+    """How often every Kafka client refreshes the cluster's metadata; None: aiokafka's 5 minutes.
+    A group's leader assigns only the partitions its metadata shows, so a topic created after
+    the group formed is assigned at the next refresh. Every 15 s cost the worker a stall of
+    about 300 ms at each refresh (300 fires/s, BENCHMARKS.md), so it is not the default: the
+    deployment's topics are created, and served, before any worker starts (streams/admin.py)."""
     fetch_max_wait_ms: int = Field(default=20, ge=1, le=1500)
     """Longest broker long-poll of the task processor's consumer (see streams/faust_tuning.py)."""
     producer_linger_ms: int = Field(default=5, ge=0)

@@ -22,17 +22,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_plaintext_by_default() -> None:
     settings = Settings(kafka_bootstrap="k1:9092,k2:9092")
-    assert kafka_options(settings) == {
-        "bootstrap_servers": "k1:9092,k2:9092",
-        "security_protocol": "PLAINTEXT",
-        "metadata_max_age_ms": 15_000,
-    }
-    assert faust_options(settings) == {
-        "broker": "kafka://k1:9092,k2:9092",
-        "consumer_metadata_max_age_ms": 15_000,
-        "producer_metadata_max_age_ms": 15_000,
-    }
+    assert kafka_options(settings) == {"bootstrap_servers": "k1:9092,k2:9092", "security_protocol": "PLAINTEXT"}
+    assert faust_options(settings) == {"broker": "kafka://k1:9092,k2:9092"}
     assert mongo_options(settings) == {}
+
+
+def test_a_metadata_refresh_reaches_every_client() -> None:
+    settings = Settings(metadata_max_age_seconds=30)
+    assert kafka_options(settings)["metadata_max_age_ms"] == 30_000
+    options = faust_options(settings)
+    assert options["consumer_metadata_max_age_ms"] == options["producer_metadata_max_age_ms"] == 30_000
 
 
 def test_kafka_tls_with_a_private_ca_and_a_client_certificate(tmp_path: Path) -> None:
