@@ -80,26 +80,24 @@ async def _wait_until_served(admin: AIOKafkaAdminClient, specs: list[NewTopic], 
         await asyncio.sleep(0.2)
 
 
+def _led(described: dict[str, Any]) -> bool:
+    """The topic (one entry of ``describe_topics``) exists, and each of its partitions has a leader."""
+    return described.get("error_code") == 0 and all(
+        p.get("error_code") == 0 and p.get("leader", -1) >= 0 for p in described.get("partitions", ())
+    )
+
+
 def too_few_partitions(described: list[dict[str, Any]], expected: dict[str, int]) -> dict[str, str]:
     """The topics of ``expected`` that exist, served, with fewer partitions than expected."""
     return {
         d["topic"]: f"{len(d['partitions'])} partitions, expected {expected[d['topic']]}"
         for d in described
-        if d.get("error_code") == 0
-        and d["topic"] in expected
-        and 0 < len(d.get("partitions", ())) < expected[d["topic"]]
-        and all(p.get("error_code") == 0 and p.get("leader", -1) >= 0 for p in d["partitions"])
+        if d["topic"] in expected and 0 < len(d.get("partitions", ())) < expected[d["topic"]] and _led(d)
     }
 
 
 def unserved(described: list[dict[str, Any]], expected: dict[str, int]) -> set[str]:
     """The topics of ``expected`` (name: partition count) that ``describe_topics`` does not show
     served: unknown, in error, with fewer partitions, or a partition without a leader."""
-    served = {
-        d["topic"]
-        for d in described
-        if d.get("error_code") == 0
-        and len(d.get("partitions", ())) >= expected.get(d["topic"], 0)
-        and all(p.get("error_code") == 0 and p.get("leader", -1) >= 0 for p in d["partitions"])
-    }
+    served = {d["topic"] for d in described if len(d.get("partitions", ())) >= expected.get(d["topic"], 0) and _led(d)}
     return set(expected) - served
