@@ -3,7 +3,7 @@ must be applied, by one worker or the other.
 
 A KNOWN DEFECT (issue 9): in about one run in four, tens to hundreds of the commands sent while
 the partitions move are never applied; the new owner starts past them. Measured here: 3 of 9
-runs with faust's ``stream_wait_empty`` off (70, 80, 150 lost), 2 of 11 with it on (38, 155),
+runs with faust's ``stream_wait_empty`` off (70, 80, 150 lost), 3 of 12 with it on (both CI runs),
 and in 2 of 3 runs of ``tests.bench.lateness --workers 2`` (945, 1,058 of 10,000 tasks). The
 test runs in CI and reports XFAIL or XPASS until the cause is found and fixed; then the mark
 goes and it guards the fix.
