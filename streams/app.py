@@ -46,7 +46,7 @@ from schemas.control import CommandBatch, Tick
 from schemas.envelope import control_envelope, decode_command_object, decode_message_correlated, encode
 from schemas.errors import DecodeError, InvalidCommand
 from schemas.ids import uuid5_text
-from streams import faust_tuning, metrics, runtime
+from streams import faust_consumer, metrics, runtime
 from streams.calendars import CalendarFollower
 from streams.connections import faust_options, kafka_options
 from streams.executor import Executor
@@ -129,8 +129,7 @@ class TaskProcessor:
         self._tick_sends: set[asyncio.Future[None]] = set()
         if settings.store.startswith("rocksdb"):
             self._data_dir_lock = claim_data_dir(settings.data_dir)
-        faust_tuning.install(settings.fetch_max_wait_ms)
-        self.app = faust.App(
+        self.app = faust_consumer.App(
             topic_name(settings, settings.app_id),
             **faust_options(settings),
             store=settings.store,
@@ -144,8 +143,7 @@ class TaskProcessor:
             producer_linger_ms=settings.producer_linger_ms,
             consumer_auto_offset_reset="earliest",
             # At a rebalance, finish the message being applied before giving partitions up
-            # (faust's default). It does not prevent the loss tests/integration/test_handover.py
-            # shows (commands sent during a handover, sometimes never applied; issue 9).
+            # (faust's default).
             stream_wait_empty=True,
             # Failover time after a crash is bounded by the session timeout.
             broker_session_timeout=settings.session_timeout_seconds,
@@ -154,6 +152,7 @@ class TaskProcessor:
             key_serializer="raw",
             value_serializer="raw",
         )
+        self.app.fetch_max_wait_ms = settings.fetch_max_wait_ms
         self.commands = self.app.topic(
             settings.topics.commands,
             partitions=settings.partitions,
@@ -421,10 +420,10 @@ class TaskProcessor:
         metrics.TASKS_OWNED.set(len(self.firing))
         self._fire_now.set()
         if self.executor is not None:
-            # Reports that reached ``commands`` while partitions moved may have been skipped by
-            # their new owner: this process's executor sends its recent ones again (applied
-            # ones are ignored). Every processor recovers after a rebalance, so every executor
-            # hosted by one does.
+            # A second line of defence for reports sent while partitions moved (the consumer's
+            # guard, streams/faust_consumer.py, is the first): this process's executor sends its
+            # recent ones again (applied ones are ignored). Every processor recovers after a
+            # rebalance, so every executor hosted by one does.
             reports = asyncio.ensure_future(self._resend_reports())
             self._background.add(reports)
             reports.add_done_callback(self._background.discard)

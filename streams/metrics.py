@@ -55,6 +55,11 @@ COMMANDS_SKIPPED = Counter(
     "Offsets of commands never handed to the task processor (a jump within a partition it kept "
     "owning: faust skipped them at a rebalance; their commands were not applied). Alert on any.",
 )
+CONSUMER_SEEKS_BACK = Counter(
+    "scheduler_consumer_seeks_back",
+    "Times the task processor's consumer found records missing before the one fetched (dropped "
+    "by faust on the way, usually at a rebalance) and read the partition again from the owed offset.",
+)
 
 
 def lateness(slot: datetime | None, at: datetime) -> float | None:

@@ -1,18 +1,14 @@
-"""Watching the offsets the task processor is handed, partition by partition.
+"""Watching the offsets the task processor is handed, partition by partition: the last check
+behind the consumer's own guard.
 
-Nothing writes to ``commands`` in transactions and nothing compacts it, so its offsets are
-contiguous: a message the agent is handed after offset ``n`` of a partition it kept owning
-should be ``n + 1``, or lower (a seek back to the committed offset after a rebalance, read
-again). A jump means commands were never handed over, so never applied: faust-streaming 0.15.3
-can do that at a rebalance (records fetched before recovery's seek are handed over after it,
-and the consumer then drops the records of the seek that fall below them). :class:`OffsetWatch`
-finds such a jump, so it is logged and counted (``scheduler_commands_skipped``) rather than
-silent.
-
-It does not read the skipped commands again. Seeking Faust's consumer back was tried: records
-fetched before the seek, still on their way, moved Faust's read offset past the one sought, so
-it dropped the re-read too (and holding messages back until the sought one came lost a whole
-partition in one run). Reading the range with a consumer of its own is the way left.
+Nothing in this deployment writes to ``commands`` in transactions and nothing compacts it, so
+its offsets are contiguous: a message the agent is handed after offset ``n`` of a partition it
+kept owning should be ``n + 1``, or lower (a seek back to the committed offset after a
+rebalance, read again). A jump means commands were never handed over, so never applied.
+faust-streaming 0.15.3 did that at rebalances; streams/faust_consumer.py now keeps each
+partition in order in front of faust (and reads again what faust dropped), so a jump seen here
+means that guard missed a case. :class:`OffsetWatch` finds it, so it is logged and counted
+(``scheduler_commands_skipped``, alerted on) rather than silent.
 """
 
 from __future__ import annotations

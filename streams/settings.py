@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     about 300 ms at each refresh (300 fires/s, BENCHMARKS.md), so it is not the default: the
     deployment's topics are created, and served, before any worker starts (streams/admin.py)."""
     fetch_max_wait_ms: int = Field(default=20, ge=1, le=1500)
-    """Longest broker long-poll of the task processor's consumer (see streams/faust_tuning.py)."""
+    """Longest broker long-poll of the task processor's consumer (see streams/faust_consumer.py)."""
     producer_linger_ms: int = Field(default=5, ge=0)
     """How long the processor's producer waits to batch messages; fewer, larger requests."""
     state_cache_size: int = Field(default=20_000, ge=0)

@@ -1,12 +1,12 @@
 """A second worker joins while the first is working through a backlog of commands: every command
 must be applied, by one worker or the other.
 
-A KNOWN DEFECT (issue 9): in about one run in four, tens to hundreds of the commands sent while
-the partitions move are never applied; the new owner starts past them. Measured here: 3 of 9
-runs with faust's ``stream_wait_empty`` off (70, 80, 150 lost), 3 of 12 with it on (both CI runs),
-and in 2 of 3 runs of ``tests.bench.lateness --workers 2`` (945, 1,058 of 10,000 tasks). The
-test runs in CI and reports XFAIL or XPASS until the cause is found and fixed; then the mark
-goes and it guards the fix.
+This lost commands in about one run in four (issue 9): 3 of 9 runs with faust's
+``stream_wait_empty`` off, 3 of 12 with it on, 945 and 1,058 of 10,000 tasks in two of three
+runs of ``tests.bench.lateness --workers 2``. faust-streaming dropped the records it fetched for
+a partition while the new assignment recovered and did not seek back a partition nobody had
+committed yet; the new owner read on from past them. streams/faust_consumer.py keeps the stream
+in order; this test guards it.
 """
 
 from __future__ import annotations
@@ -24,11 +24,7 @@ from schemas.specs import HandlerWork, TaskDefinition
 from tests.conftest import Infra
 from tests.integration.harness import Bus, WorkerProc, new_id, now, worker_env
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.failure,
-    pytest.mark.xfail(reason="issue 9: commands sent during a handover are sometimes never applied", strict=False),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.failure]
 
 CREATES = 10_000
 CHUNK = 500  # sent every half second: the join lands in the middle of the stream, whenever it comes
