@@ -19,7 +19,7 @@ from api.errors import ServiceUnavailable
 from api.settings import ApiSettings
 from schemas.commands import CommandBase
 from schemas.envelope import command_envelope, encode
-from streams.connections import kafka_options
+from streams.connections import kafka_options, track_topics
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class CommandBus:
                     await producer.stop()
                 log.warning("kafka producer could not start: %r", exc)
                 raise self._unavailable(type(exc).__name__) from None
+            await track_topics(producer, self._settings.topics.all)
             self._producer = producer
             return producer
 

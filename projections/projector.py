@@ -45,6 +45,7 @@ from projections.read import ActiveViews, CollectionNames, active_collections, a
 from projections.store import Positioned, ViewStore, probe
 from schemas.envelope import decode_event
 from schemas.errors import DecodeError
+from streams.connections import track_topics
 from streams.deadletter import dead_letter_value
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ class Projector:
     async def start(self) -> None:
         """Connect to Kafka and join the group."""
         await self._producer.start()
+        await track_topics(self._producer, [self.dead_letter_topic])
         self._consumer.subscribe([self.topic], listener=_Listener(self))
         await self._consumer.start()
         self._started = True

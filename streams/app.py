@@ -48,7 +48,7 @@ from schemas.errors import DecodeError, InvalidCommand
 from schemas.ids import uuid5_text
 from streams import faust_consumer, metrics, runtime
 from streams.calendars import CalendarFollower
-from streams.connections import faust_options, kafka_options
+from streams.connections import faust_options, kafka_options, track_topics
 from streams.executor import Executor
 from streams.firing import Firing
 from streams.offsets import OffsetWatch
@@ -127,6 +127,7 @@ class TaskProcessor:
         self.source = f"scheduler/worker/{settings.worker_id}"
         self._fire_now = asyncio.Event()
         self._tick_sends: set[asyncio.Future[None]] = set()
+        self._topics_tracked = False
         if settings.store.startswith("rocksdb"):
             self._data_dir_lock = claim_data_dir(settings.data_dir)
         self.app = faust_consumer.App(
@@ -381,6 +382,7 @@ class TaskProcessor:
     async def _on_recovered(self) -> None:
         """Rebuild the due-index from the table (active partitions only) and resend recent events."""
         started = time.perf_counter()
+        await self._track_topics()
         self.firing.clear()
         cutoff = time.time() - RESEND_WINDOW
         resend: list[tuple[bytes, Stored]] = []
@@ -427,6 +429,14 @@ class TaskProcessor:
             reports = asyncio.ensure_future(self._resend_reports())
             self._background.add(reports)
             reports.add_done_callback(self._background.discard)
+
+    async def _track_topics(self) -> None:
+        """The app's producer refreshes the metadata of this deployment's topics only (see
+        :func:`streams.connections.track_topics`); the consumer tracks its subscription."""
+        producer = getattr(self.app.producer, "_producer", None)  # aiokafka's, once started
+        if producer is not None and not self._topics_tracked:
+            self._topics_tracked = True
+            await track_topics(producer, [*self.settings.topics.all, *self.app.tables.changelog_topics])
 
     async def _resend_reports(self) -> None:
         assert self.executor is not None

@@ -53,7 +53,7 @@ from schemas.secrets import SecretError, open_work, scrub
 from schemas.topics import PRIORITIES
 from streams import metrics
 from streams.batcher import ReportBatcher
-from streams.connections import kafka_options
+from streams.connections import kafka_options, track_topics
 from streams.deadletter import dead_letter_record
 from streams.fence import TopicFence, fenced_http_client
 from streams.runners import Attempt, Cancellation, Runners, RunResult
@@ -262,6 +262,8 @@ class Executor:
             await admin.start()
             await producer.start()
             await consumer.start()
+            await track_topics(admin, self.settings.topics.all)
+            await track_topics(producer, self.settings.topics.all)
             self._batcher = await self._new_batcher(producer)
             runners = Runners(
                 http,

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from streams.connections import kafka_options
+from streams.connections import kafka_options, track_topics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ async def measure_lag(settings: Settings, groups: dict[str, list[str]], *, inter
     try:
         await admin.start()
         await consumer.start()
+        watched = [t for topics in groups.values() for t in topics]
+        await track_topics(admin, watched)
+        await track_topics(consumer, watched)
         while True:
             try:
                 await _measure_once(admin, consumer, groups)

@@ -85,7 +85,7 @@ from schemas.notifications import (
 )
 from schemas.secrets import Keyring, SecretError, is_token
 from streams import metrics
-from streams.connections import kafka_options, mongo_options
+from streams.connections import kafka_options, mongo_options, track_topics
 from streams.deadletter import dead_letter_value
 from streams.fence import AddressRefused, TopicFence, fenced_http_client
 from streams.settings import Settings, topic_name
@@ -345,6 +345,7 @@ class Notifier:
         lag: asyncio.Task[None] | None = None
         try:
             await self._producer.start()
+            await track_topics(self._producer, s.topics.all)
             await self._db[DELIVERIES].create_index([("tenant", 1), ("execution_id", 1)])
             await rules.start()
             await self._read_rules(rules, until_end=True)

@@ -59,7 +59,7 @@ from schemas.triggers import (
     trigger_params,
 )
 from streams import metrics
-from streams.connections import kafka_options
+from streams.connections import kafka_options, track_topics
 from streams.deadletter import dead_letter_record
 from streams.settings import Settings
 
@@ -496,6 +496,7 @@ class TriggerRouter:
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         await producer.start()
+        await track_topics(producer, self.settings.topics.all)
         try:
             await rules.start()
             tail: asyncio.Task[None] | None = None
