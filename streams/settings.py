@@ -49,9 +49,10 @@ class Settings(BaseSettings):
     metadata_max_age_seconds: float | None = Field(default=None, ge=1)
     """How often every Kafka client refreshes the cluster's metadata; None: aiokafka's 5 minutes.
     A group's leader assigns only the partitions its metadata shows, so a topic created after
-    the group formed is assigned at the next refresh. Every 15 s cost the worker a stall of
-    about 300 ms at each refresh (300 fires/s, BENCHMARKS.md), so it is not the default: the
-    deployment's topics are created, and served, before any worker starts (streams/admin.py)."""
+    the group formed is assigned at the next refresh; the deployment's topics are created, and
+    served, before any worker starts (streams/admin.py). A refresh used to stall a busy worker
+    for about 300 ms (clients that asked for every topic's metadata); since
+    streams/connections.track_topics it does not (BENCHMARKS.md, stop 20)."""
     fetch_max_wait_ms: int = Field(default=20, ge=1, le=1500)
     """Longest broker long-poll of the task processor's consumer (see streams/faust_consumer.py)."""
     producer_linger_ms: int = Field(default=5, ge=0)
