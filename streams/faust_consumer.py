@@ -224,7 +224,11 @@ class Consumer(faust_aiokafka.Consumer):
             tp.topic, tp.partition, found, owed, owed,
         )  # fmt: skip
         metrics.CONSUMER_SEEKS_BACK.inc()
-        await self.seek_wait({tp: owed})
+        try:
+            await self.seek_wait({tp: owed})
+        except Exception as exc:  # revoked meanwhile, or the broker away: the next batch asks again
+            log.warning("%s[%d]: the seek back to %d failed: %r", tp.topic, tp.partition, owed, exc)
+            return
         self.guard.sought(tp)
 
 

@@ -4,6 +4,7 @@ tests/integration/test_handover.py."""
 
 from __future__ import annotations
 
+from aiokafka.errors import IllegalStateError
 from faust.types import TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -171,3 +172,26 @@ async def test_the_processor_app_builds_the_guarded_consumer_with_a_short_long_p
     assert isinstance(consumer._thread, faust_consumer.ConsumerThread)
     kafka = consumer._thread._create_worker_consumer(app.transport)
     assert kafka._fetch_max_wait_ms == 20  # faust's own is 1,500
+
+
+async def test_a_seek_back_that_fails_is_asked_for_again_by_the_next_batch() -> None:
+    app = faust_consumer.App("seekback", broker="kafka://127.0.0.1:1", autodiscover=False)
+    consumer = app.consumer
+    assert isinstance(consumer, faust_consumer.Consumer)
+    sought: list[dict[TP, int]] = []
+
+    async def revoked_meanwhile(partitions: dict[TP, int]) -> None:
+        raise IllegalStateError(f"No current assignment for partition {P}")
+
+    async def seek(partitions: dict[TP, int]) -> None:
+        sought.append(dict(partitions))
+
+    consumer.guard.positioned(P, 50)
+    consumer.seek_wait = revoked_meanwhile  # type: ignore[method-assign]
+    await consumer._seek_back(P, 90)  # logged, not raised into faust's fetch loop
+    assert consumer.guard.seeks == 0
+    assert consumer.guard.verdict(P, 91) is Verdict.SEEK  # still owed 50: asked again
+    consumer.seek_wait = seek  # type: ignore[method-assign]
+    await consumer._seek_back(P, 91)
+    assert sought == [{P: 50}]
+    assert consumer.guard.seeks == 1
