@@ -13,7 +13,7 @@ import faust
 import pytest
 from pydantic import ValidationError
 
-from streams.connections import faust_options, kafka_options, mongo_options
+from streams.connections import faust_options, kafka_options, mongo_options, track_topics
 from streams.settings import Settings
 from tests.api.test_tls import self_signed
 
@@ -106,3 +106,26 @@ def test_processes_create_their_clients_with_the_helper(path: str) -> None:
     assert "bootstrap_servers=settings.kafka_bootstrap" not in text
     assert 'broker=f"kafka://' not in text
     assert any(helper in text for helper in ("kafka_options(", "faust_options(", "mongo_options("))
+
+
+async def test_narrowing_a_clients_metadata_never_fails_its_start() -> None:
+    """track_topics only saves work: a broker that does not answer leaves the client as it was."""
+
+    class _Kafka:
+        topics_set: list[str] | None = None
+
+        def get_random_node(self) -> int:
+            return 1
+
+        async def send(self, node: int, request: object) -> object:
+            raise ConnectionError("broker away")
+
+        def set_topics(self, topics: list[str]) -> None:
+            self.topics_set = topics
+
+    class _Producer:
+        client = _Kafka()
+
+    producer = _Producer()
+    await track_topics(producer, ["t.commands"])
+    assert producer.client.topics_set is None
