@@ -182,10 +182,11 @@ class Consumer(faust_aiokafka.Consumer):
 
     async def _wait_next_records(self, timeout: float) -> tuple[RecordMap | None, set[TP] | None]:  # noqa: ASYNC109
         records, active = await super()._wait_next_records(timeout)
+        changelogs = self.app.tables.changelog_topics  # a new set at each call: once per batch
         self._fetched = {
             tp: (batch[0].offset, batch[-1].offset)
             for tp, batch in (records or {}).items()
-            if batch and not self._is_changelog_tp(tp)
+            if batch and tp.topic not in changelogs
         }
         for tp, (first, _) in self._fetched.items():
             if empty := self.guard.fetched(tp, first):
@@ -195,10 +196,11 @@ class Consumer(faust_aiokafka.Consumer):
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 (faust's signature)
         guard = self.guard
+        changelogs = self.app.tables.changelog_topics
         self._fetched = {}
         sought: set[TP] = set()
         async for tp, message in super().getmany(timeout):
-            if self._is_changelog_tp(tp):
+            if tp.topic in changelogs:
                 yield tp, message
                 continue
             if tp in sought:
