@@ -7,6 +7,7 @@ consumer, admin), ``faust_options(settings)`` (the worker's Faust app) or
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Iterable
@@ -20,6 +21,9 @@ from aiokafka.protocol.metadata import MetadataRequest
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+TRACK_TIMEOUT_SECONDS = 5.0
+"""How long :func:`track_topics` waits for the broker before leaving a client as it was."""
 
 
 def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -79,7 +83,8 @@ async def track_topics(client: Any, topics: Iterable[str]) -> None:
     try:
         kafka = getattr(client, "client", None) or client._client  # producer; consumer and admin
         # Which exist, asked without creating any.
-        answer = await kafka.send(kafka.get_random_node(), MetadataRequest(wanted, allow_auto_topic_creation=False))
+        request = MetadataRequest(wanted, allow_auto_topic_creation=False)
+        answer = await asyncio.wait_for(kafka.send(kafka.get_random_node(), request), TRACK_TIMEOUT_SECONDS)
         found = ClusterMetadata()
         found.update_metadata(answer)
         tracked = [t for t in wanted if t in found.topics()]
