@@ -68,7 +68,7 @@ class CommandBus:
                     await producer.stop()
                 log.warning("kafka producer could not start: %r", exc)
                 raise self._unavailable(type(exc).__name__) from None
-            await track_topics(producer, self._settings.topics.all)
+            await track_topics(self._settings.topics.all, producer)
             self._producer = producer
             return producer
 

@@ -169,7 +169,7 @@ class Projector:
     async def start(self) -> None:
         """Connect to Kafka and join the group."""
         await self._producer.start()
-        await track_topics(self._producer, [self.dead_letter_topic])
+        await track_topics([self.dead_letter_topic], self._producer)
         self._consumer.subscribe([self.topic], listener=_Listener(self))
         await self._consumer.start()
         self._started = True

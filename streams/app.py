@@ -436,7 +436,7 @@ class TaskProcessor:
         producer = getattr(self.app.producer, "_producer", None)  # aiokafka's, once started
         if producer is not None and not self._topics_tracked:
             self._topics_tracked = True
-            await track_topics(producer, [*self.settings.topics.all, *self.app.tables.changelog_topics])
+            await track_topics([*self.settings.topics.all, *self.app.tables.changelog_topics], producer)
 
     async def _resend_reports(self) -> None:
         assert self.executor is not None

@@ -262,8 +262,7 @@ class Executor:
             await admin.start()
             await producer.start()
             await consumer.start()
-            await track_topics(admin, self.settings.topics.all)
-            await track_topics(producer, self.settings.topics.all)
+            await track_topics(self.settings.topics.all, admin, producer)
             self._batcher = await self._new_batcher(producer)
             runners = Runners(
                 http,

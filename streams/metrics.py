@@ -94,9 +94,7 @@ async def measure_lag(settings: Settings, groups: dict[str, list[str]], *, inter
     try:
         await admin.start()
         await consumer.start()
-        watched = [t for topics in groups.values() for t in topics]
-        await track_topics(admin, watched)
-        await track_topics(consumer, watched)
+        await track_topics([t for topics in groups.values() for t in topics], admin, consumer)
         while True:
             try:
                 await _measure_once(admin, consumer, groups)

@@ -345,7 +345,7 @@ class Notifier:
         lag: asyncio.Task[None] | None = None
         try:
             await self._producer.start()
-            await track_topics(self._producer, s.topics.all)
+            await track_topics(s.topics.all, self._producer)
             await self._db[DELIVERIES].create_index([("tenant", 1), ("execution_id", 1)])
             await rules.start()
             await self._read_rules(rules, until_end=True)

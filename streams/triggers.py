@@ -496,7 +496,7 @@ class TriggerRouter:
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         await producer.start()
-        await track_topics(producer, self.settings.topics.all)
+        await track_topics(self.settings.topics.all, producer)
         try:
             await rules.start()
             tail: asyncio.Task[None] | None = None

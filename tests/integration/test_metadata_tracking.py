@@ -9,7 +9,7 @@ import uuid
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.connections import track_topics
+from streams.connections import kafka_client, track_topics
 from tests.conftest import Infra
 
 
@@ -25,8 +25,8 @@ async def test_clients_track_only_the_existing_topics_they_are_given(infra: Infr
         await producer.start()
         await consumer.start()
         others = [t for t in await admin.list_topics() if t not in (mine, missing)]
-        for client in (producer, consumer, admin):
-            kafka = getattr(client, "client", None) or client._client
+        clients = [kafka_client(c) for c in (producer, consumer, admin)]
+        for kafka in clients:
             # As aiokafka leaves them: no topic tracked, so each refresh asks for all of them.
             assert not kafka._topics
             for _ in range(50):  # the new topic reaches the client's view of the cluster
@@ -35,7 +35,8 @@ async def test_clients_track_only_the_existing_topics_they_are_given(infra: Infr
                 await kafka.force_metadata_update()
                 await asyncio.sleep(0.1)
             assert len(kafka.cluster.topics()) > 1 or not others
-            await track_topics(client, [mine, missing])
+        await track_topics([mine, missing], producer, consumer, admin)  # one question for all three
+        for kafka in clients:
             assert kafka._topics == {mine}
             await kafka.force_metadata_update()
             assert mine in kafka.cluster.topics()

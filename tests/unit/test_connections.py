@@ -127,5 +127,5 @@ async def test_narrowing_a_clients_metadata_never_fails_its_start() -> None:
         client = _Kafka()
 
     producer = _Producer()
-    await track_topics(producer, ["t.commands"])
+    await track_topics(["t.commands"], producer)
     assert producer.client.topics_set is None
